@@ -1,0 +1,71 @@
+# Two commands set everything up on a fresh Debian machine with Python 3.11:
+#   make run   - install what is missing, start the whole stack on the embedded default model
+#   make test  - install what is missing, run the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/serve_config.yaml
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := prometheus prometheus-alertmanager chromium
+# Ray's CLI and dashboard need the cluster token; Ray writes it to ~/.ray/auth_token on first start.
+export RAY_AUTH_MODE := token
+
+.PHONY: run test unit integration bench stack stack-down loadtest backtest install system-deps clean-cache config-doc
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian packages for the monitoring stack and the browser tests; skipped when already present.
+system-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || command -v alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+run: install system-deps
+	$(BIN)/recserve up --config $(CONFIG)
+
+test: install system-deps
+	$(BIN)/python -m pytest -q tests
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: install system-deps
+	$(BIN)/python -m pytest -q tests/integration
+
+bench: install
+	$(BIN)/python -m serve_app.bench --out docs/bench
+
+stack: install system-deps
+	$(BIN)/recserve stack up
+
+stack-down: install
+	$(BIN)/recserve stack down
+
+SCENARIO ?= steady
+DURATION ?= 120
+loadtest: install system-deps
+	$(BIN)/recserve loadtest $(SCENARIO) --duration $(DURATION) --out out/loadtest-$(SCENARIO)
+
+backtest: install
+	$(BIN)/recserve backtest --trace forecasting/traces/diurnal_2w.csv --out out/backtest
+
+config-doc: install
+	$(BIN)/recserve config-doc > docs/CONFIG.md
+
+clean-cache:
+	rm -rf $(HOME)/.cache/recognition-serve

@@ -1,0 +1,47 @@
+"""`recserve`: one command for the service, the monitoring stack, forecasting and load tests.
+
+Each subcommand lives in the module that owns its work; this file only dispatches to it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "up": ("serve_app.launcher:main", "start the monitoring stack and `serve run` the application"),
+    "stack": ("serve_app.stack:main", "start/stop/status of the local Prometheus + Alertmanager"),
+    "capacity": ("serve_app.capacity:main", "measure sustainable per-replica throughput on the running service"),
+    "config-doc": ("serve_app.config_doc:main", "print docs/CONFIG.md generated from the config models"),
+    "fit": ("forecasting.cli:main_fit", "fit the Prophet forecaster on request-rate history"),
+    "forecast": ("forecasting.cli:main_forecast", "forecast request rate with a fitted model"),
+    "backtest": ("forecasting.cli:main_backtest", "replay a traffic trace against every scaling strategy"),
+    "gen-traces": ("forecasting.cli:main_gen_traces", "regenerate the bundled traffic traces"),
+    "loadtest": ("loadtests.cli:main", "run a locust scenario and write a report"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = ["usage: recserve COMMAND [ARGS...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch `recserve COMMAND ...` to the owning module's main(argv)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"recserve: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name = SUBCOMMANDS[name][0].split(":")
+    func = getattr(importlib.import_module(module_name), func_name)
+    return int(func(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

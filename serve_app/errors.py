@@ -1,0 +1,108 @@
+"""Typed domain errors. Each carries its HTTP status and a stable machine-readable code.
+
+The ingress maps them to `{"error": {"code": ..., "message": ...}}` in one place, so a handler only
+raises; it never builds an error response itself.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base class: an error the client is told about, with a status and a code."""
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def to_json(self) -> dict:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadRequest(ServiceError):
+    """400: the request is malformed (empty body, truncated image, malformed OIP payload)."""
+
+    status = 400
+    code = "bad_request"
+
+
+class InvalidImage(BadRequest):
+    """400: the bytes start like an image but cannot be decoded (truncated, corrupt)."""
+
+    code = "invalid_image"
+
+
+class ModelNotFound(ServiceError):
+    """404: no model with that name is served."""
+
+    status = 404
+    code = "model_not_found"
+
+
+class PredictionNotFound(ServiceError):
+    """404: feedback names a request id the service never issued (or no longer remembers at all)."""
+
+    status = 404
+    code = "prediction_not_found"
+
+
+class PredictionExpired(ServiceError):
+    """410: feedback names a prediction that was evicted from the bounded store."""
+
+    status = 410
+    code = "prediction_expired"
+
+
+class PayloadTooLarge(ServiceError):
+    """413: body over the byte limit, too many images, or an image over the pixel limit."""
+
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    """415: the content type is not one we accept, or the bytes are not an image."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class UnprocessableEntity(ServiceError):
+    """422: well-formed but semantically invalid (top_k out of range, unknown label)."""
+
+    status = 422
+    code = "unprocessable_entity"
+
+
+class Overloaded(ServiceError):
+    """503: the model's queue is full; the client should retry after the given delay."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class NotReady(ServiceError):
+    """503: the model is still loading or warming up."""
+
+    status = 503
+    code = "not_ready"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5):
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class ModelExecutionError(ServiceError):
+    """500: the model failed on these inputs (e.g. out of GPU memory even at batch size 1)."""
+
+    status = 500
+    code = "model_execution_error"
+
+
+class ConfigError(ValueError):
+    """A configuration or model file is wrong; raised at startup with the fix in the message."""

@@ -1,0 +1,99 @@
+"""One real Serve instance per test session, started the way users start it: `serve run CONFIG`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_CONFIG = ROOT / "configs" / "serve_config.test.yaml"
+SERVICE_URL = "http://127.0.0.1:18000"
+STARTUP_TIMEOUT_S = 300
+
+
+def _tail(path: Path, n: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def ray_tmpdir() -> Path:
+    """Ray's temp dir for this session: keeps its sockets, logs and Prometheus SD file apart from any other Ray."""
+    path = Path(tempfile.mkdtemp(prefix="rs-ray-", dir="/tmp"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def serve_process(ray_tmpdir: Path):
+    """`serve run configs/serve_config.test.yaml` in its own process group; stopped by PID at the end."""
+    log_path = ray_tmpdir / "serve_run.log"
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+    env.update({"RECSERVE_PROMETHEUS_URL": "http://127.0.0.1:19090", "RAY_PROMETHEUS_HOST": "http://127.0.0.1:19090"})
+    serve_bin = Path(sys.executable).parent / "serve"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(serve_bin), "run", str(TEST_CONFIG)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"serve run exited with {proc.returncode} before becoming ready:\n{_tail(log_path)}")
+            try:
+                if requests.get(f"{SERVICE_URL}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"service not ready after {STARTUP_TIMEOUT_S}s:\n{_tail(log_path)}")
+            time.sleep(1)
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C first (serve run then shuts Serve and its local Ray down), then the process group we started."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def service_url(serve_process) -> str:
+    return SERVICE_URL
+
+
+@pytest.fixture(scope="session")
+def metrics_targets(serve_process, ray_tmpdir: Path) -> list[str]:
+    """Every Ray metrics endpoint of the cluster, from the service-discovery file Ray writes for Prometheus."""
+    sd_file = ray_tmpdir / "ray" / "prom_metrics_service_discovery.json"
+    deadline = time.monotonic() + 30
+    while not sd_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    groups = json.loads(sd_file.read_text())
+    return [f"http://{t}/metrics" for g in groups for t in g["targets"]]

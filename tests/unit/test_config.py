@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from serve_app.app import recognizer_options
+from serve_app.config import AppConfig, ModelConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("path", ["configs/serve_config.yaml", "configs/serve_config.test.yaml"])
+def test_shipped_configs_validate(path):
+    cfg = load_config(ROOT / path)
+    assert cfg.models[0].name == "efficientnet_lite0"
+
+
+def test_unknown_key_is_an_error_that_names_it():
+    with pytest.raises(ValidationError, match="max_batch"):
+        AppConfig.model_validate({"models": [{"name": "m", "max_batch": 8}]})
+
+
+def test_bad_model_name_quotes_the_value():
+    with pytest.raises(ValidationError, match="'Bad Name!'"):
+        ModelConfig(name="Bad Name!")
+
+
+def test_duplicate_model_names_refused():
+    with pytest.raises(ValidationError, match="repeated: \\['a'\\]"):
+        AppConfig.model_validate({"models": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_crop_larger_than_resize_refused():
+    with pytest.raises(ValidationError, match="crop \\(300\\) must not exceed resize \\(256\\)"):
+        ModelConfig(name="m", preprocess={"crop": 300})
+
+
+@pytest.mark.parametrize(
+    "device, gpu_in_cluster, num_gpus",
+    [
+        ("auto", False, 0),  # CPU-only cluster: no GPU requested
+        ("auto", True, 0.25),  # a GPU exists: ask for the configured fraction
+        ("cpu", True, 0),  # pinned to CPU even where GPUs exist
+        ("cuda", False, 0.25),  # asked explicitly: Ray will wait for a GPU node
+    ],
+)
+def test_gpu_requested_only_where_it_will_be_used(device, gpu_in_cluster, num_gpus):
+    opts = recognizer_options(ModelConfig(name="m", device=device, num_gpus=0.25), gpu_in_cluster)
+    assert opts["ray_actor_options"]["num_gpus"] == num_gpus
+    assert opts["name"] == "Recognizer_m"
+
+
+def test_autoscaling_config_passes_through_instead_of_num_replicas():
+    auto = {"min_replicas": 1, "max_replicas": 3}
+    opts = recognizer_options(ModelConfig(name="m", autoscaling_config=auto), False)
+    assert opts["autoscaling_config"] == auto and "num_replicas" not in opts
+    assert recognizer_options(ModelConfig(name="m", num_replicas=2), False)["num_replicas"] == 2
