@@ -53,6 +53,8 @@ log = logging.getLogger("ray.serve")
 # returns it in this header; we use the same id for predictions and feedback so one id ties them all.
 REQUEST_ID_HEADER = "X-Request-Id"
 READY_TIMEOUT_S = 2.0
+RECORD_FLUSH_INTERVAL_S = 0.02
+MAX_PENDING_RECORDS = 10_000
 
 api = FastAPI(
     title="recognition-serve",
@@ -190,6 +192,8 @@ class Ingress:
         self._unknown_metrics = ServiceMetrics("unknown", "")
         self._decoder = ThreadPoolExecutor(self.config.ingress.decode_threads, thread_name_prefix="decode")
         self._infos: dict[str, dict] = {}
+        self._pending_records: list[dict] = []
+        self._flusher: asyncio.Task | None = None
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -230,28 +234,38 @@ class Ingress:
                 retry_after_s=self.config.ingress.overload_retry_after_s,
             ) from None
 
-    async def _record(self, request_id: str, name: str, predictions: list[dict]) -> None:
+    def _record(self, request_id: str, name: str, predictions: list[dict]) -> None:
+        """Queue top-1 predictions for the QualityMonitor; sent in small batches off the request path."""
         if self.quality is None:
             return
-        now = time.time()
-        model = self.models[name]
-        records = [
+        version = self.models[name].version
+        self._pending_records.extend(
             {
                 "request_id": request_id,
                 "index": i,
                 "model_name": name,
-                "model_version": model.version,
+                "model_version": version,
                 "class_id": p["class_ids"][0],
                 "score": p["scores"][0],
-                "timestamp": now,
             }
             for i, p in enumerate(predictions)
-        ]
+        )
+        overflow = len(self._pending_records) - MAX_PENDING_RECORDS
+        if overflow > 0:
+            # Only when the monitor is unreachable for long: say what is dropped rather than grow forever.
+            del self._pending_records[:overflow]
+            log.warning("quality monitor unreachable: dropped %d oldest predictions from the send queue", overflow)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_records())
+
+    async def _flush_records(self) -> None:
+        # One call per short interval instead of one per request: the monitor hop costs CPU on both sides.
+        await asyncio.sleep(RECORD_FLUSH_INTERVAL_S)
+        batch, self._pending_records = self._pending_records, []
         try:
-            # Awaited so that feedback sent right after this response always finds its prediction.
-            await self.quality.record.remote(records)
+            await self.quality.record.remote(batch)
         except Exception:
-            log.exception("recording predictions for quality tracking failed (request %s)", request_id)
+            log.exception("sending %d predictions to the quality monitor failed", len(batch))
 
     async def _measured(self, name: str, request_id: str, handler) -> Response:
         """Run a predict/infer handler with request counting, latency, in-flight and the access log line."""
@@ -348,7 +362,7 @@ class Ingress:
             decode_s = time.perf_counter() - decode_started
             metrics.observe_stage(STAGE_DECODE, decode_s)
             result = await self._recognize(name, crops, k)
-            await self._record(request_id, name, result["predictions"])
+            self._record(request_id, name, result["predictions"])
             labels = self.labels[name]
             model = self.models[name]
             timings = {"decode": decode_s, **result["timings_s"], "total": time.perf_counter() - started}
@@ -458,7 +472,7 @@ class Ingress:
             crops = await self._crops_from_tensors(name, req.inputs)
             self.metrics[name].observe_images_per_request(len(crops))
             result = await self._recognize(name, crops, k)
-            await self._record(request_id, name, result["predictions"])
+            self._record(request_id, name, result["predictions"])
             labels = self.labels[name]
             preds = result["predictions"]
             n = len(preds)

@@ -30,7 +30,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from serve_app.metrics import (
+from .metrics import (
     CONFIDENCE_BUCKETS,
     FEEDBACK_EXPIRED,
     FEEDBACK_JOINED,
@@ -110,6 +110,7 @@ class QualityConfig:
     # set) instead of the first reference_size predictions after start
     drift_reference: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
     refresh_interval_s: float = 10.0  # how often the monitor re-exports gauges (time windows decay)
+    feedback_grace_s: float = 0.5  # feedback for a not-yet-seen id waits this long for its prediction
 
     def __post_init__(self) -> None:
         for key in ("store_max_items", "store_evicted_ids_max", "window_size", "reference_size",
@@ -119,7 +120,7 @@ class QualityConfig:
                 raise ValueError(f"quality.{key} must be an int >= 1, got {value!r}")
         if isinstance(self.drift_bins, bool) or not isinstance(self.drift_bins, int) or self.drift_bins < 2:
             raise ValueError(f"quality.drift_bins must be an int >= 2, got {self.drift_bins!r}")
-        for key in ("store_max_age_s", "window_seconds", "drift_epsilon", "refresh_interval_s"):
+        for key in ("store_max_age_s", "window_seconds", "drift_epsilon", "refresh_interval_s", "feedback_grace_s"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"quality.{key} must be a number > 0, got {value!r}")
@@ -655,7 +656,11 @@ class QualityTracker:
     # ... predictions
 
     def record(self, predictions: Iterable[Mapping[str, Any]]) -> RecordResult:
-        """Store top-1 predictions ({request_id, index, model_name, model_version, class_id, score})."""
+        """Store top-1 predictions ({request_id, index, model_name, model_version, class_id, score}).
+
+        Each is stamped with this tracker's clock, so store age and windows use one clock whatever
+        replica sent it; other keys (e.g. a caller's timestamp) are ignored.
+        """
         now = self._clock()
         grouped: "OrderedDict[str, StoredRequest]" = OrderedDict()
         accepted: List[int] = []

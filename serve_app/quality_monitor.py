@@ -19,8 +19,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from ray import serve
 
-from serve_app import metrics as m
-from serve_app.quality import (
+from . import metrics as m
+
+FEEDBACK_GRACE_POLL_S = 0.02
+from .quality import (
     FEEDBACK_INVALID,
     FeedbackResult,
     QualityConfig,
@@ -133,9 +135,27 @@ class QualityMonitorCore:
             self.exporter.refresh_drift(name)
         return {"stored": result.stored, "rejected": result.rejected}
 
+    async def _await_unknown_ids(self, items: List[Any]) -> None:
+        """Give predictions still on their way from an ingress replica a moment to arrive.
+
+        Ingress replicas send predictions in small batches after answering the client, so feedback
+        sent right after a prediction (through another replica) can overtake them by milliseconds.
+        """
+        def unknown() -> bool:
+            return any(
+                isinstance(i, Mapping) and isinstance(i.get("request_id"), str)
+                and self.tracker.store.lookup(i["request_id"]).status == m.FEEDBACK_UNKNOWN_ID
+                for i in items
+            )
+
+        deadline = time.monotonic() + self.config.feedback_grace_s
+        while unknown() and time.monotonic() < deadline:
+            await asyncio.sleep(FEEDBACK_GRACE_POLL_S)
+
     async def feedback(self, items: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         """Join labels ({request_id, label, index=0}) to predictions; one result dict per item."""
         self._ensure_refresh_loop()
+        await self._await_unknown_ids(list(items or []))
         results = []
         touched = set()
         for item in items or []:

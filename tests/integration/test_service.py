@@ -50,8 +50,9 @@ def test_json_base64(service_url, coffee_png):
 
 
 def test_models_listing_and_health(service_url):
-    models = requests.get(f"{service_url}/v1/models", timeout=10).json()["models"]
-    (m,) = models
+    models = {m["name"]: m for m in requests.get(f"{service_url}/v1/models", timeout=10).json()["models"]}
+    assert set(models) == {MODEL, "lite0_canary"}  # two models side by side, each its own deployment
+    m = models[MODEL]
     assert m["name"] == MODEL and m["labels_count"] == 1000 and m["device"] == "cpu" and m["ready"] is True
     assert m["input"]["shape"] == [3, 224, 224] and m["runtime"] in ("onnxruntime", "torch")
     assert requests.get(f"{service_url}/healthz", timeout=10).json() == {"status": "ok"}

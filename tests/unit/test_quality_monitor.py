@@ -1,0 +1,154 @@
+"""The QualityMonitor's logic without Ray: what it stores, answers and exports."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from serve_app import metrics as m
+from serve_app.quality_monitor import QualityMonitor, QualityMonitorCore
+
+MODEL = "efficientnet_lite0"
+
+
+class FakeClock:
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pred(request_id, class_id, index=0, score=0.9):
+    return {"request_id": request_id, "index": index, "model_name": MODEL, "model_version": "1",
+            "class_id": class_id, "score": score, "timestamp": 123.0}
+
+
+def monitor(**config):
+    config.setdefault("labels", {MODEL: ["cat", "dog", "fox"]})
+    backend = m.InMemoryMetricsBackend()
+    clock = FakeClock()
+    return QualityMonitorCore(config, clock=clock, backend=backend), backend, clock
+
+
+def test_feedback_moves_the_quality_gauges_to_hand_values():
+    core, backend, _ = monitor()
+
+    async def scenario():
+        await core.record([pred("a", 0), pred("b", 1), pred("c", 2, score=0.3), pred("d", 0)])
+        return await core.feedback([
+            {"request_id": "a", "label": "cat"},  # right
+            {"request_id": "b", "label": 1},  # right
+            {"request_id": "c", "label": "cat"},  # wrong: predicted fox (2)
+            {"request_id": "d", "label": "cat", "index": 0},  # right
+            {"request_id": "zzz", "label": "cat"},  # unknown id
+            {"request_id": "a", "label": "wolf"},  # unknown label
+            "not an object",
+        ])
+
+    results = asyncio.run(scenario())
+    assert [r["status"] for r in results] == [
+        "joined", "joined", "joined", "joined", "unknown_id", "unknown_label", "invalid",
+    ]
+    assert [r["http_status"] for r in results] == [200, 200, 200, 200, 404, 422, 422]
+    tags = {"model_name": MODEL, "model_version": "1", "window": "last_1000"}
+    # truth/pred: cat/cat, dog/dog, cat/fox, cat/cat -> accuracy 3/4
+    # cat: tp=2 fn=1 -> p=1, r=2/3, f1=0.8; dog: 1, 1, 1; fox: tp=0 fp=1 -> 0, 0, 0
+    # macro p = 2/3, r = (2/3+1+0)/3 = 5/9, f1 = (0.8+1+0)/3 = 0.6
+    assert backend.get(m.MODEL_ACCURACY).value(**tags) == 0.75
+    assert backend.get(m.MODEL_PRECISION).value(**tags) == pytest.approx(2 / 3)
+    assert backend.get(m.MODEL_RECALL).value(**tags) == pytest.approx(5 / 9)
+    assert backend.get(m.MODEL_F1).value(**tags) == pytest.approx(0.6)
+    assert backend.get(m.MODEL_LABELLED).value(**tags) == 4
+    assert backend.get(m.MODEL_ACCURACY).value(**{**tags, "window": "last_1h"}) == 0.75
+    feedback = backend.get(m.FEEDBACK_TOTAL)
+    assert feedback.value(model_name=MODEL, result="joined") == 4
+    assert feedback.value(model_name=MODEL, result="unknown_label") == 1
+    assert feedback.value(model_name="unknown", result="unknown_id") == 1
+    confidence = backend.get(m.CONFIDENCE).get_series(model_name=MODEL)
+    assert confidence.count == 4 and confidence.sum == pytest.approx(0.9 * 3 + 0.3)
+    assert backend.get(m.STORE_PREDICTIONS).value() == 4
+
+
+def test_snapshot_is_what_the_quality_endpoint_returns():
+    core, _, _ = monitor()
+
+    async def scenario():
+        await core.record([pred("a", 0)])
+        await core.feedback([{"request_id": "a", "label": "dog"}])
+        return await core.snapshot(MODEL)
+
+    snap = asyncio.run(scenario())
+    assert snap["versions"]["1"]["windows"]["last_1000"]["accuracy"] == 0.0
+    assert snap["feedback"]["joined"] == 1 and snap["store"]["predictions"] == 1
+
+
+def test_empty_windows_export_nan_and_evictions_are_counted():
+    core, backend, clock = monitor(window_seconds=60, store_max_items=1)
+
+    async def scenario():
+        await core.record([pred("a", 0)])
+        await core.feedback([{"request_id": "a", "label": "cat"}])
+        await core.record([pred("b", 0)])  # evicts a (size bound 1)
+        clock.now = 120.0  # the label joined at t=0 has left the 60 s window
+        core.exporter.refresh()
+
+    asyncio.run(scenario())
+    tags = {"model_name": MODEL, "model_version": "1"}
+    assert math.isnan(backend.get(m.MODEL_ACCURACY).value(**tags, window="last_1m"))
+    assert backend.get(m.MODEL_ACCURACY).value(**tags, window="last_1000") == 1.0
+    assert backend.get(m.STORE_EVICTIONS_TOTAL).value(reason="size") == 1
+    assert math.isnan(backend.get(m.PREDICTION_DRIFT_PSI).value(**tags))  # reference not complete
+
+
+def test_drift_gauge_follows_records():
+    core, backend, _ = monitor(reference_size=10, drift_window_size=10)
+
+    async def scenario():
+        await core.record([pred(f"r{i}", 0) for i in range(10)])
+
+    asyncio.run(scenario())
+    assert backend.get(m.PREDICTION_DRIFT_PSI).value(model_name=MODEL, model_version="1") == 0.0
+
+
+def test_bad_records_are_reported_not_dropped_silently(caplog):
+    core, _, _ = monitor()
+    out = asyncio.run(core.record([pred("a", 0), {"request_id": "b"}]))
+    assert out["stored"] == 1 and len(out["rejected"]) == 1
+    assert "not stored for quality tracking" in caplog.text
+
+
+def test_deployment_is_one_replica():
+    assert QualityMonitor.num_replicas == 1
+    assert QualityMonitor.max_ongoing_requests >= 100  # every Ingress call lands here
+
+
+def test_feedback_waits_briefly_for_a_prediction_still_on_its_way():
+    """An ingress replica sends predictions a few ms after answering; feedback may overtake them."""
+    import asyncio
+
+    from serve_app.quality_monitor import QualityMonitorCore
+
+    core = QualityMonitorCore({"labels": {"m": ["a", "b"]}, "feedback_grace_s": 1.0})
+    record = {"request_id": "r1", "index": 0, "model_name": "m", "model_version": "1", "class_id": 1, "score": 0.9}
+
+    async def scenario():
+        feedback = asyncio.create_task(core.feedback([{"request_id": "r1", "label": "b"}]))
+        await asyncio.sleep(0.1)  # the prediction lands 100 ms after the feedback
+        await core.record([record])
+        return await feedback
+
+    (result,) = asyncio.run(scenario())
+    assert result["status"] == "joined" and result["correct"] is True
+
+
+def test_feedback_for_a_never_issued_id_is_unknown_after_the_grace():
+    import asyncio
+
+    from serve_app.quality_monitor import QualityMonitorCore
+
+    core = QualityMonitorCore({"labels": {"m": ["a"]}, "feedback_grace_s": 0.05})
+    (result,) = asyncio.run(core.feedback([{"request_id": "never", "label": "a"}]))
+    assert result["status"] == "unknown_id" and result["http_status"] == 404
