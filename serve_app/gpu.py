@@ -12,9 +12,9 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
-from serve_app import metrics as m
+from . import metrics as m
 
 logger = logging.getLogger(__name__)
 
@@ -74,21 +74,36 @@ def parse_visible_devices(value: Optional[str]) -> Optional[List[str]]:
     return entries
 
 
-FROM_ENV = object()  # read CUDA_VISIBLE_DEVICES from the environment when the probe is built
+def assigned_visible_devices() -> Tuple[Optional[str], str]:
+    """The GPUs this process may read, CUDA_VISIBLE_DEVICES-style, and where that came from.
+
+    Inside a Ray worker: the GPU ids Ray assigned to it ("" when num_gpus is 0). Ray leaves
+    CUDA_VISIBLE_DEVICES untouched for a worker without GPUs, so on a GPU node a CPU replica
+    would otherwise report every GPU of the node as its own. Outside Ray: CUDA_VISIBLE_DEVICES.
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+        return ",".join(str(i) for i in ids), "GPUs Ray assigned to this replica"
+    return os.environ.get("CUDA_VISIBLE_DEVICES"), "CUDA_VISIBLE_DEVICES"
+
+
+ASSIGNED = object()  # default: assigned_visible_devices(), resolved when the probe is built
 
 
 class GpuProbe:
-    """Reads the GPUs visible to this process through NVML (``pynvml`` unless one is injected).
+    """Reads the GPUs assigned to this process through NVML (``pynvml`` unless one is injected).
 
-    ``visible_devices`` follows CUDA_VISIBLE_DEVICES syntax; by default the variable itself,
-    so a Ray replica reads exactly the GPU(s) Ray assigned to it. None means all GPUs.
+    ``visible_devices`` follows CUDA_VISIBLE_DEVICES syntax (indices or UUIDs; "" for none;
+    None for every GPU on the node); by default the GPUs Ray assigned to this replica.
     """
 
-    def __init__(self, nvml: Any = None, visible_devices: Any = FROM_ENV):
+    def __init__(self, nvml: Any = None, visible_devices: Any = ASSIGNED):
         self._nvml = nvml
-        self._visible = (
-            os.environ.get("CUDA_VISIBLE_DEVICES") if visible_devices is FROM_ENV else visible_devices
-        )
+        if visible_devices is ASSIGNED:
+            self._visible, self._visible_source = assigned_visible_devices()
+        else:
+            self._visible, self._visible_source = visible_devices, "visible_devices"
         self._initialized = False
         self._unavailable_reason: Optional[str] = None
         self._indices: Optional[List[int]] = None
@@ -115,7 +130,7 @@ class GpuProbe:
         self._initialized = True
         visible = parse_visible_devices(self._visible)
         if visible == []:
-            self._mark_unavailable(f"no GPU visible to this process (CUDA_VISIBLE_DEVICES={self._visible!r})")
+            self._mark_unavailable(f"no GPU for this process ({self._visible_source}: {self._visible!r})")
             return False
         if self._nvml is None:
             try:
@@ -136,7 +151,7 @@ class GpuProbe:
         self._indices = self._resolve_indices(visible, count)
         if not self._indices:
             self._mark_unavailable(
-                f"CUDA_VISIBLE_DEVICES={self._visible!r} matches none of the {count} GPUs NVML lists"
+                f"{self._visible_source} {self._visible!r} match none of the {count} GPUs NVML lists"
             )
             return False
         logger.info("GPU metrics from NVML for GPU index(es) %s", self._indices)

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Protocol, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
@@ -492,35 +492,33 @@ class ServiceMetrics:
             self._inflight.set(_INFLIGHT.add(self.model_name, -1), tags=self._model_tags)
 
 
-@dataclass
-class ResourceMetrics:
-    """The GPU and process gauges (written by gpu.ResourceMetricsReporter)."""
+class MetricGroup:
+    """A fixed set of declared metrics, looked up by spec: ``group[m.MODEL_ACCURACY].set(...)``."""
 
-    backend: Optional[MetricBackend] = None
-    gauges: Dict[str, object] = field(init=False)
+    SPECS: Tuple[MetricSpec, ...] = ()
 
-    def __post_init__(self) -> None:
-        backend = self.backend or default_backend()
-        self.gauges = {spec.name: backend.get(spec) for spec in RESOURCE_METRICS}
-
-    def set(self, spec: MetricSpec, value: Optional[float], tags: Optional[Dict[str, str]] = None) -> None:
-        """Set one resource gauge; None leaves it unset (the reading is unavailable)."""
-        self.gauges[spec.name].set(value, tags=tags or {})  # type: ignore[attr-defined]
-
-
-@dataclass
-class QualityMetrics:
-    """The quality gauges, feedback counter, confidence histogram and store metrics."""
-
-    backend: Optional[MetricBackend] = None
-    metrics: Dict[str, object] = field(init=False)
-
-    def __post_init__(self) -> None:
-        backend = self.backend or default_backend()
-        self.metrics = {spec.name: backend.get(spec) for spec in QUALITY_METRICS}
+    def __init__(self, backend: Optional[MetricBackend] = None):
+        backend = backend or default_backend()
+        self.metrics = {spec.name: backend.get(spec) for spec in self.SPECS}
 
     def __getitem__(self, spec: MetricSpec):
         return self.metrics[spec.name]
+
+
+class ResourceMetrics(MetricGroup):
+    """The GPU and process gauges (written by gpu.ResourceMetricsReporter)."""
+
+    SPECS = RESOURCE_METRICS
+
+    def set(self, spec: MetricSpec, value: Optional[float], tags: Optional[Dict[str, str]] = None) -> None:
+        """Set one resource gauge; None leaves it unset (the reading is unavailable)."""
+        self[spec].set(value, tags=tags or {})
+
+
+class QualityMetrics(MetricGroup):
+    """The quality gauges, feedback counter, confidence histogram and store metrics."""
+
+    SPECS = QUALITY_METRICS
 
 
 def bucket_lists() -> Dict[str, Sequence[float]]:

@@ -1,0 +1,47 @@
+"""Real NVML and torch allocator readings; runs only where torch sees a CUDA GPU."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from serve_app import metrics as m  # noqa: E402
+from serve_app.gpu import GpuProbe, ProcessProbe, ResourceMetricsReporter  # noqa: E402
+
+# The probe reads NVML, which needs an NVIDIA driver; torch seeing CUDA is the same condition.
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+
+def test_nvml_reads_every_visible_gpu():
+    readings = GpuProbe().read()
+    assert len(readings) == torch.cuda.device_count()
+    for g in readings:
+        assert g.memory_total_bytes and g.memory_total_bytes > 1024**3  # any datacentre GPU has > 1 GiB
+        assert 0 <= g.memory_used_bytes <= g.memory_total_bytes
+        assert 0.0 <= g.memory_used_ratio <= 1.0
+        assert g.utilization_ratio is None or 0.0 <= g.utilization_ratio <= 1.0
+        assert g.temperature_celsius is None or 0.0 < g.temperature_celsius < 120.0
+        assert g.name
+
+
+def test_nvml_and_torch_agree_on_total_memory():
+    # compared as sorted lists: CUDA may order devices differently from NVML's PCI order
+    nvml_totals = sorted(g.memory_total_bytes for g in GpuProbe().read())
+    torch_totals = sorted(torch.cuda.mem_get_info(d)[1] for d in range(torch.cuda.device_count()))
+    assert nvml_totals == torch_totals
+
+
+def test_torch_allocator_and_gauges_after_a_real_allocation():
+    x = torch.empty(64 * 1024**2, dtype=torch.uint8, device="cuda")  # 64 MiB
+    backend = m.InMemoryMetricsBackend()
+    reporter = ResourceMetricsReporter(GpuProbe(), ProcessProbe(), m.ResourceMetrics(backend))
+    readings = reporter.report()
+    assert readings.process.torch_allocated_bytes >= x.numel()
+    assert readings.process.torch_reserved_bytes >= readings.process.torch_allocated_bytes
+    assert backend.get(m.TORCH_MEMORY_ALLOCATED_BYTES).value() >= 64 * 1024**2
+    assert backend.get(m.GPU_MEMORY_TOTAL_BYTES).value(gpu=str(readings.gpus[0].index)) > 0
+    del x
