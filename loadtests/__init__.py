@@ -1,0 +1,1 @@
+"""Locust traffic scenarios and the `recserve loadtest` experiment runner."""
