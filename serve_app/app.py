@@ -56,7 +56,10 @@ def build_app(args: dict) -> Application:
     """Build the whole application from the `args` of configs/serve_config.yaml."""
     cfg = AppConfig.model_validate(args)
     gpu = cluster_has_gpu()
-    recognizers = {m.name: Recognizer.options(**recognizer_options(m, gpu)).bind(m.model_dump()) for m in cfg.models}
+    limits = cfg.limits.model_dump()
+    recognizers = {
+        m.name: Recognizer.options(**recognizer_options(m, gpu)).bind(m.model_dump(), limits) for m in cfg.models
+    }
     quality = None
     if cfg.quality.enabled:
         from .quality_monitor import QualityMonitor

@@ -135,6 +135,7 @@ def serve_config(variant: dict) -> dict:
     model = {
         "name": "efficientnet_lite0",
         "num_threads": 1,
+        "decode_threads": 2,
         "num_cpus": 0.5,
         "max_batch_size": variant["max_batch_size"],
         "batch_wait_timeout_s": variant["batch_wait_timeout_s"],
@@ -152,7 +153,7 @@ def serve_config(variant: dict) -> dict:
                 "import_path": "serve_app.app:build_app",
                 "args": {
                     "models": [model],
-                    "ingress": {"num_replicas": variant["ingress_replicas"], "num_cpus": 0.25, "decode_threads": 2},
+                    "ingress": {"num_replicas": variant["ingress_replicas"], "num_cpus": 0.25},
                     "quality": {"enabled": True},
                 },
             },

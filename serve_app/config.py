@@ -76,6 +76,7 @@ class ModelConfig(Section):
         "otherwise and on CUDA.",
     )
     num_threads: int = Field(1, ge=1, le=64, description="Intra-op threads of the model runtime in each replica.")
+    decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images in each replica, beside inference.")
     num_gpus: float = Field(0.25, gt=0, le=8, description="GPUs each replica asks Ray for when running on CUDA.")
     num_cpus: float = Field(1.0, gt=0, le=64, description="CPUs each replica asks Ray for.")
     max_batch_size: int = Field(16, ge=1, le=256, description="Largest batch @serve.batch forms.")
@@ -120,7 +121,6 @@ class IngressConfig(Section):
 
     num_replicas: int = Field(1, ge=1, description="Ingress replicas (each decodes images in its own process).")
     num_cpus: float = Field(0.5, gt=0, description="CPUs each ingress replica asks Ray for.")
-    decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images in each ingress replica.")
     max_ongoing_requests: int = Field(256, ge=1, description="Requests one ingress replica holds at once.")
     overload_retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 503 when shedding.")
 

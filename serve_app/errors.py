@@ -21,6 +21,18 @@ class ServiceError(Exception):
     def to_json(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
 
+    def to_wire(self) -> dict:
+        """A plain dict that crosses process boundaries unchanged (exceptions do not, reliably)."""
+        return {"code": self.code, "message": self.message, "headers": self.headers}
+
+    @staticmethod
+    def from_wire(wire: dict) -> "ServiceError":
+        """The error a `to_wire()` dict describes, as its own class."""
+        cls = _BY_CODE.get(wire.get("code"), ServiceError)
+        err = ServiceError.__new__(cls)
+        ServiceError.__init__(err, wire.get("message", ""), headers=wire.get("headers"))
+        return err
+
 
 class BadRequest(ServiceError):
     """400: the request is malformed (empty body, truncated image, malformed OIP payload)."""
@@ -102,6 +114,13 @@ class ModelExecutionError(ServiceError):
 
     status = 500
     code = "model_execution_error"
+
+
+def _all_subclasses(cls: type) -> list[type]:
+    return [c for sub in cls.__subclasses__() for c in (sub, *_all_subclasses(sub))]
+
+
+_BY_CODE = {c.code: c for c in _all_subclasses(ServiceError)}
 
 
 class ConfigError(ValueError):
