@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import protocol
 from .config import AppConfig, ModelConfig
+from .dashboard import router as dashboard_router
 from .errors import (
     BadRequest,
     ModelNotFound,
@@ -59,6 +60,9 @@ api = FastAPI(
     version="0.1.0",
     description="Image recognition on Ray Serve. REST under /v1, Open Inference Protocol v2 under /v2.",
 )
+
+# /dashboard: live charts from Prometheus, proxied here so the page needs no CORS.
+api.include_router(dashboard_router)
 
 
 def _error_response(err: ServiceError) -> JSONResponse:
@@ -256,12 +260,14 @@ class Ingress:
 
     async def _flush_records(self) -> None:
         # One call per short interval instead of one per request: the monitor hop costs CPU on both sides.
-        await asyncio.sleep(RECORD_FLUSH_INTERVAL_S)
-        batch, self._pending_records = self._pending_records, []
-        try:
-            await self.quality.record.remote(batch)
-        except Exception:
-            log.exception("sending %d predictions to the quality monitor failed", len(batch))
+        # Loops until nothing is pending, so records queued during a send are not left behind.
+        while self._pending_records:
+            await asyncio.sleep(RECORD_FLUSH_INTERVAL_S)
+            batch, self._pending_records = self._pending_records, []
+            try:
+                await self.quality.record.remote(batch)
+            except Exception:
+                log.exception("sending %d predictions to the quality monitor failed", len(batch))
 
     async def _measured(self, name: str, request_id: str, handler) -> Response:
         """Run a predict/infer handler with request counting, latency, in-flight and the access log line."""

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.monitoring_fixtures import alert_sink, monitoring_stack  # noqa: F401  (session fixtures)
+
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CONFIG = ROOT / "configs" / "serve_config.test.yaml"
 SERVICE_URL = "http://127.0.0.1:18000"
