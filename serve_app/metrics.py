@@ -114,6 +114,13 @@ BATCH_SIZE = MetricSpec(
     "Number of images in each forward pass the Recognizer ran.",
     ("model_name",), BATCH_SIZE_BUCKETS,
 )
+# Ray exports a histogram's _sum from bucket midpoints, not from the observed values, so
+# sum/count of model_batch_size is only approximate; this counter makes the mean batch size exact.
+INFERRED_IMAGES_TOTAL = MetricSpec(
+    "model_inferred_images_total", COUNTER,
+    "Images that went through a forward pass (the sum of all batch sizes).",
+    ("model_name",),
+)
 IMAGES_PER_REQUEST = MetricSpec(
     "model_images_per_request", HISTOGRAM,
     "Number of images in each predict/infer request.",
@@ -197,7 +204,8 @@ STORE_EVICTIONS_TOTAL = MetricSpec(
 )
 
 SERVICE_METRICS = (
-    REQUEST_TOTAL, LATENCY_SECONDS, STAGE_SECONDS, BATCH_SIZE, IMAGES_PER_REQUEST, INFLIGHT_REQUESTS,
+    REQUEST_TOTAL, LATENCY_SECONDS, STAGE_SECONDS, BATCH_SIZE, INFERRED_IMAGES_TOTAL, IMAGES_PER_REQUEST,
+    INFLIGHT_REQUESTS,
 )
 RESOURCE_METRICS = (
     GPU_UTILIZATION, GPU_MEMORY_USED_BYTES, GPU_MEMORY_USED_RATIO, GPU_MEMORY_TOTAL_BYTES,
@@ -438,6 +446,7 @@ class ServiceMetrics:
         self._latency = backend.get(LATENCY_SECONDS)
         self._stage = backend.get(STAGE_SECONDS)
         self._batch = backend.get(BATCH_SIZE)
+        self._inferred = backend.get(INFERRED_IMAGES_TOTAL)
         self._images = backend.get(IMAGES_PER_REQUEST)
         self._inflight = backend.get(INFLIGHT_REQUESTS)
         self._model_tags = {"model_name": self.model_name}
@@ -477,6 +486,7 @@ class ServiceMetrics:
     def observe_batch_size(self, n: int) -> None:
         """Record the size of one forward pass (images in the batch)."""
         self._batch.observe(_check_count("model_batch_size", n), tags=self._model_tags)
+        self._inferred.inc(n, tags=self._model_tags)
 
     def observe_images_per_request(self, n: int) -> None:
         """Record how many images one request carried."""

@@ -97,7 +97,7 @@ def recording_rules(t: AlertThresholds) -> dict:
                     },
                     {
                         "record": "model_name:model_batch_size:mean1m",
-                        "expr": "sum by (model_name) (rate(ray_model_batch_size_sum[1m]))\n"
+                        "expr": "sum by (model_name) (rate(ray_model_inferred_images_total[1m]))\n"
                         "/\n"
                         "sum by (model_name) (rate(ray_model_batch_size_count[1m]))\n",
                     },

@@ -26,13 +26,26 @@ function formatValue(value, unit) {
       const units = ["B", "KiB", "MiB", "GiB", "TiB"];
       let v = value, i = 0;
       while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
-      return v.toFixed(i ? 1 : 0) + " " + units[i];
+      // Two decimals below 10 so neighbouring ticks (1.02 GiB, 1.04 GiB) stay distinct.
+      return v.toFixed(i ? (Math.abs(v) < 10 ? 2 : 1) : 0) + " " + units[i];
     }
     default:
       if (abs >= 1000) return value.toFixed(0);
       if (abs >= 10) return value.toFixed(1);
       return Number(value.toPrecision(3)).toString();
   }
+}
+
+// uPlot stretches a flat series to 0..100, which reads as 10000% on a ratio panel: ratios get 0..1
+// (or more if a value exceeds 1), other units a range that starts at 0 and leaves headroom.
+function yRange(unit) {
+  return (u, min, max) => {
+    if (min === null || max === null) return [0, 1];
+    if (unit === "percentunit") return [Math.min(0, min), Math.max(1, max)];
+    const lo = Math.min(0, min);
+    const hi = max > lo ? max + (max - lo) * 0.1 : lo + 1;
+    return [lo, hi];
+  };
 }
 
 function legendText(template, labels) {
@@ -132,7 +145,7 @@ function drawPanel(panel, card, seriesList, start, end) {
     width: chartWidth(card),
     height: 220,
     // The whole selected range, not just where data exists, so every chart shares one time axis.
-    scales: { x: { time: true, range: () => [start, end] } },
+    scales: { x: { time: true, range: () => [start, end] }, y: { range: yRange(panel.unit) } },
     series: [{}].concat(seriesList.map((s, i) => ({
       label: s.label,
       stroke: COLORS[i % COLORS.length],
