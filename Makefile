@@ -12,7 +12,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager chromium
 # Ray's CLI and dashboard need the cluster token; Ray writes it to ~/.ray/auth_token on first start.
 export RAY_AUTH_MODE := token
 
-.PHONY: run test unit integration bench stack stack-down loadtest backtest install system-deps clean-cache config-doc
+.PHONY: run test unit integration bench stack stack-down loadtest backtest traces install system-deps clean-cache config-doc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ loadtest: install system-deps
 
 backtest: install
 	$(BIN)/recserve backtest --trace forecasting/traces/diurnal_2w.csv --out out/backtest
+	cp out/backtest/backtest.png docs/img/backtest.png
+
+traces: install
+	$(BIN)/recserve gen-traces
 
 config-doc: install
 	$(BIN)/recserve config-doc > docs/CONFIG.md

@@ -40,8 +40,9 @@ def series_specs(model: str, window: str, deployments: str = ".*") -> list[Serie
         SeriesSpec(
             "error_rate", f'sum(rate(ray_model_request_total{{{m},status=~"client_error|server_error"}}[{window}]))'
         ),
-        # Shedding can happen in Serve's proxy (queue full) before the service's own counter sees the request.
-        SeriesSpec("shed_rate", f'sum(rate(ray_serve_num_http_requests_total{{status_code="503"}}[{window}]))'),
+        # The ingress counts every 503 it sheds as `rejected`; Serve's own proxy counters do not exist when
+        # HAProxy fronts the application (the default of `recserve up`).
+        SeriesSpec("shed_rate", f'sum(rate(ray_model_request_total{{{m},status="rejected"}}[{window}]))'),
         SeriesSpec("latency_p50_s", f"histogram_quantile(0.5, {latency})"),
         SeriesSpec("latency_p99_s", f"histogram_quantile(0.99, {latency})"),
         SeriesSpec("target_replicas", f"max by (deployment) (ray_autoscaler_target_replicas{{{d}}})", "deployment"),
@@ -61,7 +62,7 @@ def total_queries(model: str, run_seconds: float) -> dict[str, str]:
     latency = f"sum by (le) (increase(ray_model_latency_seconds_bucket{{{m}}}[{r}]))"
     return {
         "requests_by_status": f"sum by (status) (increase(ray_model_request_total{{{m}}}[{r}]))",
-        "shed_http_503": f'sum(increase(ray_serve_num_http_requests_total{{status_code="503"}}[{r}]))',
+        "shed_http_503": f'sum(increase(ray_model_request_total{{{m},status="rejected"}}[{r}]))',
         "latency_p50_s": f"histogram_quantile(0.5, {latency})",
         "latency_p99_s": f"histogram_quantile(0.99, {latency})",
     }

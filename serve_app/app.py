@@ -52,9 +52,23 @@ def recognizer_options(m: ModelConfig, gpu_available: bool) -> dict:
     return options
 
 
+def check_policy_kwargs(m: ModelConfig) -> None:
+    """Validate our policy's kwargs at `serve run`, where a mistake stops start-up with the key named.
+
+    (Inside the controller the policy never raises: it would hold the replica count instead.)
+    """
+    policy = (m.autoscaling_config or {}).get("policy") or {}
+    if str(policy.get("policy_function", "")).startswith("serve_app.policy"):
+        from .policy import PolicyRules
+
+        PolicyRules.model_validate(policy.get("policy_kwargs") or {})
+
+
 def build_app(args: dict) -> Application:
     """Build the whole application from the `args` of configs/serve_config.yaml."""
     cfg = AppConfig.model_validate(args)
+    for m in cfg.models:
+        check_policy_kwargs(m)
     gpu = cluster_has_gpu()
     limits = cfg.limits.model_dump()
     recognizers = {
@@ -65,12 +79,17 @@ def build_app(args: dict) -> Application:
         from .quality_monitor import QualityMonitor
 
         quality = QualityMonitor.options(name="QualityMonitor", num_replicas=1).bind(quality_settings(cfg))
+    forecaster = None
+    if cfg.forecaster:
+        from .forecaster_service import build_forecaster
+
+        forecaster = build_forecaster(cfg.forecaster)
     return Ingress.options(
         name="Ingress",
         num_replicas=cfg.ingress.num_replicas,
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
-    ).bind(cfg.model_dump(), recognizers, quality)
+    ).bind(cfg.model_dump(), recognizers, quality, forecaster)
 
 
 def quality_settings(cfg: AppConfig) -> dict:

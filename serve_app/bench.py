@@ -165,7 +165,8 @@ def serve_config(variant: dict) -> dict:
 class ServeProcess:
     """`serve run` on a generated config, in its own process group, stopped by PID."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, haproxy: bool = False):
+        self.haproxy = haproxy
         self.dir = Path(tempfile.mkdtemp(prefix="rs-bench-"))
         self.config_path = self.dir / "serve_config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -173,7 +174,15 @@ class ServeProcess:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "ServeProcess":
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()  # a failed start must not leave Serve and its Ray behind
+            raise
+
+    def _start(self) -> "ServeProcess":
         env = {**os.environ, "RAY_TMPDIR": str(self.dir), "RAY_AUTH_MODE": "token"}
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if self.haproxy else "0"
         serve_bin = Path(sys.executable).parent / "serve"
         with self.log_path.open("wb") as log:
             self.proc = subprocess.Popen(
@@ -297,7 +306,7 @@ def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: fl
     ours = f"http://127.0.0.1:{PORT}/v1/models/efficientnet_lite0/predict"
     naive = f"http://127.0.0.1:{PORT}/naive/predict"
     out: dict = {"variant": variant}
-    with ServeProcess(serve_config(variant)):
+    with ServeProcess(serve_config(variant), haproxy=variant["proxy"] == "haproxy"):
         asyncio.run(_closed_loop(ours, singles, 1, 4, 3, raw=True))  # warm the connections and caches
         out["ours_1_image_requests"] = asyncio.run(_closed_loop(ours, singles, 1, concurrency, seconds, raw=True))
         print(f"  served ours (1 img/request):  {out['ours_1_image_requests']}", flush=True)
@@ -330,7 +339,7 @@ def render_markdown(results: dict) -> str:
     lines += ["", f"In-process pipeline (decode + crop + normalise + ONNX Runtime, batch {p['batch_size']}, {p['decode_threads']} decode threads): **{p['images_per_s']} img/s**", ""]
     for s in results["served"]:
         v = s["variant"]
-        lines.append(f"Served, {v['replicas']} recognizer replica(s), {v['ingress_replicas']} ingress replica(s), max batch {v['max_batch_size']}, wait {v['batch_wait_timeout_s'] * 1000:.0f} ms:")
+        lines.append(f"Served through {v['proxy']} proxy, {v['replicas']} recognizer replica(s), {v['ingress_replicas']} ingress replica(s), max batch {v['max_batch_size']}, wait {v['batch_wait_timeout_s'] * 1000:.0f} ms:")
         lines.append("")
         lines.append("| load | images/s | p50 ms | p95 ms | p99 ms | errors |")
         lines.append("|---|---|---|---|---|---|")
@@ -356,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients for served throughput")
     parser.add_argument("--fixed-rate", type=float, default=20, help="requests/s of the latency-percentile run")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2], help="recognizer replica counts to measure")
+    parser.add_argument("--proxies", nargs="+", default=["python", "haproxy"], choices=["python", "haproxy"],
+                        help="Serve's HTTP proxy: its Python proxy, or HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1)")
     parser.add_argument("--skip-served", action="store_true", help="in-process measurements only")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -373,10 +384,12 @@ def main(argv: list[str] | None = None) -> int:
     write_profile(results["runtimes"], ROOT / "forecasting" / "profiles" / "cpu.csv")
     results["served"] = []
     if not args.skip_served:
-        for replicas in args.replicas:
-            variant = {"replicas": replicas, "ingress_replicas": 1, "max_batch_size": 16, "batch_wait_timeout_s": 0.005}
-            print(f"served {variant}:", flush=True)
-            results["served"].append(bench_served(variant, args.seconds, args.concurrency, args.fixed_rate))
+        for proxy in args.proxies:
+            for replicas in args.replicas:
+                variant = {"proxy": proxy, "replicas": replicas, "ingress_replicas": 1, "max_batch_size": 16,
+                           "batch_wait_timeout_s": 0.002}
+                print(f"served {variant}:", flush=True)
+                results["served"].append(bench_served(variant, args.seconds, args.concurrency, args.fixed_rate))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(render_markdown(results) + "\n")
     print(render_markdown(results))

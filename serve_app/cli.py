@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "fit": ("forecasting.cli:main_fit", "fit the Prophet forecaster on request-rate history"),
     "forecast": ("forecasting.cli:main_forecast", "forecast request rate with a fitted model"),
     "backtest": ("forecasting.cli:main_backtest", "replay a traffic trace against every scaling strategy"),
+    "plot": ("forecasting.cli:main_plot", "redraw a backtest's plot from its directory"),
     "gen-traces": ("forecasting.cli:main_gen_traces", "regenerate the bundled traffic traces"),
     "loadtest": ("loadtests.cli:main", "run a locust scenario and write a report"),
 }

@@ -7,6 +7,8 @@ from typing import Literal, get_args, get_origin
 from pydantic import BaseModel
 
 from .config import AppConfig, IngressConfig, LimitsConfig, ModelConfig, PreprocessSpec, QualityConfig
+from .forecaster_service import ForecasterConfig
+from .policy import PolicyRules, PredictiveRules, Threshold, Thresholds, TimeWindow
 
 SECTIONS = [
     ("args", AppConfig),
@@ -15,6 +17,12 @@ SECTIONS = [
     ("args.limits", LimitsConfig),
     ("args.ingress", IngressConfig),
     ("args.quality", QualityConfig),
+    ("args.forecaster", ForecasterConfig),
+    ("args.models[].autoscaling_config.policy.policy_kwargs", PolicyRules),
+    ("...policy_kwargs.thresholds", Thresholds),
+    ("...policy_kwargs.thresholds.<signal>", Threshold),
+    ("...policy_kwargs.windows[]", TimeWindow),
+    ("...policy_kwargs.predictive", PredictiveRules),
 ]
 
 

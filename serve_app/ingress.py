@@ -183,10 +183,17 @@ async def images_from_request(request: Request, body: bytes) -> tuple[list[bytes
 class Ingress:
     """Routes requests to the Recognizer of the named model and records predictions for quality tracking."""
 
-    def __init__(self, config: dict, recognizers: dict[str, DeploymentHandle], quality: DeploymentHandle | None):
+    def __init__(
+        self,
+        config: dict,
+        recognizers: dict[str, DeploymentHandle],
+        quality: DeploymentHandle | None,
+        forecaster: DeploymentHandle | None = None,
+    ):
         self.config = AppConfig.model_validate(config)
         self.recognizers = recognizers
         self.quality = quality
+        self.forecaster = forecaster
         self.models: dict[str, ModelConfig] = {m.name: m for m in self.config.models}
         self.labels = {m.name: load_labels(m.labels) for m in self.config.models}
         self.preprocess = {m.name: m.preprocess or default_preprocess(m.architecture) for m in self.config.models}
@@ -421,6 +428,12 @@ class Ingress:
         if self.quality is None:
             raise UnprocessableEntity("quality tracking is disabled in this deployment (quality.enabled: false)")
         return await self.quality.snapshot.remote(name)
+
+    @api.get("/v1/autoscaling/forecast", summary="The forecaster's status: last fit, forecast QPS at now + lead time")
+    async def forecast_status(self) -> dict:
+        if self.forecaster is None:
+            raise UnprocessableEntity("no forecaster in this deployment (set `forecaster:` in the config)")
+        return await self.forecaster.status.remote()
 
     # ---- Open Inference Protocol v2 ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from .recognizer import top_k
 naive_api = FastAPI(title="naive baseline")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.deployment(ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(naive_api)
 class NaiveRecognizer:
     def __init__(self, num_threads: int = 1):

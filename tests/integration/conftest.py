@@ -41,6 +41,8 @@ def serve_process(ray_tmpdir: Path):
     """`serve run configs/serve_config.test.yaml` in its own process group; stopped by PID at the end."""
     log_path = ray_tmpdir / "serve_run.log"
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+    # The users' default (`make run` / `recserve up`): HAProxy in front of the ingress replicas.
+    env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     env.update({"RECSERVE_PROMETHEUS_URL": "http://127.0.0.1:19090", "RAY_PROMETHEUS_HOST": "http://127.0.0.1:19090"})
     serve_bin = Path(sys.executable).parent / "serve"
     with log_path.open("wb") as log:

@@ -55,3 +55,24 @@ def test_autoscaling_config_passes_through_instead_of_num_replicas():
     opts = recognizer_options(ModelConfig(name="m", autoscaling_config=auto), False)
     assert opts["autoscaling_config"] == auto and "num_replicas" not in opts
     assert recognizer_options(ModelConfig(name="m", num_replicas=2), False)["num_replicas"] == 2
+
+
+def test_shipped_policy_and_forecaster_settings_validate():
+    from serve_app.app import check_policy_kwargs
+    from serve_app.forecaster_service import ForecasterConfig
+
+    cfg = load_config(ROOT / "configs/serve_config.yaml")
+    model = cfg.models[0]
+    assert model.autoscaling_config["policy"]["policy_function"] == "serve_app.policy:ForecastPolicy"
+    check_policy_kwargs(model)
+    forecaster = ForecasterConfig.from_dict(cfg.forecaster)
+    lead = model.autoscaling_config["policy"]["policy_kwargs"]["predictive"]["lead_time_s"]
+    assert forecaster.lead_time_s == lead  # the floor is looked up where the forecaster publishes it
+
+
+def test_bad_policy_kwargs_stop_start_up_with_the_key_named():
+    from serve_app.app import check_policy_kwargs
+
+    auto = {"policy": {"policy_function": "serve_app.policy:ForecastPolicy", "policy_kwargs": {"step_upp": 2}}}
+    with pytest.raises(ValidationError, match="step_upp"):
+        check_policy_kwargs(ModelConfig(name="m", autoscaling_config=auto))

@@ -1,0 +1,1 @@
+"""Forecasting and capacity planning: request-rate history, Prophet forecasts, replica plans and backtests."""

@@ -1,0 +1,562 @@
+"""The autoscaling policy: decide() step by step without Ray, then the Ray adapter with Ray's real context."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from serve_app.policy import (
+    STATE_KEY,
+    ForecastPolicy,
+    PolicyRules,
+    Signals,
+    TimeWindow,
+    active_window,
+    decide,
+    default_queries,
+)
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def at(text: str, zone: ZoneInfo = SHANGHAI) -> float:
+    """Unix seconds of a local wall-clock time, e.g. '2024-06-03 10:00' (a Monday)."""
+    return datetime.strptime(text, "%Y-%m-%d %H:%M").replace(tzinfo=zone).timestamp()
+
+
+MONDAY_10 = at("2024-06-03 10:00")
+
+
+def rules(**overrides) -> PolicyRules:
+    base = {
+        "deployment": "recognizer",
+        "timezone": "Asia/Shanghai",
+        "step_up": 2,
+        "step_down": 1,
+        "cooldown_up_s": 30,
+        "cooldown_down_s": 300,
+        "thresholds": {
+            "qps": {"up": 100, "down": 20},
+            "p99_ms": {"up": 500, "down": 200},
+            "gpu_utilization": {"up": 0.7, "down": 0.3},
+        },
+    }
+    base.update(overrides)
+    return PolicyRules.from_kwargs(base)
+
+
+def sig(replicas: int = 1, running: int | None = None, lo: int = 1, hi: int = 10, **values) -> Signals:
+    return Signals(
+        running_replicas=replicas if running is None else running,
+        target_replicas=replicas,
+        min_replicas=lo,
+        max_replicas=hi,
+        **values,
+    )
+
+
+# ------------------------------------------------------------------------------------------ thresholds
+
+
+@pytest.mark.parametrize(
+    "signals, expected, code",
+    [
+        # The seeds' example: 1 instance at 132 QPS > 100 -> 1 + step_up 2 = 3 (ceil(132/100) = 2 is fewer).
+        (sig(1, qps=132, p99_ms=300, gpu_utilization=0.5), 3, "scale_up_threshold"),
+        # 3 instances at 950 QPS: 317 each > 100; ceil(950/100) = 10 beats 3 + 2 = 5.
+        (sig(3, qps=950, p99_ms=300, gpu_utilization=0.5), 10, "scale_up_threshold"),
+        # Only p99 is above (640 > 500): not proportional, so 4 + 2 = 6.
+        (sig(4, qps=200, p99_ms=640, gpu_utilization=0.5), 6, "scale_up_threshold"),
+        # GPU 0.98 > 0.7 on 4: max(4 + 2, ceil(4 * 0.98 / 0.7) = ceil(5.6) = 6) = 6.
+        (sig(4, qps=200, p99_ms=300, gpu_utilization=0.98), 6, "scale_up_threshold"),
+        (sig(8, qps=200, p99_ms=300, gpu_utilization=0.98), 10, "scale_up_threshold"),  # on 8: max(8 + 2, ceil(8 * 0.98 / 0.7) = ceil(11.2) = 12) -> max_replicas 10
+        # All below (10 each < 20, 150 < 200 ms, 0.2 < 0.3): 5 - step_down 1 = 4; ceil(50/100) = 1 allows it.
+        (sig(5, qps=50, p99_ms=150, gpu_utilization=0.2), 4, "scale_down_threshold"),
+        # One signal within its band (p99 300 between 200 and 500) holds.
+        (sig(5, qps=50, p99_ms=300, gpu_utilization=0.2), 5, "hold_within"),
+        # Any above wins over others below: 1 instance at 132 QPS with idle GPU still scales up.
+        (sig(1, qps=132, p99_ms=100, gpu_utilization=0.1), 3, "scale_up_threshold"),
+        # A missing signal is left out: QPS and p99 below, GPU absent (CPU host) -> down 2 -> 1.
+        (sig(2, qps=10, p99_ms=100), 1, "scale_down_threshold"),
+        # Already at the minimum: all below, 1 - 1 = 0 clamps back to min 1.
+        (sig(1, qps=5, p99_ms=100, gpu_utilization=0.1), 1, "scale_down_threshold"),
+    ],
+)
+def test_threshold_rules(signals, expected, code):
+    decision = decide(signals, {}, MONDAY_10, rules())
+    assert (decision.replicas, decision.code) == (expected, code)
+
+
+def test_scale_up_reason_uses_the_users_words():
+    decision = decide(sig(1, qps=132, p99_ms=300), {}, MONDAY_10, rules())
+    assert decision.reason == "QPS=132 > 100, scaling up: 1 → 3 instances"
+    with_more = decide(sig(3, qps=390, p99_ms=300), {}, MONDAY_10, rules())
+    assert with_more.reason == "QPS=390 (130 per instance) > 100, scaling up: 3 → 5 instances"
+
+
+def test_scale_down_never_goes_below_what_qps_needs():
+    # qps band 60..100: 5 instances at 250 QPS is 50 each (< 60, below) but ceil(250/100) = 3 are needed,
+    # so a step_down of 3 stops at max(5 - 3, 3) = 3 instead of 2.
+    r = rules(step_down=3, thresholds={"qps": {"up": 100, "down": 60}})
+    decision = decide(sig(5, qps=250), {}, MONDAY_10, r)
+    assert decision.replicas == 3
+
+
+def test_p99_alone_waits_for_starting_instances():
+    # Target 6 but 4 running: p99 is still high because 2 instances are starting, so no further step.
+    decision = decide(sig(6, running=4, qps=300, p99_ms=900), {}, MONDAY_10, rules())
+    assert (decision.replicas, decision.code) == (6, "hold_starting")
+    assert "waiting for 2 instances starting" in decision.reason
+
+
+@pytest.mark.parametrize(
+    "lo, hi, signals, expected, limit",
+    [
+        (1, 10, sig(9, lo=1, hi=10, qps=2000), 10, "max_replicas=10"),  # ceil(2000/100) = 20 -> 10
+        (2, 10, sig(2, lo=2, hi=10, qps=1, p99_ms=50), 2, None),  # 2 - 1 = 1 -> min 2 (no change, no note)
+    ],
+)
+def test_bounds(lo, hi, signals, expected, limit):
+    decision = decide(signals, {}, MONDAY_10, rules())
+    assert decision.replicas == expected
+    if limit:
+        assert f"limited by {limit}" in decision.reason
+
+
+def test_rules_can_narrow_serve_bounds():
+    decision = decide(sig(3, qps=2000, lo=1, hi=10), {}, MONDAY_10, rules(max_replicas=6))
+    assert decision.replicas == 6
+
+
+# ------------------------------------------------------------------------------------------ cooldowns
+
+
+def run_periods(r: PolicyRules, signals_at, start: float, periods: int, period_s: float = 1.0):
+    """Loop control periods like the controller: feed each decision back as the next target."""
+    state, target, history = {}, signals_at(0).target_replicas, []
+    for i in range(periods):
+        s = signals_at(i)
+        s = Signals(**{**s.__dict__, "target_replicas": target, "running_replicas": target})
+        decision = decide(s, state, start + i * period_s, r)
+        state, target = decision.state, decision.replicas
+        history.append(target)
+    return history
+
+
+def test_up_cooldown_spaces_scale_ups_by_30s():
+    # p99 stuck at 900 > 500 ms (not proportional): every allowed period adds step_up 2.
+    history = run_periods(rules(), lambda i: sig(1, qps=50, p99_ms=900), MONDAY_10, 65)
+    assert history[0] == 3  # t=0: 1 -> 3
+    assert history[29] == 3  # t=29: still cooling down (30 s)
+    assert history[30] == 5  # t=30: 3 -> 5
+    assert history[60] == 7  # t=60: 5 -> 7
+    assert sorted(set(history)) == [3, 5, 7]
+
+
+def test_down_cooldown_waits_300s_after_any_scaling():
+    # Scale up at t=0 (132 QPS), then the load vanishes: the first scale-down is at t=300, the next at t=600.
+    history = run_periods(
+        rules(),
+        lambda i: sig(1, qps=132, p99_ms=300) if i == 0 else sig(1, qps=5, p99_ms=100),
+        MONDAY_10,
+        601,
+    )
+    assert history[0] == 3
+    assert history[299] == 3
+    assert history[300] == 2
+    assert history[599] == 2
+    assert history[600] == 1
+
+
+def test_cooldown_reason_says_how_long():
+    state = {"last_scale_up_s": MONDAY_10 - 10}
+    decision = decide(sig(3, qps=500, p99_ms=300), state, MONDAY_10, rules())
+    assert decision.replicas == 3 and decision.code == "cooldown_up"
+    assert "scale-up cooldown (20s left)" in decision.reason
+
+
+# ------------------------------------------------------------------------------------------ time windows
+
+
+PEAK = {"name": "peak-hours", "start": "09:00", "end": "21:00", "days": ["mon", "tue", "wed", "thu", "fri"],
+        "thresholds": {"qps": {"up": 150}}}
+OFF_PEAK = {"name": "off-peak", "start": "21:00", "end": "09:00", "thresholds": {"qps": {"up": 80}}}
+
+
+@pytest.mark.parametrize(
+    "local, window",
+    [
+        ("2024-06-03 08:59", "off-peak"),  # Monday before nine: the night window that started Sunday 21:00
+        ("2024-06-03 09:00", "peak-hours"),  # start is inclusive
+        ("2024-06-03 20:59", "peak-hours"),
+        ("2024-06-03 21:00", "off-peak"),  # end is exclusive
+        ("2024-06-08 12:00", "off-peak"),  # Saturday noon: peak-hours is weekdays only, off-peak not active
+    ],
+)
+def test_window_selection(local, window):
+    r = rules(windows=[PEAK, OFF_PEAK])
+    found = active_window(r, at(local))
+    if local == "2024-06-08 12:00":
+        assert found is None  # 12:00 is outside 21:00-09:00 and peak-hours does not run on Saturday
+    else:
+        assert found.name == window
+
+
+def test_window_time_zone_is_explicit():
+    # 02:00 UTC is 10:00 in Shanghai (peak-hours) but 02:00 in UTC (no window).
+    ts = at("2024-06-03 02:00", ZoneInfo("UTC"))
+    assert active_window(rules(windows=[PEAK]), ts).name == "peak-hours"
+    assert active_window(rules(windows=[PEAK], timezone="UTC"), ts) is None
+
+
+@pytest.mark.parametrize(
+    "local, active",
+    [
+        ("2024-06-07 23:30", True),  # Friday night, window starts on Friday
+        ("2024-06-08 01:30", True),  # Saturday 01:30 belongs to Friday's window
+        ("2024-06-09 01:30", False),  # Sunday 01:30 belongs to Saturday's window: Saturday is not listed
+        ("2024-06-07 01:30", False),  # Friday 01:30 belongs to Thursday's window
+        ("2024-06-08 02:00", False),  # end is exclusive
+    ],
+)
+def test_window_crossing_midnight_counts_to_its_start_day(local, active):
+    window = TimeWindow(name="fri-night", start="22:00", end="02:00", days=["fri"])
+    assert window.contains(datetime.strptime(local, "%Y-%m-%d %H:%M")) is active
+
+
+def test_peak_window_raises_the_qps_threshold():
+    # 132 QPS: above 100 (base) at night, within 150 during peak-hours.
+    r = rules(windows=[PEAK])
+    day = decide(sig(1, qps=132, p99_ms=300), {}, MONDAY_10, r)
+    night = decide(sig(1, qps=132, p99_ms=300), {}, at("2024-06-03 22:00"), r)
+    assert (day.replicas, night.replicas) == (1, 3)
+    assert day.reason.startswith("[peak-hours] ")
+
+
+def test_window_minimum_is_scheduled_capacity():
+    r = rules(windows=[{**PEAK, "min_replicas": 4}])
+    assert decide(sig(1, qps=10, p99_ms=100), {}, MONDAY_10, r).replicas == 4
+
+
+# ------------------------------------------------------------------------------------------ cost-optimize
+
+
+COST = {"mode": "cost-optimize", "max_latency_ms": 800}
+
+
+@pytest.mark.parametrize(
+    "signals, state, expected, code",
+    [
+        (sig(3, qps=600, p99_ms=950), {}, 5, "scale_up_latency"),  # 950 > 800 -> 3 + 2
+        (sig(3, qps=600, p99_ms=600), {}, 3, "hold_within"),  # 600 >= 0.6 * 800 = 480: close, hold
+        (sig(3, qps=200, p99_ms=200), {}, 2, "scale_down_latency"),  # 200 < 480 -> 3 - 1
+        # p99 broke at 150 QPS per instance before; 2 instances would take 400/2 = 200 >= 150 each: hold.
+        (sig(3, qps=400, p99_ms=200), {"cost_violation_qps_per_replica": 150.0}, 3, "hold_learned_capacity"),
+        # At 250 QPS, 2 instances take 125 each < 150: allowed.
+        (sig(3, qps=250, p99_ms=200), {"cost_violation_qps_per_replica": 150.0}, 2, "scale_down_latency"),
+    ],
+)
+def test_cost_optimize(signals, state, expected, code):
+    decision = decide(signals, state, MONDAY_10, rules(**COST))
+    assert (decision.replicas, decision.code) == (expected, code)
+
+
+def test_cost_optimize_remembers_where_p99_broke():
+    # 3 instances at 600 QPS broke 800 ms: 600 / 3 = 200 QPS per instance is remembered.
+    decision = decide(sig(3, qps=600, p99_ms=950), {}, MONDAY_10, rules(**COST))
+    assert decision.state["cost_violation_qps_per_replica"] == pytest.approx(200.0)
+
+
+def test_cost_optimize_ignores_qps_thresholds():
+    # 132 QPS on one instance would scale up in balanced mode; cost-optimize only looks at p99.
+    decision = decide(sig(1, qps=132, p99_ms=300), {}, MONDAY_10, rules(**COST))
+    assert decision.replicas == 1
+
+
+# ------------------------------------------------------------------------------------------ forecast floor
+
+
+PREDICTIVE = {"enabled": True, "replica_capacity_qps": 100, "headroom": 0.8, "lead_time_s": 120,
+              "startup_s": 60, "max_forecast_age_s": 7200}
+
+
+@pytest.mark.parametrize(
+    "forecast, fit_age_s, expected, code",
+    [
+        (700, 600, 9, "scale_up_forecast"),  # ceil(700 / (100 * 0.8)) = 9 while the load is calm
+        (150, 600, 2, "hold_within"),  # ceil(150 / 80) = 2 = current
+        (700, 8000, 2, "hold_within"),  # fitted 8000 s ago > 7200: stale, ignored
+        (None, None, 2, "hold_within"),  # no forecast: reactive only
+    ],
+)
+def test_forecast_floor(forecast, fit_age_s, expected, code):
+    # 2 instances at 100 QPS: 50 each, within 20..100; p99 within.
+    s = sig(2, qps=100, p99_ms=300, forecast_qps=forecast,
+            forecast_fit_time=None if fit_age_s is None else MONDAY_10 - fit_age_s)
+    decision = decide(s, {}, MONDAY_10, rules(predictive=PREDICTIVE))
+    assert (decision.replicas, decision.code) == (expected, code)
+
+
+def test_forecast_scale_up_is_planned_and_skips_the_up_cooldown():
+    s = sig(2, qps=100, p99_ms=300, forecast_qps=700, forecast_fit_time=MONDAY_10 - 60)
+    decision = decide(s, {"last_scale_up_s": MONDAY_10 - 5}, MONDAY_10, rules(predictive=PREDICTIVE))
+    assert decision.replicas == 9
+    assert decision.reason == "forecast 700 QPS at +120s needs 9 instances, scaling up: 2 → 9 instances"
+
+
+def test_stale_forecast_says_so_nowhere_it_scales():
+    # A stale forecast must never raise the target.
+    s = sig(2, qps=100, p99_ms=300, forecast_qps=5000, forecast_fit_time=MONDAY_10 - 10_000)
+    assert decide(s, {}, MONDAY_10, rules(predictive=PREDICTIVE)).replicas == 2
+
+
+@pytest.mark.parametrize(
+    "qps, forecast, expected, code",
+    [
+        # 6 instances, 300 QPS (50 each, within 20..100), forecast 160 -> floor ceil(160/80) = 2: the forecast
+        # and the load agree, so go straight to max(floor 2, ceil(300/100) = 3) = 3 rather than one step.
+        (300, 160, 3, "scale_down_forecast"),
+        # All below (60 QPS: 10 each < 20; p99 100 < 200): thresholds alone would step to 5; with the forecast,
+        # max(floor 2, ceil(60/100) = 1) = 2.
+        (60, 160, 2, "scale_down_forecast"),
+        # 560 QPS needs ceil(560/100) = 6 now: no forecast-driven scale-down below it.
+        (560, 160, 6, "hold_within"),
+        # Forecast rising (floor 9 > 6) beats the calm present.
+        (300, 700, 9, "scale_up_forecast"),
+    ],
+)
+def test_forecast_lets_a_calm_deployment_step_down(qps, forecast, expected, code):
+    s = sig(6, qps=qps, p99_ms=100 if qps == 60 else 300, forecast_qps=forecast, forecast_fit_time=MONDAY_10 - 60)
+    decision = decide(s, {}, MONDAY_10, rules(predictive=PREDICTIVE))
+    assert (decision.replicas, decision.code) == (expected, code)
+
+
+def test_forecast_scale_down_respects_the_down_cooldown():
+    s = sig(6, qps=300, p99_ms=300, forecast_qps=160, forecast_fit_time=MONDAY_10 - 60)
+    decision = decide(s, {"last_scale_down_s": MONDAY_10 - 100}, MONDAY_10, rules(predictive=PREDICTIVE))
+    assert (decision.replicas, decision.code) == (6, "cooldown_down")
+
+
+def test_forecast_floor_holds_a_threshold_scale_down():
+    # All below (10 QPS each), but the forecast needs ceil(300/80) = 4 = current: hold.
+    s = sig(4, qps=40, p99_ms=100, forecast_qps=300, forecast_fit_time=MONDAY_10 - 60)
+    decision = decide(s, {}, MONDAY_10, rules(predictive=PREDICTIVE))
+    assert (decision.replicas, decision.code) == (4, "hold_forecast")
+
+
+# ------------------------------------------------------------------------------------------ fallback
+
+
+@pytest.mark.parametrize(
+    "signals, expected, why",
+    [
+        # Prometheus down, 3 instances with 18 ongoing: 6 each > 4 -> max(3 + 2, ceil(18/4) = 5) = 5.
+        (sig(3, ongoing_requests=18, prometheus_available=False), 5, "Prometheus unavailable: queue-based fallback"),
+        # Prometheus up but none of its signals present (e.g. metric names wrong): same fallback.
+        (sig(3, ongoing_requests=18), 5, "QPS, p99 and GPU signals unavailable: queue-based fallback"),
+        # 3 instances with 2 ongoing: 0.67 each < 1 -> 3 - 1 = 2.
+        (sig(3, ongoing_requests=2, prometheus_available=False), 2, "queue-based fallback"),
+    ],
+)
+def test_queue_fallback(signals, expected, why):
+    decision = decide(signals, {}, MONDAY_10, rules())
+    assert decision.replicas == expected
+    assert decision.code.startswith("fallback_")
+    assert why in decision.reason
+
+
+def test_fallback_uses_configured_ongoing_thresholds_and_cooldown():
+    r = rules(thresholds={"qps": {"up": 100, "down": 20}, "ongoing_per_replica": {"up": 16, "down": 4}})
+    s = sig(2, ongoing_requests=40, prometheus_available=False)  # 20 each > 16 -> max(4, ceil(40/16) = 3)
+    assert decide(s, {}, MONDAY_10, r).replicas == 4
+    assert decide(s, {"last_scale_up_s": MONDAY_10 - 1}, MONDAY_10, r).replicas == 2
+
+
+def test_no_ongoing_figure_either_holds():
+    decision = decide(sig(3, prometheus_available=False), {}, MONDAY_10, rules())
+    assert (decision.replicas, decision.code) == (3, "fallback_hold_no_signal")
+
+
+# ------------------------------------------------------------------------------------------ rules validation
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"thresholds": {"qps": {"up": 20, "down": 100}}}, "down (100) must not exceed up (20)"),
+        ({"timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
+        ({"windows": [{"name": "x", "start": "25:00", "end": "09:00"}]}, "'25:00' is not a time of day"),
+        ({"windows": [{"name": "x", "start": "9am", "end": "09:00"}]}, "must look like HH:MM"),
+        ({"windows": [{"name": "x", "start": "09:00", "end": "18:00", "days": ["monday", "fun"]}]}, "days"),
+        ({"predictive": {"lead_time_s": 30, "startup_s": 90}}, "lead time 30s is shorter than the replica start-up"),
+        ({"step_up": 0}, "step_up"),
+        ({"cooldwn_up_s": 30}, "cooldwn_up_s"),  # a typo is an error, not silently ignored
+        ({"mode": "cheap"}, "mode"),
+        ({"min_replicas": 5, "max_replicas": 2}, "min_replicas (5) must not exceed max_replicas (2)"),
+        ({"queries": {"qsp": "up"}}, "unknown query names ['qsp']"),
+    ],
+)
+def test_bad_rules_are_refused_with_the_fix(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        PolicyRules.from_kwargs(kwargs)
+    assert message in str(info.value)
+
+
+def test_rules_round_trip_through_json():
+    r = rules(windows=[PEAK], predictive=PREDICTIVE)
+    again = PolicyRules.from_kwargs(json.loads(r.model_dump_json()))
+    assert again == r
+
+
+def test_queries_name_the_model_and_can_be_overridden():
+    queries = default_queries(rules(model_name="resnet50", queries={"gpu_utilization": "avg(DCGM_FI_DEV_GPU_UTIL)/100"}))
+    assert queries["qps"] == 'sum(rate(ray_model_request_total{model_name="resnet50"}[1m]))'
+    assert 'ray_model_latency_seconds_bucket{model_name="resnet50"}' in queries["p99_ms"]
+    assert queries["forecast_qps"] == 'max(ray_forecast_qps{model_name="resnet50",bound="upper"})'
+    assert queries["gpu_utilization"] == "avg(DCGM_FI_DEV_GPU_UTIL)/100"
+
+
+# ------------------------------------------------------------------------------------------ Ray adapter
+
+
+def context(target=1, running=None, ongoing=0.0, state=None, now=MONDAY_10, lo=1, hi=10):
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.config import AutoscalingConfig, AutoscalingContext
+
+    return AutoscalingContext(
+        deployment_id=DeploymentID(name="recognizer", app_name="default"),
+        deployment_name="recognizer",
+        app_name="default",
+        current_num_replicas=target if running is None else running,
+        target_num_replicas=target,
+        running_replicas=[],
+        total_num_requests=ongoing,
+        total_queued_requests=0.0,
+        aggregated_metrics={},
+        raw_metrics={},
+        capacity_adjusted_min_replicas=lo,
+        capacity_adjusted_max_replicas=hi,
+        policy_state=state or {},
+        last_scale_up_time=None,
+        last_scale_down_time=None,
+        current_time=now,
+        config=AutoscalingConfig(min_replicas=lo, max_replicas=hi, upscale_delay_s=0, downscale_delay_s=0),
+    )
+
+
+class PrometheusStub(BaseHTTPRequestHandler):
+    """A real HTTP server speaking the Prometheus instant-query API with fixed values per query."""
+
+    values: dict[str, float] = {}
+
+    def do_GET(self):
+        query = parse_qs(urlparse(self.path).query)["query"][0]
+        result = [] if query not in self.values else [{"metric": {}, "value": [MONDAY_10, str(self.values[query])]}]
+        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def prometheus():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), PrometheusStub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def wait_for_cache(policy: ForecastPolicy) -> dict:
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        values = policy.read_prometheus()
+        if values is not None:
+            return values
+        time.sleep(0.05)
+    raise AssertionError("the policy never read Prometheus")
+
+
+def test_adapter_reads_prometheus_and_decides(prometheus):
+    kwargs = {"deployment": "recognizer", "prometheus_address": f"127.0.0.1:{prometheus.server_port}",
+              "fetch_interval_s": 0.1, "thresholds": {"qps": {"up": 100, "down": 20}}}
+    policy = ForecastPolicy(**kwargs)
+    PrometheusStub.values = {policy.queries["qps"]: 132.0, policy.queries["p99_ms"]: 240.0}
+    assert wait_for_cache(policy) == {"qps": 132.0, "p99_ms": 240.0}
+    replicas, state = policy(context(target=1, state={"__ray_internal": 7}))
+    assert replicas == 3
+    assert state["__ray_internal"] == 7  # Ray's own keys survive
+    assert state[STATE_KEY]["last_scale_up_s"] == MONDAY_10
+
+
+def test_adapter_without_prometheus_falls_back_to_queue(monkeypatch):
+    monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
+    policy = ForecastPolicy(deployment="recognizer")
+    replicas, state = policy(context(target=2, ongoing=20.0))  # 10 each > 4 -> max(4, ceil(20/4) = 5)
+    assert replicas == 5
+    assert state[STATE_KEY]["last_code"] == "fallback_scale_up_threshold"
+
+
+def test_adapter_state_travels_in_the_dict_not_on_self(monkeypatch):
+    monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
+    policy = ForecastPolicy(deployment="recognizer")
+    _, state = policy(context(target=2, ongoing=20.0))
+    # Same instance, a fresh (empty) state: no memory of the scale-up, so no cooldown.
+    assert policy(context(target=5, ongoing=24.0, now=MONDAY_10 + 1))[0] == 7  # 4.8 each > 4: max(5 + 2, 6)
+    # With the returned state the up cooldown applies.
+    assert policy(context(target=5, ongoing=24.0, state=state, now=MONDAY_10 + 1))[0] == 5
+
+
+def test_adapter_never_raises_into_the_controller(monkeypatch):
+    monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
+
+    def broken() -> float:
+        raise RuntimeError("metrics store gone")
+
+    policy = ForecastPolicy(deployment="recognizer")
+    replicas, state = policy(context(target=4, ongoing=broken))
+    assert replicas == 4
+    assert state[STATE_KEY].get("last_code") is None  # no decision was made, nothing invented
+
+
+def test_adapter_with_invalid_kwargs_holds_and_says_why(caplog):
+    policy = ForecastPolicy(thresholds={"qps": {"up": 10, "down": 50}})
+    assert policy.config_error and "down (50) must not exceed up (10)" in policy.config_error
+    assert policy(context(target=3, ongoing=100.0))[0] == 3
+
+
+def test_adapter_inside_rays_own_wrapper(monkeypatch):
+    """The controller wraps the policy with Ray's scaling factors, delays and state merge: it must survive that."""
+    from ray.serve.autoscaling_policy import _apply_autoscaling_config
+
+    monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
+    wrapped = _apply_autoscaling_config(ForecastPolicy(deployment="recognizer"))
+    replicas, state = wrapped(context(target=2, ongoing=20.0))
+    assert replicas == 5
+    assert STATE_KEY in state
+
+
+def test_serve_loads_the_policy_from_its_import_path():
+    """Serve cloudpickles `policy_function` and instantiates the class with policy_kwargs in the controller."""
+    from ray import cloudpickle
+    from ray.serve._private.autoscaling_state import _resolve_policy_callable
+    from ray.serve.config import AutoscalingPolicy
+
+    kwargs = {"deployment": "recognizer", "windows": [PEAK], "predictive": PREDICTIVE}
+    config = AutoscalingPolicy(policy_function="serve_app.policy:ForecastPolicy", policy_kwargs=kwargs)
+    assert cloudpickle.loads(config.get_serialized_policy_def()) is ForecastPolicy
+    policy = _resolve_policy_callable(config)
+    assert policy.config_error is None and policy.rules.windows[0].name == "peak-hours"
