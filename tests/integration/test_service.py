@@ -51,7 +51,7 @@ def test_json_base64(service_url, coffee_png):
 
 def test_models_listing_and_health(service_url):
     models = {m["name"]: m for m in requests.get(f"{service_url}/v1/models", timeout=10).json()["models"]}
-    assert set(models) == {MODEL, "lite0_canary"}  # two models side by side, each its own deployment
+    assert set(models) == {MODEL, "lite0_canary", "lite0_autoscale", "lite0_fallback"}  # models side by side, each its own deployment
     m = models[MODEL]
     assert m["name"] == MODEL and m["labels_count"] == 1000 and m["device"] == "cpu" and m["ready"] is True
     assert m["input"]["shape"] == [3, 224, 224] and m["runtime"] in ("onnxruntime", "torch")

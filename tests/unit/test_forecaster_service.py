@@ -1,0 +1,238 @@
+"""The Forecaster's work without Ray: refit, save, reload, publish gauges, report status."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from forecasting.sources import RateHistory
+from forecasting.tracegen import diurnal
+from serve_app.forecaster_service import (
+    FORECAST_PEAK_QPS,
+    FORECAST_QPS,
+    FORECASTER_LAST_FIT,
+    FORECASTER_STATUS,
+    ForecasterConfig,
+    ForecastPublisher,
+    build_forecaster,
+)
+from serve_app.metrics import InMemoryMetricsBackend
+from serve_app.planned_events import parse_planned_events
+from tests.unit.test_planned_events import SALE, T0, iso
+
+ROWS = diurnal(days=4, step_s=900, peak_rps=300.0, seed=2, spikes=[])
+TIMES = np.array([t.timestamp() for t, _ in ROWS])
+RATES = np.array([r for _, r in ROWS])
+NOW = float(TIMES[-1]) + 900
+
+
+class Clock:
+    """A settable clock (time is a true boundary)."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TraceHistory:
+    """History from a fixed trace, recording what was asked, or failing like an unreachable Prometheus."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+        self.asked: list[tuple] = []
+
+    def __call__(self, model, start, end, step):
+        self.asked.append((model, start, end, step))
+        if self.fail:
+            raise ConnectionError("Prometheus at 127.0.0.1:9 did not answer")
+        keep = (TIMES >= start) & (TIMES < end)
+        return RateHistory(TIMES[keep], RATES[keep])
+
+
+def config(tmp_path, **kw) -> ForecasterConfig:
+    return ForecasterConfig.from_dict({"models": ["m"], "model_dir": str(tmp_path), "timezone": "Asia/Shanghai",
+                                       "history_step_s": 900, "forecast_step_s": 900, **kw})
+
+
+@pytest.fixture(scope="module")
+def refitted(tmp_path_factory):
+    """One real fit, shared (Prophet takes about a second)."""
+    directory = tmp_path_factory.mktemp("models")
+    backend, clock, history = InMemoryMetricsBackend(), Clock(NOW), TraceHistory()
+    publisher = ForecastPublisher(config(directory), history, backend=backend, clock=clock)
+    state = publisher.refit("m")
+    publisher.publish()
+    return publisher, state, backend, clock, history, directory
+
+
+def test_refit_reads_the_configured_history_window(refitted):
+    _, _, _, _, history, _ = refitted
+    model, start, end, step = history.asked[0]
+    assert (model, end, step) == ("m", NOW, 900)
+    assert end - start == 14 * 86400  # history_days default 14
+
+
+def test_refit_fits_saves_and_schedules(refitted):
+    publisher, state, _, _, _, directory = refitted
+    assert state.status == "ok", state.message
+    assert (directory / "m.json").is_file()
+    assert state.next_refit == NOW + 3600  # refit_interval_s
+
+
+def test_gauges_carry_the_forecast_at_now_plus_lead(refitted):
+    publisher, state, backend, _, _, _ = refitted
+    upper = backend.get(FORECAST_QPS).value(model_name="m", bound="upper")
+    yhat = backend.get(FORECAST_QPS).value(model_name="m", bound="yhat")
+    assert upper == pytest.approx(state.forecast.at(NOW + 180, "upper"), rel=1e-3)
+    assert upper >= yhat > 0
+    assert backend.get(FORECAST_PEAK_QPS).value(model_name="m", bound="upper") >= upper
+    assert backend.get(FORECASTER_LAST_FIT).value(model_name="m") == NOW
+    assert backend.get(FORECASTER_STATUS).value(model_name="m", status="ok") == 1.0
+    assert backend.get(FORECASTER_STATUS).value(model_name="m", status="error") == 0.0
+
+
+def test_status_reports_the_same_figures(refitted):
+    publisher, _, backend, _, _, _ = refitted
+    status = publisher.status()["models"]["m"]
+    assert status["status"] == "ok"
+    assert status["forecast_qps"]["upper"] == pytest.approx(backend.get(FORECAST_QPS).value(model_name="m", bound="upper"), rel=1e-6)
+    assert status["last_fit_age_s"] == 0.0
+
+
+def test_forecast_moves_with_time(refitted):
+    publisher, _, _, clock, _, _ = refitted
+    before = publisher.published("m")["forecast_qps"]["upper"]
+    clock.now = NOW + 6 * 3600  # from midnight to the morning: a diurnal forecast must change
+    try:
+        after = publisher.published("m")["forecast_qps"]["upper"]
+        assert publisher.published("m")["last_fit_age_s"] == 6 * 3600
+    finally:
+        clock.now = NOW
+    assert after != pytest.approx(before, rel=0.05)
+
+
+def test_a_restarted_forecaster_loads_the_saved_model(refitted, tmp_path):
+    _, state, _, _, _, directory = refitted
+    backend = InMemoryMetricsBackend()
+    again = ForecastPublisher(config(directory), TraceHistory(fail=True), backend=backend, clock=Clock(NOW + 60))
+    again.load_saved()
+    assert again.models["m"].status == "ok"
+    assert again.due() == []  # fitted at NOW, refit due at NOW + 3600
+    again.publish()
+    # yhat is deterministic; the interval comes from Prophet's sampling, so the reloaded upper bound wobbles a little.
+    assert backend.get(FORECAST_QPS).value(model_name="m", bound="yhat") == pytest.approx(
+        state.forecast.at(NOW + 60 + 180, "yhat"), rel=1e-3
+    )
+    assert backend.get(FORECAST_QPS).value(model_name="m", bound="upper") == pytest.approx(
+        state.forecast.at(NOW + 60 + 180, "upper"), rel=0.05
+    )
+
+
+def test_too_little_history_publishes_a_status_and_no_forecast(tmp_path):
+    backend = InMemoryMetricsBackend()
+
+    def one_day(model, start, end, step):
+        return RateHistory(TIMES[:96], RATES[:96])
+
+    publisher = ForecastPublisher(config(tmp_path), one_day, backend=backend, clock=Clock(NOW))
+    state = publisher.refit("m")
+    publisher.publish()
+    assert state.status == "insufficient_history"
+    assert state.next_refit == NOW + 300  # retry_interval_s
+    assert backend.get(FORECASTER_STATUS).value(model_name="m", status="insufficient_history") == 1.0
+    assert backend.get(FORECAST_QPS).value(model_name="m", bound="upper") is None
+    assert backend.get(FORECASTER_LAST_FIT).value(model_name="m") is None
+
+
+def test_prometheus_down_is_an_error_status_not_a_crash(tmp_path):
+    publisher = ForecastPublisher(config(tmp_path), TraceHistory(fail=True), backend=InMemoryMetricsBackend(), clock=Clock(NOW))
+    state = publisher.refit("m")
+    assert state.status == "error" and "did not answer" in state.message
+    assert publisher.due() == []  # retries after retry_interval_s, not in a tight loop
+
+
+def test_corrupt_saved_model_is_reported(tmp_path):
+    (tmp_path / "m.json").write_text("{not json")
+    publisher = ForecastPublisher(config(tmp_path), TraceHistory(), backend=InMemoryMetricsBackend(), clock=Clock(NOW))
+    publisher.load_saved()
+    assert publisher.models["m"].status == "error"
+    assert "unusable" in publisher.models["m"].message
+    assert publisher.due() == ["m"]
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"modles": ["m"]}, "modles: Extra inputs are not permitted"),
+        ({"horizon_h": 0.01, "lead_time_s": 600}, "must reach beyond lead_time_s"),
+        ({"timezone": "Atlantis/Capital"}, "unknown time zone"),
+        ({"refit_interval_s": 5}, "refit_interval_s"),
+    ],
+)
+def test_bad_config_names_the_key(raw, message):
+    with pytest.raises(ValueError) as info:
+        ForecasterConfig.from_dict(raw)
+    assert message in str(info.value)
+
+
+def test_build_forecaster_binds_one_deployment_without_starting_ray(tmp_path):
+    import ray
+
+    app = build_forecaster({"models": ["m"], "model_dir": str(tmp_path)})
+    assert type(app).__name__ == "Application"
+    assert not ray.is_initialized()
+    with pytest.raises(ValueError, match="invalid forecaster config"):
+        build_forecaster({"refit_interval_s": -1})
+
+
+# Planned events through the publisher
+
+
+def test_planned_event_publishes_without_prophet_and_clears_after_it(tmp_path):
+    events = tmp_path / "events.json"
+    events.write_text(json.dumps([SALE]))
+    backend, clock = InMemoryMetricsBackend(), Clock(T0)
+    publisher = ForecastPublisher(config(tmp_path, planned_events_file=str(events)), TraceHistory(fail=True), backend=backend, clock=clock)
+
+    def gauges():
+        return (backend.get(FORECAST_QPS).value(model_name="m", bound="upper"),
+                backend.get(FORECASTER_LAST_FIT).value(model_name="m"))
+
+    publisher.publish()
+    assert gauges() == (None, None)  # T0 + 180 (lead) is before the sale: nothing known, nothing published
+    status = publisher.status()["models"]["m"]
+    assert status["forecast_source"] == "planned_only" and "planned events only" in status["message"]
+    assert status["planned_events"][0]["name"] == "sale" and not status["planned_events"][0]["active"]
+    assert status["forecast_peak_qps"] == {"yhat": 500, "upper": 500}  # the sale is within the horizon
+
+    clock.now = T0 + 600 - 180  # the lead time reaches the sale's start
+    publisher.publish()
+    assert gauges() == (500, T0 + 420)  # the plan is as fresh as this read
+    clock.now = T0 + 1800 - 180 + 1  # now + lead is past the sale's end
+    publisher.publish()
+    assert gauges() == (0.0, 0.0)  # cleared: fit time 0 is older than any max_forecast_age_s
+    publisher.publish()
+    assert gauges() == (0.0, 0.0)
+
+
+def test_planned_event_raises_a_prophet_forecast(refitted, tmp_path):
+    publisher, state, _, _, _, _ = refitted
+    prophet_upper = state.forecast.at(NOW + 180, "upper")
+    high = {"name": "launch", "start": iso(NOW), "end": iso(NOW + 3600), "qps": prophet_upper * 3}
+    low = {**high, "qps": prophet_upper / 3}
+    with_high = publisher.published("m", parse_planned_events(json.dumps([high])))
+    assert with_high["forecast_qps"]["upper"] == pytest.approx(prophet_upper * 3, rel=1e-3)
+    assert with_high["last_fit_age_s"] == 0.0  # the published figure is the plan
+    with_low = publisher.published("m", parse_planned_events(json.dumps([low])))
+    assert with_low["forecast_qps"]["upper"] == pytest.approx(prophet_upper, rel=1e-3)
+    assert with_low["last_fit_timestamp"] == state.forecast.fitted_at
+
+
+def test_publish_interval_may_be_one_second():
+    assert ForecasterConfig.from_dict({"publish_interval_s": 1}).publish_interval_s == 1
+    with pytest.raises(ValueError, match="publish_interval_s"):
+        ForecasterConfig.from_dict({"publish_interval_s": 0.5})
