@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "plot": ("forecasting.cli:main_plot", "redraw a backtest's plot from its directory"),
     "gen-traces": ("forecasting.cli:main_gen_traces", "regenerate the bundled traffic traces"),
     "loadtest": ("loadtests.cli:main", "run a locust scenario and write a report"),
+    "loadtest-sim": ("loadtests.replay_sim:main", "replay a recorded load test in the simulator, real vs simulated replicas"),
 }
 
 

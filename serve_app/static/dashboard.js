@@ -48,6 +48,11 @@ function yRange(unit) {
   };
 }
 
+// Tick labels such as "153.7 MiB" need more room than "40 ms".
+function axisSize(unit) {
+  return unit === "bytes" ? 84 : 64;
+}
+
 function legendText(template, labels) {
   return template.replace(/\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}/g, (_, name) => labels[name] ?? "");
 }
@@ -156,11 +161,11 @@ function drawPanel(panel, card, seriesList, start, end) {
     }))),
     axes: [
       {},
-      { scale: "y", size: 64, values: (u, splits) => splits.map((v) => formatValue(v, panel.unit)) },
+      { scale: "y", size: axisSize(panel.unit), values: (u, splits) => splits.map((v) => formatValue(v, panel.unit)) },
     ],
   };
   if (rightUnit) {
-    opts.axes.push({ scale: "y2", side: 1, size: 64, grid: { show: false }, values: (u, splits) => splits.map((v) => formatValue(v, rightUnit)) });
+    opts.axes.push({ scale: "y2", side: 1, size: axisSize(rightUnit), grid: { show: false }, values: (u, splits) => splits.map((v) => formatValue(v, rightUnit)) });
   }
   state.charts.set(panel.id, new uPlot(opts, data, chartNode));
 }
