@@ -29,6 +29,17 @@ def quote_label(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# A replica series not scraped for this long belongs to a replica (or a whole Serve instance) that is gone.
+# Prometheus keeps returning such a series for its 5 min look-back when no stale marker was written, e.g.
+# after Prometheus itself restarted between two runs; three 15 s scrapes tell the two apart.
+FRESH_S = 45
+
+
+def fresh(selector: str) -> str:
+    """`selector` restricted to series with a sample in the last FRESH_S seconds."""
+    return f"({selector} and (time() - timestamp({selector}) < {FRESH_S}))"
+
+
 def series_specs(model: str, window: str, deployments: str = ".*") -> list[SeriesSpec]:
     """The series the report plots: load, latency, errors, shed, replicas and forecast."""
     m = f"model_name={quote_label(model)}"
@@ -45,12 +56,16 @@ def series_specs(model: str, window: str, deployments: str = ".*") -> list[Serie
         SeriesSpec("shed_rate", f'sum(rate(ray_model_request_total{{{m},status="rejected"}}[{window}]))'),
         SeriesSpec("latency_p50_s", f"histogram_quantile(0.5, {latency})"),
         SeriesSpec("latency_p99_s", f"histogram_quantile(0.99, {latency})"),
-        SeriesSpec("target_replicas", f"max by (deployment) (ray_autoscaler_target_replicas{{{d}}})", "deployment"),
+        SeriesSpec("target_replicas", f"max by (deployment) {fresh(f'ray_autoscaler_target_replicas{{{d}}}')}", "deployment"),
         SeriesSpec(
-            "serve_target_replicas", f"max by (deployment) (ray_serve_autoscaling_target_replicas{{{d}}})", "deployment"
+            "serve_target_replicas",
+            f"max by (deployment) {fresh(f'ray_serve_autoscaling_target_replicas{{{d}}}')}",
+            "deployment",
         ),
         # Per replica 1 (healthy) or 0 (stopping) by default; the sum is the running count either way.
-        SeriesSpec("running_replicas", f"sum by (deployment) (ray_serve_deployment_replica_healthy{{{d}}})", "deployment"),
+        SeriesSpec(
+            "running_replicas", f"sum by (deployment) {fresh(f'ray_serve_deployment_replica_healthy{{{d}}}')}", "deployment"
+        ),
         SeriesSpec("forecast_qps", f"max by (bound) (ray_forecast_qps{{{m}}})", "bound"),
     ]
 
@@ -62,7 +77,8 @@ def total_queries(model: str, run_seconds: float) -> dict[str, str]:
     latency = f"sum by (le) (increase(ray_model_latency_seconds_bucket{{{m}}}[{r}]))"
     return {
         "requests_by_status": f"sum by (status) (increase(ray_model_request_total{{{m}}}[{r}]))",
-        "shed_http_503": f'sum(increase(ray_model_request_total{{{m},status="rejected"}}[{r}]))',
+        # No `rejected` series means the ingress never shed: 0, not "no data".
+        "shed_http_503": f'sum(increase(ray_model_request_total{{{m},status="rejected"}}[{r}])) or vector(0)',
         "latency_p50_s": f"histogram_quantile(0.5, {latency})",
         "latency_p99_s": f"histogram_quantile(0.99, {latency})",
     }

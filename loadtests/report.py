@@ -246,7 +246,7 @@ def render_summary(run: RunInfo, client: ClientSummary, service: ServiceSummary 
     statuses = ", ".join(f"{status}: {count:.0f}" for status, count in sorted(service.requests_by_status.items()))
     lines += [
         f"- requests by status (model_request_total): {statuses or 'none recorded'}",
-        f"- shed by Serve (HTTP 503): {_fmt(service.shed_http_503, 0)}",
+        f"- shed by the service (HTTP 503, model_request_total{{status=\"rejected\"}}): {_fmt(service.shed_http_503, 0)}",
         f"- latency over the run (model_latency_seconds): p50 {_fmt(1000 * service.latency_p50_s, 0)} ms,"
         f" p99 {_fmt(1000 * service.latency_p99_s, 0)} ms",
         f"- peak request rate: {_fmt(service.peak_request_rate, 2)} req/s",

@@ -64,11 +64,53 @@ def check_policy_kwargs(m: ModelConfig) -> None:
         PolicyRules.model_validate(policy.get("policy_kwargs") or {})
 
 
+def max_replicas(m: ModelConfig) -> int:
+    """The most replicas this model's deployment may run."""
+    if m.autoscaling_config:
+        return int(m.autoscaling_config.get("max_replicas", 1))
+    return m.num_replicas
+
+
+def cpu_shortfall(cfg: AppConfig, cluster_cpus: float) -> str | None:
+    """Why the application at its max replicas asks for more CPUs than the cluster has, or None if it fits.
+
+    Ray places a replica only where its logical CPUs are free: a scale-up past the cluster's CPUs leaves the
+    extra replicas pending, and the policy's target is then never reached.
+    """
+    parts = [(f"{max_replicas(m)} x {recognizer_deployment_name(m.name)} at {m.num_cpus:g}", max_replicas(m) * m.num_cpus)
+             for m in cfg.models]
+    parts.append((f"{cfg.ingress.num_replicas} x Ingress at {cfg.ingress.num_cpus:g}", cfg.ingress.num_replicas * cfg.ingress.num_cpus))
+    if cfg.forecaster:
+        from .forecaster_service import ForecasterConfig
+
+        forecaster_cpus = ForecasterConfig.from_dict(cfg.forecaster).num_cpus
+        parts.append((f"Forecaster at {forecaster_cpus:g}", forecaster_cpus))
+    demand = sum(cpus for _, cpus in parts)
+    if demand <= cluster_cpus + 1e-9:
+        return None
+    detail = " + ".join(text for text, cpus in parts if cpus > 0)
+    return (
+        f"at max replicas the application asks for {demand:g} CPUs ({detail}) but the cluster has {cluster_cpus:g}: "
+        "replicas beyond that stay pending until nodes are added; lower num_cpus or max_replicas, or add nodes"
+    )
+
+
+def warn_if_replicas_do_not_fit(cfg: AppConfig) -> None:
+    """One warning at start-up when max replicas cannot all be placed on the cluster as it is now."""
+    import ray
+
+    if ray.is_initialized():
+        problem = cpu_shortfall(cfg, ray.cluster_resources().get("CPU", 0.0))
+        if problem:
+            log.warning(problem)
+
+
 def build_app(args: dict) -> Application:
     """Build the whole application from the `args` of configs/serve_config.yaml."""
     cfg = AppConfig.model_validate(args)
     for m in cfg.models:
         check_policy_kwargs(m)
+    warn_if_replicas_do_not_fit(cfg)
     gpu = cluster_has_gpu()
     limits = cfg.limits.model_dump()
     recognizers = {

@@ -83,6 +83,10 @@ class ForecasterConfig(BaseModel):
     interval_width: float = Field(0.8, gt=0, lt=1, description="Width of the forecast interval; `upper` is its top.")
     holidays_country: str | None = Field(None, description="Add this country's public holidays (e.g. CN).")
     min_history_h: float = Field(48.0, ge=24, description="Less history than this gives `insufficient_history`.")
+    num_cpus: float = Field(
+        0.0, ge=0, description="CPUs the Forecaster replica asks Ray for. It refits once per refit_interval_s in a "
+        "worker thread, so by default it reserves none and leaves the node's CPUs to the recognizer replicas.",
+    )
     planned_events_file: str | None = Field(
         None,
         description="YAML/JSON list of planned events `{name, start, end, qps[, models]}` (ISO-8601 times with an "
@@ -317,7 +321,7 @@ def _deployment_class():
     """The Serve deployment, built on first use so this module imports without starting anything."""
     from ray import serve
 
-    @serve.deployment(num_replicas=1, max_ongoing_requests=8, ray_actor_options={"num_cpus": 0.5})
+    @serve.deployment(num_replicas=1, max_ongoing_requests=8)
     class Forecaster:
         """Refits on a schedule and publishes forecasts; one replica."""
 
@@ -367,5 +371,7 @@ def _deployment_class():
 
 def build_forecaster(config: dict[str, Any] | None):
     """The bound Forecaster deployment for `serve_app.app` to include (validates the config first)."""
-    ForecasterConfig.from_dict(config)  # fail at `serve run`, with the bad key named, not inside a replica
-    return _deployment_class().options(name="Forecaster").bind(config or {})
+    validated = ForecasterConfig.from_dict(config)  # fail at `serve run`, with the bad key named, not in a replica
+    return _deployment_class().options(
+        name="Forecaster", ray_actor_options={"num_cpus": validated.num_cpus}
+    ).bind(config or {})

@@ -76,3 +76,28 @@ def test_bad_policy_kwargs_stop_start_up_with_the_key_named():
     auto = {"policy": {"policy_function": "serve_app.policy:ForecastPolicy", "policy_kwargs": {"step_upp": 2}}}
     with pytest.raises(ValidationError, match="step_upp"):
         check_policy_kwargs(ModelConfig(name="m", autoscaling_config=auto))
+
+
+def test_the_shipped_config_fits_its_max_replicas_on_a_two_core_node():
+    from serve_app.app import cpu_shortfall
+
+    cfg = load_config(ROOT / "configs/serve_config.yaml")
+    assert cpu_shortfall(cfg, 2.0) is None  # 3 recognizers x 0.5 + ingress 0.5 + forecaster 0
+    problem = cpu_shortfall(cfg, 1.5)
+    assert problem.startswith("at max replicas the application asks for 2 CPUs")
+    assert "3 x Recognizer_efficientnet_lite0 at 0.5 + 1 x Ingress at 0.5" in problem and "has 1.5" in problem
+
+
+def test_cpu_demand_counts_fixed_replicas_autoscaling_maximums_and_the_forecaster():
+    from serve_app.app import cpu_shortfall
+
+    cfg = AppConfig.model_validate({
+        "models": [
+            {"name": "a", "num_cpus": 1, "num_replicas": 2},
+            {"name": "b", "num_cpus": 0.5, "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}},
+        ],
+        "ingress": {"num_replicas": 1, "num_cpus": 0.5},
+        "forecaster": {"models": ["a"], "num_cpus": 0.5},
+    })
+    assert cpu_shortfall(cfg, 5.0) is None  # 2 + 2 + 0.5 + 0.5
+    assert "asks for 5 CPUs" in cpu_shortfall(cfg, 4.99) and "Forecaster at 0.5" in cpu_shortfall(cfg, 4.99)

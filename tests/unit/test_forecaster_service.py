@@ -184,6 +184,10 @@ def test_build_forecaster_binds_one_deployment_without_starting_ray(tmp_path):
 
     app = build_forecaster({"models": ["m"], "model_dir": str(tmp_path)})
     assert type(app).__name__ == "Application"
+    # No logical CPU by default: it must not keep a recognizer replica from being placed.
+    assert app._bound_deployment.ray_actor_options["num_cpus"] == 0
+    busy = build_forecaster({"models": ["m"], "model_dir": str(tmp_path), "num_cpus": 0.25})
+    assert busy._bound_deployment.ray_actor_options["num_cpus"] == 0.25
     assert not ray.is_initialized()
     with pytest.raises(ValueError, match="invalid forecaster config"):
         build_forecaster({"refit_interval_s": -1})
