@@ -154,11 +154,14 @@ def simulate_replay(load: np.ndarray, settings: DeploymentSettings, run_start: f
     run = simulate("simulated", load, arrivals, model, config, run_start, controller=controller,
                    initial_replicas=settings.initial_replicas)
     target = np.full(len(load), settings.initial_replicas, dtype=int)
-    for when, value, _ in controller.changes:
-        target[int(round(when - run_start)):] = value
+    reason = np.full(len(load), "", dtype=object)
+    for when, value, code in controller.changes:
+        second = int(round(when - run_start))
+        target[second:] = value
+        reason[second] = code
     return pd.DataFrame({
         "elapsed_s": np.arange(len(load)), "offered_rps": load, "arrivals": arrivals,
-        "simulated_target": target, "simulated_ready": run.ready,
+        "simulated_target": target, "simulated_ready": run.ready, "simulated_reason": reason,
         "simulated_latency_lo_ms": run.lat_lo_ms, "simulated_latency_hi_ms": run.lat_hi_ms,
     })
 
@@ -177,14 +180,14 @@ def real_replicas(series: pd.DataFrame, deployment: str, duration_s: float) -> p
     return out
 
 
-def _changes(values: np.ndarray) -> list[tuple[int, float]]:
+def _changes(seconds: np.ndarray, values: np.ndarray) -> list[tuple[int, float]]:
     """(second, new value) at every change of a step series, NaNs ignored."""
     out, last = [], None
-    for t, value in enumerate(values):
+    for t, value in zip(seconds, values):
         if np.isnan(value):
             continue
         if last is not None and value != last:
-            out.append((t, float(value)))
+            out.append((int(t), float(value)))
         last = value
     return out
 
@@ -213,8 +216,9 @@ def compare(real: pd.DataFrame, simulated: pd.DataFrame) -> Comparison:
     if both.empty:
         raise ValueError("no second has both real and simulated replicas")
     running, ready = both["real_running"].to_numpy(float), both["simulated_ready"].to_numpy(float)
-    real_events = _changes(both["real_target"].to_numpy(float))
-    sim_events = _changes(both["simulated_target"].to_numpy(float))
+    seconds = both["elapsed_s"].to_numpy()
+    real_events = _changes(seconds, both["real_target"].to_numpy(float))
+    sim_events = _changes(seconds, both["simulated_target"].to_numpy(float))
 
     def first_up(events, start):
         return next((t for t, v in events if v > start), None)
@@ -239,8 +243,13 @@ def compare(real: pd.DataFrame, simulated: pd.DataFrame) -> Comparison:
     )
 
 
-def render_comparison(deployment: str, comparison: Comparison, options: ReplayOptions, offered: np.ndarray) -> str:
+def render_comparison(deployment: str, comparison: Comparison, options: ReplayOptions, simulated: pd.DataFrame) -> str:
     """simulated.md."""
+    offered = simulated["offered_rps"].to_numpy()
+    changes = simulated[simulated["simulated_reason"].astype(str) != ""]
+    decisions = "; ".join(
+        f"{row.elapsed_s} s: {row.simulated_reason} → {row.simulated_target}" for row in changes.itertuples()
+    ) or "none"
     def seconds(value):
         return "–" if value is None else f"{value} s"
 
@@ -263,6 +272,8 @@ def render_comparison(deployment: str, comparison: Comparison, options: ReplayOp
         "",
         f"Running replicas equal to the simulated ready replicas {100 * c.agreement:.0f}% of the seconds; within one "
         f"replica {100 * c.within_one:.0f}%.",
+        "",
+        f"Simulated decisions (policy reason code → target): {decisions}.",
         "",
     ])
 
@@ -345,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     simulated.merge(real, on="elapsed_s", how="left").to_csv(folder / "simulated.csv", index=False)
     plot_replay(real, simulated, settings.deployment, folder / "replicas_vs_sim.png")
-    text = render_comparison(settings.deployment, comparison, options, simulated["offered_rps"].to_numpy())
+    text = render_comparison(settings.deployment, comparison, options, simulated)
     (folder / "simulated.md").write_text(text)
     print(text)
     print(f"Wrote {folder}/simulated.csv, {folder}/replicas_vs_sim.png, {folder}/simulated.md")

@@ -130,6 +130,17 @@ def test_comparison_figures_are_counted_from_both_timelines():
     assert c.within_one == pytest.approx(0.9)  # only second 3 (1 against 3) is off by more than one
 
 
+def test_event_times_are_run_seconds_even_when_the_real_series_starts_late():
+    # Prometheus' first replica sample comes some seconds into the run: those seconds have no real figure.
+    real = pd.DataFrame({"elapsed_s": range(8), "real_running": [np.nan, np.nan, 1, 1, 1, 3, 3, 3],
+                         "real_target": [np.nan, np.nan, 1, 1, 3, 3, 3, 3]})
+    sim = pd.DataFrame({"elapsed_s": range(8), "simulated_ready": [1, 1, 1, 1, 1, 1, 3, 3],
+                        "simulated_target": [1, 1, 1, 3, 3, 3, 3, 3]})
+    c = compare(real, sim)
+    assert (c.first_up_real_s, c.first_up_sim_s) == (4, 3)
+    assert c.replica_seconds_real == 12 and c.replica_seconds_sim == 10  # over the seconds both know
+
+
 def test_the_command_writes_its_three_files(tmp_path):
     load = [5] * 60 + [70] * 120 + [2] * 60
     history_rows({PREDICT_NAME: load}).to_csv(tmp_path / "locust_stats_history.csv", index=False)
