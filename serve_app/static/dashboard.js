@@ -11,29 +11,38 @@ const COLORS = ["#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6"
 
 const state = { rows: [], charts: new Map(), timer: null, busy: false };
 
-function formatValue(value, unit) {
+// `extra` adds decimals where the usual ones would print two ticks alike (a flat 40 ms series).
+function formatValue(value, unit, extra = 0) {
   if (value === null || value === undefined || Number.isNaN(value)) return "–";
   const abs = Math.abs(value);
   switch (unit) {
-    case "percentunit": return (value * 100).toFixed(abs < 0.1 ? 1 : 0) + "%";
+    case "percentunit": return (value * 100).toFixed((abs < 0.1 ? 1 : 0) + extra) + "%";
     case "s":
       if (abs === 0) return "0";
-      if (abs < 1) return (value * 1000).toFixed(abs < 0.01 ? 1 : 0) + " ms";
-      return value.toFixed(2) + " s";
-    case "reqps": return (abs < 10 ? value.toFixed(2) : value.toFixed(0)) + "/s";
-    case "celsius": return value.toFixed(0) + " °C";
+      if (abs < 1) return (value * 1000).toFixed((abs < 0.01 ? 1 : 0) + extra) + " ms";
+      return value.toFixed(2 + extra) + " s";
+    case "reqps": return (abs < 10 ? value.toFixed(2 + extra) : value.toFixed(extra)) + "/s";
+    case "celsius": return value.toFixed(extra) + " °C";
     case "bytes": {
       const units = ["B", "KiB", "MiB", "GiB", "TiB"];
       let v = value, i = 0;
       while (Math.abs(v) >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
       // Two decimals below 10 so neighbouring ticks (1.02 GiB, 1.04 GiB) stay distinct.
-      return v.toFixed(i ? (Math.abs(v) < 10 ? 2 : 1) : 0) + " " + units[i];
+      return v.toFixed(i ? (Math.abs(v) < 10 ? 2 : 1) + extra : 0) + " " + units[i];
     }
     default:
-      if (abs >= 1000) return value.toFixed(0);
-      if (abs >= 10) return value.toFixed(1);
-      return Number(value.toPrecision(3)).toString();
+      if (abs >= 1000) return value.toFixed(extra);
+      if (abs >= 10) return value.toFixed(1 + extra);
+      return Number(value.toPrecision(3 + extra)).toString();
   }
+}
+
+function tickLabels(splits, unit) {
+  for (let extra = 0; extra < 3; extra += 1) {
+    const labels = splits.map((v) => formatValue(v, unit, extra));
+    if (new Set(labels).size === labels.length) return labels;
+  }
+  return splits.map((v) => formatValue(v, unit, 3));
 }
 
 // uPlot stretches a flat series to 0..100, which reads as 10000% on a ratio panel: ratios get 0..1
@@ -161,11 +170,11 @@ function drawPanel(panel, card, seriesList, start, end) {
     }))),
     axes: [
       {},
-      { scale: "y", size: axisSize(panel.unit), values: (u, splits) => splits.map((v) => formatValue(v, panel.unit)) },
+      { scale: "y", size: axisSize(panel.unit), values: (u, splits) => tickLabels(splits, panel.unit) },
     ],
   };
   if (rightUnit) {
-    opts.axes.push({ scale: "y2", side: 1, size: axisSize(rightUnit), grid: { show: false }, values: (u, splits) => splits.map((v) => formatValue(v, rightUnit)) });
+    opts.axes.push({ scale: "y2", side: 1, size: axisSize(rightUnit), grid: { show: false }, values: (u, splits) => tickLabels(splits, rightUnit) });
   }
   state.charts.set(panel.id, new uPlot(opts, data, chartNode));
 }

@@ -43,6 +43,9 @@ def serve_process(ray_tmpdir: Path):
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
     # The users' default (`make run` / `recserve up`): HAProxy in front of the ingress replicas.
     env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+    # HAProxy's stats and metrics ports are machine-wide: move them off a running `make run`'s 8404/9101.
+    env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", "18404")
+    env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", "19101")
     env.update({"RECSERVE_PROMETHEUS_URL": "http://127.0.0.1:19090", "RAY_PROMETHEUS_HOST": "http://127.0.0.1:19090"})
     serve_bin = Path(sys.executable).parent / "serve"
     with log_path.open("wb") as log:
