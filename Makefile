@@ -12,7 +12,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager chromium
 # Ray's CLI and dashboard need the cluster token; Ray writes it to ~/.ray/auth_token on first start.
 export RAY_AUTH_MODE := token
 
-.PHONY: run test unit integration bench stack stack-down loadtest backtest traces install system-deps clean-cache config-doc
+.PHONY: run test unit integration bench stack stack-down loadtest loadtest-sim backtest traces install system-deps clean-cache config-doc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ SCENARIO ?= steady
 DURATION ?= 120
 loadtest: install system-deps
 	$(BIN)/recserve loadtest $(SCENARIO) --duration $(DURATION) --out out/loadtest-$(SCENARIO)
+
+# The recorded run replayed in the autoscaling simulator: real against simulated replicas.
+loadtest-sim: install
+	$(BIN)/recserve loadtest-sim out/loadtest-$(SCENARIO)
 
 backtest: install
 	$(BIN)/recserve backtest --trace forecasting/traces/diurnal_2w.csv --out out/backtest
