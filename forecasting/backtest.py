@@ -32,9 +32,9 @@ from forecasting.simulator import (
     Run,
     ServiceModel,
     SimConfig,
-    capacity_at_slo,
     latency_quantile,
     quiet_policy_logs,
+    service_for,
     share_within,
     simulate,
 )
@@ -124,14 +124,7 @@ class BacktestResult:
 
 def service_and_capacity(options: BacktestOptions) -> tuple[ServiceModel, float]:
     """The service model and the per-replica capacity at the SLO (from --replica-rps or the profile)."""
-    curve = LatencyCurve.profile(options.profile)
-    model = ServiceModel(curve)
-    derived = capacity_at_slo(model, options.slo_ms)
-    if options.replica_rps is None:
-        return model, derived
-    # The user measured the capacity: stretch the curve so the simulated replica sustains exactly that.
-    scaled = ServiceModel(curve.scaled(derived / options.replica_rps))
-    return scaled, float(options.replica_rps)
+    return service_for(LatencyCurve.profile(options.profile), options.slo_ms, options.replica_rps)
 
 
 def forecaster_settings(options: BacktestOptions) -> ForecasterSettings:

@@ -484,6 +484,19 @@ def capacity_at_slo(model: ServiceModel, slo_ms: float, seconds: int = 3600, see
     return low
 
 
+def service_for(curve: LatencyCurve, slo_ms: float, replica_rps: float | None = None,
+                **service: Any) -> tuple[ServiceModel, float]:
+    """A service model and its per-replica capacity at the SLO.
+
+    With `replica_rps` (a measured capacity) the curve is stretched so one simulated replica sustains exactly that.
+    """
+    model = ServiceModel(curve, **service)
+    derived = capacity_at_slo(model, slo_ms)
+    if replica_rps is None:
+        return model, derived
+    return ServiceModel(curve.scaled(derived / replica_rps), **service), float(replica_rps)
+
+
 def latency_quantile(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, q: float) -> float:
     """Quantile of all requests' latencies, each second's requests uniform between its lo and hi."""
     counts = np.asarray(counts, dtype=float)

@@ -130,21 +130,17 @@ def simulate_replay(load: np.ndarray, settings: DeploymentSettings, run_start: f
     from forecasting.simulator import (
         ForecastPolicyController,
         LatencyCurve,
-        ServiceModel,
         SimConfig,
-        capacity_at_slo,
         quiet_policy_logs,
+        service_for,
         simulate,
     )
 
     quiet_policy_logs()
     curve = LatencyCurve.profile(options.profile)
     max_batch = min(float(settings.max_batch_size), curve.batch_sizes[-1])
-    model = ServiceModel(curve, batch_wait_ms=settings.batch_wait_ms, max_batch=max_batch)
-    if options.replica_rps:
-        # Stretch the curve so one simulated replica sustains replica_rps at the SLO, as the backtest does.
-        model = ServiceModel(curve.scaled(capacity_at_slo(model, options.slo_ms) / options.replica_rps),
-                             batch_wait_ms=settings.batch_wait_ms, max_batch=max_batch)
+    model, _ = service_for(curve, options.slo_ms, options.replica_rps or None,
+                           batch_wait_ms=settings.batch_wait_ms, max_batch=max_batch)
     config = SimConfig(
         slo_ms=options.slo_ms, startup_s=options.startup_s, scrape_interval_s=options.scrape_interval_s,
         min_replicas=settings.min_replicas, max_replicas=settings.max_replicas,
