@@ -184,11 +184,14 @@ def test_rising_load_scales_up_on_qps(service_url, serve_status, monitoring_stac
     assert codes >= 1
 
 
-def test_falling_load_scales_down_after_cooldown(serve_status, monitoring_stack, ray_tmpdir, no_planned_events, timeline):
-    target, running = serve_status.replicas(AUTOSCALED)
-    if target <= 1:
-        pytest.skip("the scale-up test did not leave lite0_autoscale above 1 replica")
-    started = time.monotonic()  # the load stopped at the end of the previous test
+def test_falling_load_scales_down_after_cooldown(service_url, serve_status, monitoring_stack, ray_tmpdir, cat_jpeg,
+                                                 no_planned_events, timeline):
+    if serve_status.replicas(AUTOSCALED)[0] <= 1:
+        # Run on its own (without the scale-up test before it): raise the target first, then stop the load.
+        with Load(service_url, AUTOSCALED, cat_jpeg, qps=LOAD_QPS):
+            wait_until(lambda: serve_status.replicas(AUTOSCALED)[0] > 1, SCALE_UP_TIMEOUT_S,
+                       "the policy to raise lite0_autoscale's target above 1")
+    started = time.monotonic()  # the load has stopped
     wait_until(lambda: serve_status.replicas(AUTOSCALED) == (1, 1), SCALE_DOWN_TIMEOUT_S,
                "lite0_autoscale back at 1 target and 1 RUNNING replica")
     timeline["scale_down_s"] = round(time.monotonic() - started, 1)

@@ -12,8 +12,8 @@ from loadtests import stack
 LAUNCHER = """
 import subprocess, sys, time
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-print("ready", flush=True)
 try:
+    print("ready", flush=True)  # inside the try: a Ctrl-C right after "ready" must take the same path
     time.sleep(120)
 except KeyboardInterrupt:
     sys.exit(130)
