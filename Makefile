@@ -39,7 +39,7 @@ run: install system-deps
 	$(BIN)/recserve up --config $(CONFIG)
 
 test: install system-deps
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests/unit tests/integration
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
