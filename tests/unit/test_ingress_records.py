@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+
 from serve_app.config import ModelConfig
 from serve_app.ingress import Ingress
 
@@ -25,6 +27,11 @@ class RecordingHandle:
         self.record = _Method()
 
 
+# Serve's ASGI wrapper has an async __del__; an instance built without a replica leaves that coroutine
+# unawaited when collected. Nothing of the record path is involved.
+pytestmark = pytest.mark.filterwarnings("ignore:coroutine .*ASGIIngressWrapper.__del__:RuntimeWarning")
+
+
 def make_ingress(quality):
     # Built without Serve's ASGI wrapper (its __init__ needs a running replica): only the fields
     # the record path reads.
@@ -34,6 +41,14 @@ def make_ingress(quality):
     ingress._pending_records = []
     ingress._flusher = None
     return ingress
+
+
+async def until_sent(quality: RecordingHandle, records: int, timeout_s: float = 10.0) -> None:
+    # A deadline rather than a fixed sleep: a loaded machine may run the flusher late, never early.
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while sum(len(b) for b in quality.batches) < records and loop.time() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def prediction(class_id):
@@ -48,7 +63,7 @@ def test_records_queued_during_a_send_are_sent_too():
         ingress._record("r1", "m", [prediction(1)])
         await asyncio.sleep(0.03)  # the first batch is now being sent (20 ms wait + 50 ms call)
         ingress._record("r2", "m", [prediction(2), prediction(3)])
-        await asyncio.sleep(0.3)
+        await until_sent(quality, 3)
 
     asyncio.run(scenario())
     sent = [(r["request_id"], r["index"], r["class_id"]) for batch in quality.batches for r in batch]
@@ -63,7 +78,8 @@ def test_requests_within_the_flush_interval_share_one_call():
     async def scenario():
         for i in range(5):
             ingress._record(f"r{i}", "m", [prediction(i)])
-        await asyncio.sleep(0.1)
+        await until_sent(quality, 5)
+        await asyncio.sleep(0.05)  # room for a wrong second call to show up
 
     asyncio.run(scenario())
     assert len(quality.batches) == 1 and len(quality.batches[0]) == 5
