@@ -29,6 +29,7 @@ import pandas as pd
 import yaml
 
 from loadtests.checks import INFER_NAME, PREDICT_NAME, SHED_NAME
+from serve_app.config import AppConfig, recognizer_deployment_name
 
 OFFERED_NAMES = (PREDICT_NAME, INFER_NAME, SHED_NAME)  # every request that reached (or was shed by) the model
 
@@ -84,25 +85,28 @@ class DeploymentSettings:
 
 
 def deployment_settings(config: dict[str, Any], deployment: str | None = None) -> DeploymentSettings:
-    """The autoscaled model deployment named `deployment` (default: the first with a custom policy)."""
+    """The autoscaled model deployment named `deployment` (default: the first with a custom policy).
+
+    The config goes through the service's own validation, so defaults the YAML leaves out are the service's.
+    """
     candidates = []
     for app in config.get("applications") or []:
-        for model in (app.get("args") or {}).get("models") or []:
-            scaling = model.get("autoscaling_config") or {}
+        for model in AppConfig.model_validate(app.get("args") or {}).models:
+            scaling = model.autoscaling_config or {}
             policy = scaling.get("policy") or {}
             if not policy.get("policy_kwargs"):
                 continue
-            name = f"Recognizer_{model['name']}"
+            name = recognizer_deployment_name(model.name)
             candidates.append(name)
-            if deployment in (None, name, model["name"]):
+            if deployment in (None, name, model.name):
                 return DeploymentSettings(
                     deployment=name,
                     policy_kwargs=dict(policy["policy_kwargs"]),
                     min_replicas=int(scaling.get("min_replicas", 1)),
                     max_replicas=int(scaling.get("max_replicas", 1)),
                     initial_replicas=int(scaling.get("initial_replicas") or scaling.get("min_replicas", 1)),
-                    max_batch_size=int(model.get("max_batch_size", 16)),
-                    batch_wait_ms=1000.0 * float(model.get("batch_wait_timeout_s", 0.01)),
+                    max_batch_size=model.max_batch_size,
+                    batch_wait_ms=1000.0 * model.batch_wait_timeout_s,
                 )
     known = ", ".join(candidates) or "none"
     raise ValueError(f"no autoscaled deployment {deployment or ''} with policy_kwargs in the config (found: {known})")

@@ -7,7 +7,7 @@ import logging
 from ray import serve
 from ray.serve import Application
 
-from .config import AppConfig, ModelConfig
+from .config import AppConfig, ModelConfig, recognizer_deployment_name
 from .ingress import Ingress
 from .recognizer import Recognizer
 
@@ -17,11 +17,6 @@ log = logging.getLogger("ray.serve")
 # keeping freed memory in the heap removed up to a 2.7x slowdown of torch on CPU here
 # (docs/PERFORMANCE.md).
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-
-
-def recognizer_deployment_name(model_name: str) -> str:
-    """Deployment name of a model's Recognizer (the `deployment` label of its metrics)."""
-    return f"Recognizer_{model_name}"
 
 
 def cluster_has_gpu() -> bool:

@@ -43,6 +43,11 @@ class PreprocessSpec(Section):
         return self
 
 
+def recognizer_deployment_name(model_name: str) -> str:
+    """Deployment name of a model's Recognizer (the `deployment` label of its metrics)."""
+    return f"Recognizer_{model_name}"
+
+
 class ModelConfig(Section):
     """One served model: becomes its own Recognizer deployment with its own replicas and autoscaling."""
 
