@@ -35,6 +35,7 @@ from forecasting.forecaster import Forecast, ForecasterSettings, RateForecaster
 from forecasting.sources import RateHistory, prometheus_rate_history
 from serve_app.metrics import GAUGE, MetricSpec, default_backend
 from serve_app.planned_events import PlannedEvent, PlannedEventsFile, merge_forecast, planned_qps
+from serve_app.validation import validation_problems
 
 logger = logging.getLogger("ray.serve")
 
@@ -106,10 +107,7 @@ class ForecasterConfig(BaseModel):
         try:
             return cls.model_validate(raw or {})
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'forecaster'}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
-            )
-            raise ValueError(f"invalid forecaster config: {problems}") from None
+            raise ValueError(f"invalid forecaster config: {validation_problems(exc, 'forecaster')}") from None
 
     def settings(self) -> ForecasterSettings:
         """Prophet settings for every model."""

@@ -15,6 +15,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serve_app.validation import validation_problems
+
 logger = logging.getLogger("ray.serve")
 
 
@@ -68,10 +70,7 @@ def parse_planned_events(text: str) -> list[PlannedEvent]:
         try:
             events.append(PlannedEvent.model_validate(item))
         except ValidationError as exc:
-            detail = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
-            )
-            problems.append(f"event {index}: {detail}")
+            problems.append(f"event {index}: {validation_problems(exc, 'event')}")
     if problems:
         raise ValueError("; ".join(problems))
     return events

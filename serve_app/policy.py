@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from forecasting.planner import check_capacity, check_lead_time, replicas_for_rate
+from serve_app.validation import validation_problems
 
 
 STATE_KEY = "forecast_policy"
@@ -238,11 +239,7 @@ class PolicyRules(Rule):
         try:
             return cls.model_validate(kwargs or {})
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'policy_kwargs'}: {err['msg']} (got {err.get('input')!r})"
-                for err in exc.errors()
-            )
-            raise ValueError(f"invalid autoscaling policy_kwargs: {problems}") from None
+            raise ValueError(f"invalid autoscaling policy_kwargs: {validation_problems(exc, 'policy_kwargs')}") from None
 
     def zone(self) -> ZoneInfo:
         """The ZoneInfo the windows are read in."""
