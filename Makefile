@@ -48,7 +48,7 @@ integration: install system-deps
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: install
-	$(BIN)/python -m serve_app.bench --out docs/bench
+	$(BIN)/python -m serve_app.devtools.bench --out docs/bench
 
 stack: install system-deps
 	$(BIN)/recserve stack up
@@ -66,7 +66,7 @@ loadtest-sim: install
 	$(BIN)/recserve loadtest-sim out/loadtest-$(SCENARIO)
 
 backtest: install
-	$(BIN)/recserve backtest --trace forecasting/traces/diurnal_2w.csv --out out/backtest
+	$(BIN)/recserve backtest --trace lab/traces/diurnal_2w.csv --out out/backtest
 	cp out/backtest/backtest.png docs/img/backtest.png
 
 traces: install

@@ -1,4 +1,5 @@
-"""Request bodies and response checks for the load test, kept free of locust so they are unit-tested directly."""
+"""Request bodies and response checks for the load test, kept free of locust so they are unit-tested
+directly."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ SHED_TYPE = "SHED"
 
 
 def status_outcome(status: int) -> str:
-    """'ok' for 2xx, 'shed' for the load-shedding 503, 'failure' for anything else (0 = no response)."""
+    """'ok' for 2xx, 'shed' for the load-shedding 503, 'failure' for anything else (0 = no
+    response)."""
     if 200 <= status < 300:
         return "ok"
     if status == SHED_STATUS:
@@ -26,7 +28,11 @@ def status_outcome(status: int) -> str:
 
 
 def settings_problems(
-    oip_share: float, feedback_share: float, user_rps: float, images_per_request: int = 1, top_k: int = 5,
+    oip_share: float,
+    feedback_share: float,
+    user_rps: float,
+    images_per_request: int = 1,
+    top_k: int = 5,
     image_side: int = 640,
 ) -> list[str]:
     """Settings that would make the numbers meaningless, each with its allowed range."""
@@ -60,7 +66,9 @@ def oip_infer_request(images: Sequence[bytes]) -> dict[str, Any]:
     }
 
 
-def multipart_files(images: Sequence[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:
+def multipart_files(
+    images: Sequence[tuple[str, bytes]],
+) -> list[tuple[str, tuple[str, bytes, str]]]:
     """Multipart parts for /v1 predict: field `file` for one image, `files` for several."""
     field = "file" if len(images) == 1 else "files"
     return [(field, (f"{name}.jpg", data, "image/jpeg")) for name, data in images]
@@ -85,7 +93,9 @@ def predict_problem(body: Any, expected_images: int) -> str | None:
             if not isinstance(entry, Mapping) or not isinstance(entry.get("class_id"), int):
                 return f"prediction {number} has a top_k entry without an integer class_id"
             score = entry.get("score")
-            if not isinstance(score, (int, float)) or not (math.isfinite(score) and 0.0 <= score <= 1.0):
+            if not isinstance(score, (int, float)) or not (
+                math.isfinite(score) and 0.0 <= score <= 1.0
+            ):
                 return f"prediction {number} has score {score!r} outside 0..1"
     return None
 
@@ -110,7 +120,11 @@ def infer_problem(body: Any, expected_images: int) -> str | None:
         shape = output.get("shape")
         if not isinstance(name, str) or not isinstance(output.get("datatype"), str):
             return "an output lacks name or datatype"
-        if not isinstance(shape, list) or not shape or not all(isinstance(d, int) and d >= 0 for d in shape):
+        if (
+            not isinstance(shape, list)
+            or not shape
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+        ):
             return f"output {name} has shape {shape!r}, expected a list of sizes"
         if shape[0] != expected_images:
             return f"output {name} has {shape[0]} rows for {expected_images} images"
@@ -121,24 +135,32 @@ def infer_problem(body: Any, expected_images: int) -> str | None:
 
 
 def top1_class_id(body: Mapping[str, Any], index: int = 0) -> int | None:
-    """Top-1 class id of image `index` from a /v1 predict body (or from an OIP output named like class ids)."""
+    """Top-1 class id of image `index` from a /v1 predict body (or from an OIP output named like
+    class ids)."""
     predictions = body.get("predictions")
     if isinstance(predictions, list) and index < len(predictions):
         top_k = predictions[index].get("top_k") or [{}]
         class_id = top_k[0].get("class_id")
         return class_id if isinstance(class_id, int) else None
     for output in body.get("outputs") or []:
-        if "class" in str(output.get("name", "")) and output.get("datatype", "").startswith(("INT", "UINT")):
+        if "class" in str(output.get("name", "")) and output.get("datatype", "").startswith(
+            ("INT", "UINT")
+        ):
             shape, data = output.get("shape") or [0], output.get("data") or []
             per_image = math.prod(shape[1:]) if len(shape) > 1 else 1
-            flat = data if not data or not isinstance(data[0], list) else [v for row in data for v in row]
+            flat = (
+                data
+                if not data or not isinstance(data[0], list)
+                else [v for row in data for v in row]
+            )
             position = index * per_image
             return int(flat[position]) if position < len(flat) else None
     return None
 
 
 def request_id_of(body: Mapping[str, Any], headers: Mapping[str, str]) -> str | None:
-    """The request id to send feedback with: body `request_id` (v1), body `id` (v2) or the X-Request-Id header."""
+    """The request id to send feedback with: body `request_id` (v1), body `id` (v2) or the
+    X-Request-Id header."""
     for value in (body.get("request_id"), body.get("id"), headers.get("X-Request-Id")):
         if isinstance(value, str) and value:
             return value

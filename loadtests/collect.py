@@ -1,4 +1,5 @@
-"""Fetch a load test's time series and run totals from Prometheus' HTTP API (the only network I/O of the report)."""
+"""Fetch a load test's time series and run totals from Prometheus' HTTP API (the only network I/O of
+the report)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ class PrometheusUnavailable(RuntimeError):
 
 @dataclass(frozen=True)
 class SeriesSpec:
-    """One PromQL expression over the run; `label` names the label that splits it into several lines."""
+    """One PromQL expression over the run; `label` names the label that splits it into several
+    lines."""
 
     name: str
     query: str
@@ -29,9 +31,10 @@ def quote_label(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-# A replica series not scraped for this long belongs to a replica (or a whole Serve instance) that is gone.
-# Prometheus keeps returning such a series for its 5 min look-back when no stale marker was written, e.g.
-# after Prometheus itself restarted between two runs; three 15 s scrapes tell the two apart.
+# A replica series not scraped for this long belongs to a replica (or a whole Serve instance) that
+# is gone. Prometheus keeps returning such a series for its 5 min look-back when no stale marker was
+# written, e.g. after Prometheus itself restarted between two runs; three 15 s scrapes tell the two
+# apart.
 FRESH_S = 45
 
 
@@ -47,24 +50,36 @@ def series_specs(model: str, window: str, deployments: str = ".*") -> list[Serie
     latency = f"sum by (le) (rate(ray_model_latency_seconds_bucket{{{m}}}[{window}]))"
     return [
         SeriesSpec("request_rate", f"sum(rate(ray_model_request_total{{{m}}}[{window}]))"),
-        SeriesSpec("success_rate", f'sum(rate(ray_model_request_total{{{m},status="success"}}[{window}]))'),
         SeriesSpec(
-            "error_rate", f'sum(rate(ray_model_request_total{{{m},status=~"client_error|server_error"}}[{window}]))'
+            "success_rate", f'sum(rate(ray_model_request_total{{{m},status="success"}}[{window}]))'
         ),
-        # The ingress counts every 503 it sheds as `rejected`; Serve's own proxy counters do not exist when
-        # HAProxy fronts the application (the default of `recserve up`).
-        SeriesSpec("shed_rate", f'sum(rate(ray_model_request_total{{{m},status="rejected"}}[{window}]))'),
+        SeriesSpec(
+            "error_rate",
+            f'sum(rate(ray_model_request_total{{{m},status=~"client_error|server_error"}}[{window}]))',
+        ),
+        # The ingress counts every 503 it sheds as `rejected`; Serve's own proxy counters do not
+        # exist when HAProxy fronts the application (the default of `recserve up`).
+        SeriesSpec(
+            "shed_rate", f'sum(rate(ray_model_request_total{{{m},status="rejected"}}[{window}]))'
+        ),
         SeriesSpec("latency_p50_s", f"histogram_quantile(0.5, {latency})"),
         SeriesSpec("latency_p99_s", f"histogram_quantile(0.99, {latency})"),
-        SeriesSpec("target_replicas", f"max by (deployment) {fresh(f'ray_autoscaler_target_replicas{{{d}}}')}", "deployment"),
+        SeriesSpec(
+            "target_replicas",
+            f"max by (deployment) {fresh(f'ray_autoscaler_target_replicas{{{d}}}')}",
+            "deployment",
+        ),
         SeriesSpec(
             "serve_target_replicas",
             f"max by (deployment) {fresh(f'ray_serve_autoscaling_target_replicas{{{d}}}')}",
             "deployment",
         ),
-        # Per replica 1 (healthy) or 0 (stopping) by default; the sum is the running count either way.
+        # Per replica 1 (healthy) or 0 (stopping) by default; the sum is the running count either
+        # way.
         SeriesSpec(
-            "running_replicas", f"sum by (deployment) {fresh(f'ray_serve_deployment_replica_healthy{{{d}}}')}", "deployment"
+            "running_replicas",
+            f"sum by (deployment) {fresh(f'ray_serve_deployment_replica_healthy{{{d}}}')}",
+            "deployment",
         ),
         SeriesSpec("forecast_qps", f"max by (bound) (ray_forecast_qps{{{m}}})", "bound"),
     ]
@@ -106,7 +121,9 @@ class PrometheusClient:
         try:
             payload = response.json()
         except ValueError as exc:
-            raise PrometheusUnavailable(f"{self.base_url}{path} answered HTTP {response.status_code} without JSON") from exc
+            raise PrometheusUnavailable(
+                f"{self.base_url}{path} answered HTTP {response.status_code} without JSON"
+            ) from exc
         if response.status_code != 200 or payload.get("status") != "success":
             raise PrometheusUnavailable(
                 f"{self.base_url}{path} answered HTTP {response.status_code}: {payload.get('error', payload)}"
@@ -128,7 +145,8 @@ class PrometheusClient:
     def query_range(self, promql: str, start: float, end: float, step_s: float) -> list[dict]:
         """Range matrix between unix times `start` and `end`."""
         return self._get(
-            "/api/v1/query_range", {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"}
+            "/api/v1/query_range",
+            {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"},
         )
 
     def close(self) -> None:
@@ -165,22 +183,33 @@ def matrix_to_rows(spec: SeriesSpec, result: list[dict], run_start: float) -> li
 
 
 def collect_series(
-    client: PrometheusClient, specs: list[SeriesSpec], start: float, end: float, step_s: float, run_start: float
+    client: PrometheusClient,
+    specs: list[SeriesSpec],
+    start: float,
+    end: float,
+    step_s: float,
+    run_start: float,
 ) -> pd.DataFrame:
     """All specs over [start, end] in long format (timestamp, elapsed_s, series, label, value)."""
     rows: list[dict] = []
     for spec in specs:
-        rows.extend(matrix_to_rows(spec, client.query_range(spec.query, start, end, step_s), run_start))
+        rows.extend(
+            matrix_to_rows(spec, client.query_range(spec.query, start, end, step_s), run_start)
+        )
     return pd.DataFrame(rows, columns=SERIES_COLUMNS)
 
 
-def collect_totals(client: PrometheusClient, queries: dict[str, str], at: float) -> dict[str, object]:
+def collect_totals(
+    client: PrometheusClient, queries: dict[str, str], at: float
+) -> dict[str, object]:
     """Whole-run numbers: scalars as floats, `requests_by_status` as {status: count}."""
     totals: dict[str, object] = {}
     for name, promql in queries.items():
         result = client.query(promql, at)
         if name == "requests_by_status":
-            totals[name] = {item["metric"].get("status", ""): to_float(item["value"][1]) for item in result}
+            totals[name] = {
+                item["metric"].get("status", ""): to_float(item["value"][1]) for item in result
+            }
         else:
             totals[name] = to_float(result[0]["value"][1]) if result else math.nan
     return totals

@@ -34,7 +34,8 @@ class SamplePhoto:
         return self.class_ids[0]
 
     def feedback_label(self, predicted_class_id: int | None) -> int:
-        """Ground truth for feedback: the prediction when it is one of this photo's classes, else the primary."""
+        """Ground truth for feedback: the prediction when it is one of this photo's classes, else
+        the primary."""
         # A cat photo is legitimately both "tabby" and "tiger cat"; crediting either is the
         # usual multi-label reading of ImageNet, and never credits a wrong answer.
         if predicted_class_id in self.class_ids:
@@ -56,11 +57,15 @@ def skimage_data_dir() -> Path:
     try:
         import skimage.data
     except ImportError as exc:  # pragma: no cover - scikit-image is a declared dependency
-        raise RuntimeError("scikit-image is needed for the load-test photos: pip install scikit-image") from exc
+        raise RuntimeError(
+            "scikit-image is needed for the load-test photos: pip install scikit-image"
+        ) from exc
     return Path(skimage.data.__file__).parent
 
 
-def encode_jpeg(pixels: np.ndarray, long_side: int = DEFAULT_LONG_SIDE, quality: int = JPEG_QUALITY) -> bytes:
+def encode_jpeg(
+    pixels: np.ndarray, long_side: int = DEFAULT_LONG_SIDE, quality: int = JPEG_QUALITY
+) -> bytes:
     """Resize an RGB array so its longer side is `long_side` and encode it as JPEG."""
     image = Image.fromarray(pixels).convert("RGB")
     scale = long_side / max(image.size)
@@ -76,13 +81,17 @@ def encode_jpeg(pixels: np.ndarray, long_side: int = DEFAULT_LONG_SIDE, quality:
 def load_photos(long_side: int = DEFAULT_LONG_SIDE) -> tuple[SamplePhoto, ...]:
     """Load the bundled photos once per size, encoded as JPEG."""
     if long_side < 32:
-        raise ValueError(f"long_side={long_side} is too small for a recognizable photo; use 224 or more")
+        raise ValueError(
+            f"long_side={long_side} is too small for a recognizable photo; use 224 or more"
+        )
     folder = skimage_data_dir()
     photos = []
     for file_name, (class_ids, labels) in PHOTO_CLASSES.items():
         path = folder / file_name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; reinstall scikit-image (pip install --force-reinstall scikit-image)")
+            raise FileNotFoundError(
+                f"{path} is missing; reinstall scikit-image (pip install --force-reinstall scikit-image)"
+            )
         with Image.open(path) as source:
             pixels = np.asarray(source.convert("RGB"))
         jpeg = encode_jpeg(pixels, long_side)

@@ -6,8 +6,9 @@
 Each task is one recognition request: POST /v1/models/{model}/predict (multipart) or, for a share of
 them, POST /v2/models/{model}/infer (Open Inference Protocol, JSON with a BYTES tensor). For a share
 of the answered predictions the user then posts the photo's true class to /v1/feedback. Statistics
-are grouped per endpoint; a 503 (load shedding) is recorded under "shed (503)" instead of as a failure.
-Options below are locust arguments and environment variables alike (e.g. --model or LOADTEST_MODEL).
+are grouped per endpoint; a 503 (load shedding) is recorded under "shed (503)" instead of as a
+failure. Options below are locust arguments and environment variables alike (e.g. --model or
+LOADTEST_MODEL).
 """
 
 from __future__ import annotations
@@ -30,29 +31,57 @@ DEFAULT_HOST = "http://127.0.0.1:8000"
 def add_arguments(parser) -> None:
     """Load-test settings, each also readable from its LOADTEST_* environment variable."""
     group = parser.add_argument_group("recognition-serve", "What each simulated user sends")
-    group.add_argument("--model", env_var="LOADTEST_MODEL", default="efficientnet_lite0", help="model name in the URL")
     group.add_argument(
-        "--oip-share", env_var="LOADTEST_OIP_SHARE", type=float, default=0.2,
+        "--model",
+        env_var="LOADTEST_MODEL",
+        default="efficientnet_lite0",
+        help="model name in the URL",
+    )
+    group.add_argument(
+        "--oip-share",
+        env_var="LOADTEST_OIP_SHARE",
+        type=float,
+        default=0.2,
         help="share of requests sent to the OIP v2 infer endpoint instead of /v1 predict (0..1)",
     )
     group.add_argument(
-        "--feedback-share", env_var="LOADTEST_FEEDBACK_SHARE", type=float, default=0.3,
+        "--feedback-share",
+        env_var="LOADTEST_FEEDBACK_SHARE",
+        type=float,
+        default=0.3,
         help="share of answered predictions followed by a feedback label (0..1)",
     )
     group.add_argument(
-        "--user-rps", env_var="LOADTEST_USER_RPS", type=float, default=1.0,
+        "--user-rps",
+        env_var="LOADTEST_USER_RPS",
+        type=float,
+        default=1.0,
         help="recognition requests per second each user aims for (constant throughput)",
     )
     group.add_argument(
-        "--images-per-request", env_var="LOADTEST_IMAGES_PER_REQUEST", type=int, default=1,
+        "--images-per-request",
+        env_var="LOADTEST_IMAGES_PER_REQUEST",
+        type=int,
+        default=1,
         help="photos sent in one request",
     )
-    group.add_argument("--top-k", env_var="LOADTEST_TOP_K", type=int, default=5, help="top_k asked of /v1 predict")
     group.add_argument(
-        "--image-side", env_var="LOADTEST_IMAGE_SIDE", type=int, default=DEFAULT_LONG_SIDE,
+        "--top-k", env_var="LOADTEST_TOP_K", type=int, default=5, help="top_k asked of /v1 predict"
+    )
+    group.add_argument(
+        "--image-side",
+        env_var="LOADTEST_IMAGE_SIDE",
+        type=int,
+        default=DEFAULT_LONG_SIDE,
         help="long side in pixels the photos are re-encoded at",
     )
-    group.add_argument("--seed", env_var="LOADTEST_SEED", type=int, default=0, help="seed for photo and share choices")
+    group.add_argument(
+        "--seed",
+        env_var="LOADTEST_SEED",
+        type=int,
+        default=0,
+        help="seed for photo and share choices",
+    )
 
 
 @events.init.add_listener
@@ -62,7 +91,11 @@ def check_settings(environment, **_kwargs) -> None:
     if options is None:
         return
     problems = checks.settings_problems(
-        options.oip_share, options.feedback_share, options.user_rps, options.images_per_request, options.top_k,
+        options.oip_share,
+        options.feedback_share,
+        options.user_rps,
+        options.images_per_request,
+        options.top_k,
         options.image_side,
     )
     if problems:
@@ -93,7 +126,8 @@ class RecognitionUser(HttpUser):
         self._pacer = constant_throughput(options.user_rps)
 
     def wait_time(self) -> float:
-        """Pace tasks so each user offers --user-rps requests per second whatever the latency (up to 1/rate)."""
+        """Pace tasks so each user offers --user-rps requests per second whatever the latency (up to
+        1/rate)."""
         return self._pacer(self)
 
     @task
@@ -126,10 +160,12 @@ class RecognitionUser(HttpUser):
             return self._judge(response, checks.infer_problem, len(photos))
 
     def _judge(self, response, find_problem, expected_images):
-        """Mark the response success, shed or failure; return (body, headers) of a good answer, else None."""
+        """Mark the response success, shed or failure; return (body, headers) of a good answer, else
+        None."""
         outcome = checks.status_outcome(response.status_code)
         if outcome == "shed":
-            # Recorded under its own name so shedding is visible but never mistaken for a bad payload.
+            # Recorded under its own name so shedding is visible but never mistaken for a bad
+            # payload.
             response.request_meta["name"] = checks.SHED_NAME
             response.request_meta["request_type"] = checks.SHED_TYPE
             response.success()
@@ -153,14 +189,21 @@ class RecognitionUser(HttpUser):
         body, headers = answer
         request_id = checks.request_id_of(body, headers)
         if request_id is None:
-            # Nothing to join on: an OIP answer without an id cannot be labelled; not a failure of the service.
+            # Nothing to join on: an OIP answer without an id cannot be labelled; not a failure of
+            # the service.
             return
         items = [
-            {"request_id": request_id, "index": index, "label": photo.feedback_label(checks.top1_class_id(body, index))}
+            {
+                "request_id": request_id,
+                "index": index,
+                "label": photo.feedback_label(checks.top1_class_id(body, index)),
+            }
             for index, photo in enumerate(photos)
         ]
         payload = items[0] if len(items) == 1 else {"items": items}
-        with self.client.post("/v1/feedback", json=payload, name=checks.FEEDBACK_NAME, catch_response=True) as response:
+        with self.client.post(
+            "/v1/feedback", json=payload, name=checks.FEEDBACK_NAME, catch_response=True
+        ) as response:
             outcome = checks.status_outcome(response.status_code)
             if outcome == "ok":
                 response.success()
@@ -172,6 +215,7 @@ class RecognitionUser(HttpUser):
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
 
 
-# The shape is chosen by name so one locustfile serves every scenario; without it, --users/--spawn-rate rule.
+# The shape is chosen by name so one locustfile serves every scenario; without it,
+# --users/--spawn-rate rule.
 if os.environ.get(SCENARIO_ENV):
     ScenarioShape = shape_class_for(os.environ[SCENARIO_ENV])

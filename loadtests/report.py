@@ -1,4 +1,5 @@
-"""Turn a load test's locust CSVs and Prometheus series into summary.md numbers and loadtest.png (pure)."""
+"""Turn a load test's locust CSVs and Prometheus series into summary.md numbers and loadtest.png
+(pure)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,11 @@ class ClientSummary:
     @property
     def failure_ratio(self) -> float:
         """Failed recognition requests over all that were not shed."""
-        return self.recognition_failures / self.recognition_requests if self.recognition_requests else math.nan
+        return (
+            self.recognition_failures / self.recognition_requests
+            if self.recognition_requests
+            else math.nan
+        )
 
     @property
     def shed_ratio(self) -> float:
@@ -104,8 +109,11 @@ def read_locust_stats(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False)
 
 
-def read_locust_history(path: Path, run_start: float, latency_name: str = PREDICT_NAME) -> pd.DataFrame:
-    """Per-second rows of `<prefix>_stats_history.csv`: elapsed_s, users, rps, failures_per_s, p50_ms, p99_ms.
+def read_locust_history(
+    path: Path, run_start: float, latency_name: str = PREDICT_NAME
+) -> pd.DataFrame:
+    """Per-second rows of `<prefix>_stats_history.csv`: elapsed_s, users, rps, failures_per_s,
+    p50_ms, p99_ms.
 
     Load comes from the Aggregated rows; latency from `latency_name`'s rows when locust wrote them
     (--csv-full-history, whose percentiles cover the last seconds rather than the whole run so far).
@@ -138,7 +146,8 @@ def read_locust_history(path: Path, run_start: float, latency_name: str = PREDIC
 
 
 def summarize_client(stats: pd.DataFrame) -> ClientSummary:
-    """Requests, failures and shed per kind from locust's stats table (the Aggregated row is not double-counted)."""
+    """Requests, failures and shed per kind from locust's stats table (the Aggregated row is not
+    double-counted)."""
     endpoints = []
     for _, row in stats.iterrows():
         if row["Name"] == "Aggregated":
@@ -168,19 +177,28 @@ def summarize_client(stats: pd.DataFrame) -> ClientSummary:
 
 
 def _in_run(series: pd.DataFrame, name: str, run: RunInfo) -> pd.DataFrame:
-    selected = series[(series["series"] == name) & (series["elapsed_s"] >= 0) & (series["elapsed_s"] <= run.duration_s)]
+    selected = series[
+        (series["series"] == name)
+        & (series["elapsed_s"] >= 0)
+        & (series["elapsed_s"] <= run.duration_s)
+    ]
     return selected.dropna(subset=["value"])
 
 
 def _spans(frame: pd.DataFrame) -> dict[str, Span]:
-    return {str(label): Span(group["value"].min(), group["value"].max()) for label, group in frame.groupby("label")}
+    return {
+        str(label): Span(group["value"].min(), group["value"].max())
+        for label, group in frame.groupby("label")
+    }
 
 
 def summarize_service(series: pd.DataFrame, totals: dict, run: RunInfo) -> ServiceSummary:
     """Whole-run numbers and the min/max of each replica and forecast series within the run."""
     request_rate = _in_run(series, "request_rate", run)["value"]
     forecast = _in_run(series, "forecast_qps", run)
-    forecast = forecast[forecast["label"] == "yhat"] if "yhat" in set(forecast["label"]) else forecast
+    forecast = (
+        forecast[forecast["label"] == "yhat"] if "yhat" in set(forecast["label"]) else forecast
+    )
     return ServiceSummary(
         requests_by_status=dict(totals.get("requests_by_status") or {}),
         shed_http_503=totals.get("shed_http_503", math.nan),
@@ -193,7 +211,9 @@ def summarize_service(series: pd.DataFrame, totals: dict, run: RunInfo) -> Servi
             if len(_in_run(series, "target_replicas", run))
             else _in_run(series, "serve_target_replicas", run)
         ),
-        forecast_qps=Span(forecast["value"].min(), forecast["value"].max()) if len(forecast) else None,
+        forecast_qps=Span(forecast["value"].min(), forecast["value"].max())
+        if len(forecast)
+        else None,
     )
 
 
@@ -210,10 +230,16 @@ def _pct(value: float) -> str:
 def _span(span: Span | None) -> str:
     if span is None:
         return "n/a"
-    return f"{_fmt(span.low, 0)} – {_fmt(span.high, 0)}" if span.low != span.high else _fmt(span.low, 0)
+    return (
+        f"{_fmt(span.low, 0)} – {_fmt(span.high, 0)}"
+        if span.low != span.high
+        else _fmt(span.low, 0)
+    )
 
 
-def render_summary(run: RunInfo, client: ClientSummary, service: ServiceSummary | None, missing_reason: str = "") -> str:
+def render_summary(
+    run: RunInfo, client: ClientSummary, service: ServiceSummary | None, missing_reason: str = ""
+) -> str:
     """summary.md: the client-side table, the service-side numbers, or why those are missing."""
     lines = [
         f"# Load test `{run.scenario}`",
@@ -243,10 +269,12 @@ def render_summary(run: RunInfo, client: ClientSummary, service: ServiceSummary 
             f"start Prometheus ({run.prometheus_url}) and run again to get latency, replicas and forecast.",
         ]
         return "\n".join(lines) + "\n"
-    statuses = ", ".join(f"{status}: {count:.0f}" for status, count in sorted(service.requests_by_status.items()))
+    statuses = ", ".join(
+        f"{status}: {count:.0f}" for status, count in sorted(service.requests_by_status.items())
+    )
     lines += [
         f"- requests by status (model_request_total): {statuses or 'none recorded'}",
-        f"- shed by the service (HTTP 503, model_request_total{{status=\"rejected\"}}): {_fmt(service.shed_http_503, 0)}",
+        f'- shed by the service (HTTP 503, model_request_total{{status="rejected"}}): {_fmt(service.shed_http_503, 0)}',
         f"- latency over the run (model_latency_seconds): p50 {_fmt(1000 * service.latency_p50_s, 0)} ms,"
         f" p99 {_fmt(1000 * service.latency_p99_s, 0)} ms",
         f"- peak request rate: {_fmt(service.peak_request_rate, 2)} req/s",
@@ -266,12 +294,15 @@ def render_summary(run: RunInfo, client: ClientSummary, service: ServiceSummary 
 
 
 def deployments_to_plot(series: pd.DataFrame, limit: int = 4) -> list[str]:
-    """Deployments worth a line: those the autoscaler targets, else those whose replica count moved, else all."""
+    """Deployments worth a line: those the autoscaler targets, else those whose replica count moved,
+    else all."""
     targeted = sorted(set(series.loc[series["series"] == "target_replicas", "label"]))
     if targeted:
         return targeted[:limit]
     running = series[series["series"] == "running_replicas"]
-    moved = sorted(label for label, group in running.groupby("label") if group["value"].nunique() > 1)
+    moved = sorted(
+        label for label, group in running.groupby("label") if group["value"].nunique() > 1
+    )
     return (moved or sorted(set(running["label"])))[:limit]
 
 
@@ -282,7 +313,9 @@ def _legend(axis, loc: str = "upper left") -> None:
 
 def plot_loadtest(series: pd.DataFrame, history: pd.DataFrame, run: RunInfo, path: Path) -> Path:
     """Three stacked panels over run time: load, latency, replicas."""
-    fig, (load, latency, replicas) = plt.subplots(3, 1, figsize=(11, 9), sharex=True, constrained_layout=True)
+    fig, (load, latency, replicas) = plt.subplots(
+        3, 1, figsize=(11, 9), sharex=True, constrained_layout=True
+    )
     fig.suptitle(f"Load test '{run.scenario}' — {run.model} at {run.host}")
 
     def lines(name: str):
@@ -290,32 +323,66 @@ def plot_loadtest(series: pd.DataFrame, history: pd.DataFrame, run: RunInfo, pat
         return [(label, group.sort_values("elapsed_s")) for label, group in frame.groupby("label")]
 
     if len(history):
-        load.plot(history["elapsed_s"], history["rps"], color="0.55", lw=1, label="sent by locust (all requests)")
+        load.plot(
+            history["elapsed_s"],
+            history["rps"],
+            color="0.55",
+            lw=1,
+            label="sent by locust (all requests)",
+        )
     for _, frame in lines("request_rate"):
-        load.plot(frame["elapsed_s"], frame["value"], color="C0", lw=2, label="served (model_request_total)")
+        load.plot(
+            frame["elapsed_s"],
+            frame["value"],
+            color="C0",
+            lw=2,
+            label="served (model_request_total)",
+        )
     for _, frame in lines("shed_rate"):
         load.plot(frame["elapsed_s"], frame["value"], color="C3", lw=1.5, label="shed (503)")
     for _, frame in lines("error_rate"):
         load.plot(frame["elapsed_s"], frame["value"], color="C1", lw=1.5, label="errors")
     for bound, frame in lines("forecast_qps"):
-        load.plot(frame["elapsed_s"], frame["value"], color="C2", ls="--" if bound == "yhat" else ":",
-                  label=f"forecast ({bound})")
+        load.plot(
+            frame["elapsed_s"],
+            frame["value"],
+            color="C2",
+            ls="--" if bound == "yhat" else ":",
+            label=f"forecast ({bound})",
+        )
     load.set_ylabel("requests / s")
     if len(history):
         users = load.twinx()
-        users.plot(history["elapsed_s"], history["users"], color="0.3", ls="-.", lw=1, label="locust users")
+        users.plot(
+            history["elapsed_s"], history["users"], color="0.3", ls="-.", lw=1, label="locust users"
+        )
         users.set_ylabel("users")
         users.set_ylim(bottom=0)
         _legend(users, "upper right")
     load.set_ylim(bottom=0)
     _legend(load)
 
-    for name, label, color in (("latency_p50_s", "p50 (service)", "C0"), ("latency_p99_s", "p99 (service)", "C3")):
+    for name, label, color in (
+        ("latency_p50_s", "p50 (service)", "C0"),
+        ("latency_p99_s", "p99 (service)", "C3"),
+    ):
         for _, frame in lines(name):
             latency.plot(frame["elapsed_s"], 1000 * frame["value"], color=color, lw=2, label=label)
     if len(history):
-        latency.plot(history["elapsed_s"], history["p50_ms"], color="C0", ls=":", label="p50 (locust, predict)")
-        latency.plot(history["elapsed_s"], history["p99_ms"], color="C3", ls=":", label="p99 (locust, predict)")
+        latency.plot(
+            history["elapsed_s"],
+            history["p50_ms"],
+            color="C0",
+            ls=":",
+            label="p50 (locust, predict)",
+        )
+        latency.plot(
+            history["elapsed_s"],
+            history["p99_ms"],
+            color="C3",
+            ls=":",
+            label="p99 (locust, predict)",
+        )
     latency.set_ylabel("latency ms")
     latency.set_ylim(bottom=0)
     _legend(latency)
@@ -323,15 +390,34 @@ def plot_loadtest(series: pd.DataFrame, history: pd.DataFrame, run: RunInfo, pat
     plotted = deployments_to_plot(series)
     for number, deployment in enumerate(plotted):
         color = f"C{number}"
-        # Running underneath, wide and pale; target on top, thin and dashed, so both stay visible when equal.
-        for name, style, width, alpha in (("running_replicas", "-", 4, 0.45), ("target_replicas", "--", 1.5, 1.0)):
+        # Running underneath, wide and pale; target on top, thin and dashed, so both stay visible
+        # when equal.
+        for name, style, width, alpha in (
+            ("running_replicas", "-", 4, 0.45),
+            ("target_replicas", "--", 1.5, 1.0),
+        ):
             for label, frame in lines(name):
                 if label == deployment:
-                    replicas.step(frame["elapsed_s"], frame["value"], where="post", color=color, ls=style, lw=width,
-                                  alpha=alpha, label=f"{deployment} {name.split('_')[0]}")
+                    replicas.step(
+                        frame["elapsed_s"],
+                        frame["value"],
+                        where="post",
+                        color=color,
+                        ls=style,
+                        lw=width,
+                        alpha=alpha,
+                        label=f"{deployment} {name.split('_')[0]}",
+                    )
     if not plotted:
-        replicas.text(0.5, 0.5, "no replica series from Prometheus", ha="center", va="center",
-                      transform=replicas.transAxes, color="0.4")
+        replicas.text(
+            0.5,
+            0.5,
+            "no replica series from Prometheus",
+            ha="center",
+            va="center",
+            transform=replicas.transAxes,
+            color="0.4",
+        )
     else:
         _legend(replicas)
     replicas.set_ylabel("replicas")

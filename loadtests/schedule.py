@@ -1,9 +1,11 @@
-"""Load plans kept as data (loadtests/plans/*.yaml, trace CSVs) and the users they ask for at a run time.
+"""Load plans kept as data (loadtests/plans/*.yaml, trace CSVs) and the users they ask for at a run
+time.
 
 A plan maps plan time (seconds) to a user count and spawn rate. A run may be longer or shorter than
 the plan's natural duration: the plan is then stretched or squeezed to the run, so a 24-hour trace
-replayed "for 10 minutes" is compressed 144x. Pure: no locust import (it monkey-patches the process),
-no clock, so every function here is unit-tested directly; loadtests/shapes.py wraps it for locust.
+replayed "for 10 minutes" is compressed 144x. Pure: no locust import (it monkey-patches the
+process), no clock, so every function here is unit-tested directly; loadtests/shapes.py wraps it for
+locust.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from zoneinfo import ZoneInfo
 import yaml
 
 # One parser for traces across the project, so a replay and a backtest of the same file agree.
-from forecasting.sources import parse_timestamp, read_csv
+from serve_app.autoscaling.rate_history import parse_timestamp, read_csv
 
 PLANS_DIR = Path(__file__).parent / "plans"
 
@@ -37,7 +39,8 @@ class Plan(Protocol):
 
 @dataclass(frozen=True)
 class Stage:
-    """Run `users` until plan time `until`, adding or removing them at `spawn_rate` users per second."""
+    """Run `users` until plan time `until`, adding or removing them at `spawn_rate` users per
+    second."""
 
     until: float
     users: int
@@ -100,7 +103,9 @@ class ReplayPlan:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0")
         if not 0 <= self.min_users <= self.max_users:
-            raise ValueError(f"need 0 <= min_users <= max_users, got {self.min_users} and {self.max_users}")
+            raise ValueError(
+                f"need 0 <= min_users <= max_users, got {self.min_users} and {self.max_users}"
+            )
 
     @property
     def trace_span(self) -> float:
@@ -144,7 +149,8 @@ def interpolate(points: tuple[tuple[float, float], ...], t: float) -> float:
 
 
 def tick_at(plan: Plan, run_time: float, run_duration: float | None = None) -> Tick | None:
-    """(users, spawn_rate) at `run_time` seconds of a run lasting `run_duration` (default: the plan's), None after."""
+    """(users, spawn_rate) at `run_time` seconds of a run lasting `run_duration` (default: the
+    plan's), None after."""
     duration = plan.duration if run_duration is None else run_duration
     if duration <= 0:
         raise ValueError(f"run duration must be > 0 seconds, got {duration}")
@@ -159,12 +165,20 @@ def tick_at(plan: Plan, run_time: float, run_duration: float | None = None) -> T
 # Plans as data: YAML files and trace CSVs
 
 
-def step_stages(start_users: int, step_users: int, steps: int, step_seconds: float, spawn_rate: float) -> tuple[Stage, ...]:
-    """Stages that add `step_users` every `step_seconds`, `steps` times in all (the first at start_users)."""
+def step_stages(
+    start_users: int, step_users: int, steps: int, step_seconds: float, spawn_rate: float
+) -> tuple[Stage, ...]:
+    """Stages that add `step_users` every `step_seconds`, `steps` times in all (the first at
+    start_users)."""
     if steps < 1 or step_seconds <= 0:
-        raise ValueError(f"step plan needs steps >= 1 and step_seconds > 0, got steps={steps}, step_seconds={step_seconds}")
+        raise ValueError(
+            f"step plan needs steps >= 1 and step_seconds > 0, got steps={steps}, step_seconds={step_seconds}"
+        )
     return tuple(
-        Stage(until=(i + 1) * step_seconds, users=start_users + i * step_users, spawn_rate=spawn_rate) for i in range(steps)
+        Stage(
+            until=(i + 1) * step_seconds, users=start_users + i * step_users, spawn_rate=spawn_rate
+        )
+        for i in range(steps)
     )
 
 
@@ -181,14 +195,19 @@ def spike_stages(
     return (
         Stage(until=before_seconds, users=base_users, spawn_rate=spawn_rate),
         Stage(until=before_seconds + spike_seconds, users=spike_users, spawn_rate=spike_spawn_rate),
-        Stage(until=before_seconds + spike_seconds + after_seconds, users=base_users, spawn_rate=spike_spawn_rate),
+        Stage(
+            until=before_seconds + spike_seconds + after_seconds,
+            users=base_users,
+            spawn_rate=spike_spawn_rate,
+        ),
     )
 
 
 def trace_window(
     points: Sequence[tuple[float, float]], start: float | None = None, hours: float | None = None
 ) -> tuple[tuple[float, float], ...]:
-    """Samples with start <= t <= start + hours (default: the whole trace), re-based to seconds since `start`."""
+    """Samples with start <= t <= start + hours (default: the whole trace), re-based to seconds
+    since `start`."""
     if not points:
         raise ValueError("the trace is empty")
     first, last = points[0][0], points[-1][0]
@@ -205,8 +224,11 @@ def trace_window(
     return kept
 
 
-def read_trace(path: Path, window_start: str | float | None = None, window_hours: float | None = None):
-    """(seconds since the window start, rps) from a `timestamp,rps` CSV, read as the backtest reads it."""
+def read_trace(
+    path: Path, window_start: str | float | None = None, window_hours: float | None = None
+):
+    """(seconds since the window start, rps) from a `timestamp,rps` CSV, read as the backtest reads
+    it."""
     history = read_csv(path)
     points = tuple(zip(history.timestamps.tolist(), history.rps.tolist()))
     start = None if window_start is None else parse_timestamp(str(window_start), ZoneInfo("UTC"))
@@ -219,16 +241,23 @@ def _require(spec: dict, key: str, source: str):
     return spec[key]
 
 
-def plan_from_dict(spec: dict, source: str = "plan", base_dir: Path = PLANS_DIR, users_per_rps: float = 1.0) -> Plan:
+def plan_from_dict(
+    spec: dict, source: str = "plan", base_dir: Path = PLANS_DIR, users_per_rps: float = 1.0
+) -> Plan:
     """Build a plan from its YAML mapping; `users_per_rps` is used when a replay plan leaves it out."""
     if not isinstance(spec, dict):
-        raise ValueError(f"{source}: a plan must be a mapping with a 'kind' key, got {type(spec).__name__}")
+        raise ValueError(
+            f"{source}: a plan must be a mapping with a 'kind' key, got {type(spec).__name__}"
+        )
     kind = _require(spec, "kind", source)
     try:
         if kind == "stages":
             stages = _require(spec, "stages", source)
             return StagePlan(
-                tuple(Stage(float(s["until"]), int(s["users"]), float(s.get("spawn_rate", 1.0))) for s in stages)
+                tuple(
+                    Stage(float(s["until"]), int(s["users"]), float(s.get("spawn_rate", 1.0)))
+                    for s in stages
+                )
             )
         if kind == "step":
             return StagePlan(
@@ -259,7 +288,9 @@ def plan_from_dict(spec: dict, source: str = "plan", base_dir: Path = PLANS_DIR,
                 trace = base_dir / trace
             hours = spec.get("window_hours")
             return ReplayPlan(
-                points=read_trace(trace, spec.get("window_start"), None if hours is None else float(hours)),
+                points=read_trace(
+                    trace, spec.get("window_start"), None if hours is None else float(hours)
+                ),
                 compression=float(spec.get("compression", 1.0)),
                 users_per_rps=float(spec.get("users_per_rps", users_per_rps)),
                 rps_scale=float(spec.get("rps_scale", 1.0)),
@@ -268,7 +299,9 @@ def plan_from_dict(spec: dict, source: str = "plan", base_dir: Path = PLANS_DIR,
                 spawn_rate=float(spec.get("spawn_rate", 5.0)),
             )
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{source}: malformed {kind!r} plan ({exc!r}); see docs/LOADTESTS.md for the keys") from exc
+        raise ValueError(
+            f"{source}: malformed {kind!r} plan ({exc!r}); see docs/LOADTESTS.md for the keys"
+        ) from exc
     raise ValueError(f"{source}: unknown kind {kind!r}; use one of stages, step, spike, replay")
 
 
@@ -286,15 +319,20 @@ def resolve_plan_path(scenario: str) -> Path:
         return candidate
     named = PLANS_DIR / f"{scenario}.yaml"
     if not named.is_file():
-        raise ValueError(f"unknown scenario {scenario!r}; choose one of {available_scenarios()} or give a .yaml/.csv path")
+        raise ValueError(
+            f"unknown scenario {scenario!r}; choose one of {available_scenarios()} or give a .yaml/.csv path"
+        )
     return named
 
 
 def load_plan(scenario: str, users_per_rps: float = 1.0) -> Plan:
-    """The plan for a scenario name or file; a bare CSV is replayed with the default replay settings."""
+    """The plan for a scenario name or file; a bare CSV is replayed with the default replay
+    settings."""
     path = resolve_plan_path(scenario)
     if path.suffix == ".csv":
-        return plan_from_dict({"kind": "replay", "trace": str(path.resolve())}, str(path), users_per_rps=users_per_rps)
+        return plan_from_dict(
+            {"kind": "replay", "trace": str(path.resolve())}, str(path), users_per_rps=users_per_rps
+        )
     with path.open() as handle:
         spec = yaml.safe_load(handle)
     return plan_from_dict(spec, str(path), base_dir=path.parent, users_per_rps=users_per_rps)
@@ -316,7 +354,9 @@ def parse_duration(text: str | float | int | None) -> float | None:
                 seconds += float(number) * units[char]
                 number = ""
             else:
-                raise ValueError(f"duration {text!r} not understood; write e.g. 90, 90s, 10m or 1h30m")
+                raise ValueError(
+                    f"duration {text!r} not understood; write e.g. 90, 90s, 10m or 1h30m"
+                )
         if number:
             seconds += float(number)
     if seconds <= 0:

@@ -1,7 +1,9 @@
-"""Locust LoadTestShapes for the plans in loadtests/plans/: steady, step, spike, diurnal replay (and any plan file).
+"""Locust LoadTestShapes for the plans in loadtests/plans/: steady, step, spike, diurnal replay (and
+any plan file).
 
 Select one for `locust -f loadtests/locustfile.py` with LOADTEST_SCENARIO=<name or path>. The shape
-reads the plan once and then depends only on the run time; the arithmetic lives in loadtests/schedule.py.
+reads the plan once and then depends only on the run time; the arithmetic lives in
+loadtests/schedule.py.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ RUN_TIME_ENV = "LOADTEST_RUN_TIME"
 
 
 class PlanShape(LoadTestShape):
-    """Runs a plan from loadtests/plans/, fitted to --run-time (or LOADTEST_RUN_TIME) when one is given."""
+    """Runs a plan from loadtests/plans/, fitted to --run-time (or LOADTEST_RUN_TIME) when one is
+    given."""
 
     abstract = True
     # Lets --run-time reach the shape instead of being ignored with a warning.
@@ -40,7 +43,9 @@ class PlanShape(LoadTestShape):
             options = self._options()
             user_rps = float(getattr(options, "user_rps", 1.0) or 1.0)
             self._plan = load_plan(self.scenario, users_per_rps=1.0 / user_rps)
-            self._run_duration = parse_duration(getattr(options, "run_time", None) or os.environ.get(RUN_TIME_ENV))
+            self._run_duration = parse_duration(
+                getattr(options, "run_time", None) or os.environ.get(RUN_TIME_ENV)
+            )
         return self._plan, self._run_duration
 
     def tick(self) -> Tick | None:
@@ -50,13 +55,18 @@ class PlanShape(LoadTestShape):
 
 
 def shape_class_for(scenario: str) -> type[PlanShape]:
-    """A concrete LoadTestShape for a scenario name or plan path (validated now, so typos fail at start)."""
+    """A concrete LoadTestShape for a scenario name or plan path (validated now, so typos fail at
+    start)."""
     load_plan(scenario)
     if scenario in NAMED_SHAPES:
         return NAMED_SHAPES[scenario]
     stem = Path(scenario).stem
-    class_name = "".join(part.capitalize() for part in stem.replace("-", "_").split("_") if part) + "Shape"
-    return type(class_name, (PlanShape,), {"scenario": scenario, "abstract": False, "__module__": __name__})
+    class_name = (
+        "".join(part.capitalize() for part in stem.replace("-", "_").split("_") if part) + "Shape"
+    )
+    return type(
+        class_name, (PlanShape,), {"scenario": scenario, "abstract": False, "__module__": __name__}
+    )
 
 
 class SteadyShape(PlanShape):

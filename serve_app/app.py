@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from ray import serve
 from ray.serve import Application
 
-from .config import AppConfig, ModelConfig, recognizer_deployment_name
-from .ingress import Ingress
-from .recognizer import Recognizer
+from serve_app.config import AppConfig, ModelConfig, recognizer_deployment_name
+from serve_app.serving.ingress import Ingress
+from serve_app.serving.recognizer import Recognizer
 
 log = logging.getLogger("ray.serve")
 
@@ -27,7 +26,8 @@ def cluster_has_gpu() -> bool:
 
 
 def recognizer_options(m: ModelConfig, gpu_available: bool) -> dict:
-    """Ray Serve options for one model's deployment: resources, queue bounds, replicas or autoscaling."""
+    """Ray Serve options for one model's deployment: resources, queue bounds, replicas or
+    autoscaling."""
     use_gpu = m.device == "cuda" or (m.device == "auto" and gpu_available)
     env = {**MALLOC_ENV, "OMP_NUM_THREADS": str(m.num_threads)}
     options: dict = {
@@ -48,13 +48,14 @@ def recognizer_options(m: ModelConfig, gpu_available: bool) -> dict:
 
 
 def check_policy_kwargs(m: ModelConfig) -> None:
-    """Validate our policy's kwargs at `serve run`, where a mistake stops start-up with the key named.
+    """Validate our policy's kwargs at `serve run`, where a mistake stops start-up with the key
+    named.
 
     (Inside the controller the policy never raises: it would hold the replica count instead.)
     """
     policy = (m.autoscaling_config or {}).get("policy") or {}
-    if str(policy.get("policy_function", "")).startswith("serve_app.policy"):
-        from .policy import PolicyRules
+    if str(policy.get("policy_function", "")).startswith("serve_app.autoscaling.policy"):
+        from serve_app.autoscaling.policy import PolicyRules
 
         PolicyRules.model_validate(policy.get("policy_kwargs") or {})
 
@@ -67,16 +68,27 @@ def max_replicas(m: ModelConfig) -> int:
 
 
 def cpu_shortfall(cfg: AppConfig, cluster_cpus: float) -> str | None:
-    """Why the application at its max replicas asks for more CPUs than the cluster has, or None if it fits.
+    """Why the application at its max replicas asks for more CPUs than the cluster has, or None if
+    it fits.
 
-    Ray places a replica only where its logical CPUs are free: a scale-up past the cluster's CPUs leaves the
-    extra replicas pending, and the policy's target is then never reached.
+    Ray places a replica only where its logical CPUs are free: a scale-up past the cluster's CPUs
+    leaves the extra replicas pending, and the policy's target is then never reached.
     """
-    parts = [(f"{max_replicas(m)} x {recognizer_deployment_name(m.name)} at {m.num_cpus:g}", max_replicas(m) * m.num_cpus)
-             for m in cfg.models]
-    parts.append((f"{cfg.ingress.num_replicas} x Ingress at {cfg.ingress.num_cpus:g}", cfg.ingress.num_replicas * cfg.ingress.num_cpus))
+    parts = [
+        (
+            f"{max_replicas(m)} x {recognizer_deployment_name(m.name)} at {m.num_cpus:g}",
+            max_replicas(m) * m.num_cpus,
+        )
+        for m in cfg.models
+    ]
+    parts.append(
+        (
+            f"{cfg.ingress.num_replicas} x Ingress at {cfg.ingress.num_cpus:g}",
+            cfg.ingress.num_replicas * cfg.ingress.num_cpus,
+        )
+    )
     if cfg.forecaster:
-        from .forecaster_service import ForecasterConfig
+        from serve_app.autoscaling.forecaster_service import ForecasterConfig
 
         forecaster_cpus = ForecasterConfig.from_dict(cfg.forecaster).num_cpus
         parts.append((f"Forecaster at {forecaster_cpus:g}", forecaster_cpus))
@@ -109,16 +121,19 @@ def build_app(args: dict) -> Application:
     gpu = cluster_has_gpu()
     limits = cfg.limits.model_dump()
     recognizers = {
-        m.name: Recognizer.options(**recognizer_options(m, gpu)).bind(m.model_dump(), limits) for m in cfg.models
+        m.name: Recognizer.options(**recognizer_options(m, gpu)).bind(m.model_dump(), limits)
+        for m in cfg.models
     }
     quality = None
     if cfg.quality.enabled:
-        from .quality_monitor import QualityMonitor
+        from serve_app.quality.monitor import QualityMonitor
 
-        quality = QualityMonitor.options(name="QualityMonitor", num_replicas=1).bind(quality_settings(cfg))
+        quality = QualityMonitor.options(name="QualityMonitor", num_replicas=1).bind(
+            quality_settings(cfg)
+        )
     forecaster = None
     if cfg.forecaster:
-        from .forecaster_service import build_forecaster
+        from serve_app.autoscaling.forecaster_service import build_forecaster
 
         forecaster = build_forecaster(cfg.forecaster)
     return Ingress.options(
@@ -131,7 +146,7 @@ def build_app(args: dict) -> Application:
 
 def quality_settings(cfg: AppConfig) -> dict:
     """The QualityMonitor's settings: the store bounds, windows, and each model's labels."""
-    from .models import load_labels
+    from serve_app.serving.models import load_labels
 
     return {
         **cfg.quality.model_dump(exclude={"enabled"}),

@@ -10,16 +10,31 @@ import sys
 
 SUBCOMMANDS = {
     "up": ("serve_app.launcher:main", "start the monitoring stack and `serve run` the application"),
-    "stack": ("serve_app.stack:main", "start/stop/status of the local Prometheus + Alertmanager"),
-    "capacity": ("serve_app.capacity:main", "measure sustainable per-replica throughput on the running service"),
-    "config-doc": ("serve_app.config_doc:main", "print docs/CONFIG.md generated from the config models"),
-    "fit": ("forecasting.cli:main_fit", "fit the Prophet forecaster on request-rate history"),
-    "forecast": ("forecasting.cli:main_forecast", "forecast request rate with a fitted model"),
-    "backtest": ("forecasting.cli:main_backtest", "replay a traffic trace against every scaling strategy"),
-    "plot": ("forecasting.cli:main_plot", "redraw a backtest's plot from its directory"),
-    "gen-traces": ("forecasting.cli:main_gen_traces", "regenerate the bundled traffic traces"),
-    "loadtest": ("loadtests.cli:main", "run a locust scenario and write a report"),
-    "loadtest-sim": ("loadtests.replay_sim:main", "replay a recorded load test in the simulator, real vs simulated replicas"),
+    "stack": (
+        "serve_app.monitoring.stack:main",
+        "start/stop/status of the local Prometheus + Alertmanager",
+    ),
+    "capacity": (
+        "serve_app.devtools.capacity:main",
+        "measure sustainable per-replica throughput on the running service",
+    ),
+    "config-doc": (
+        "serve_app.devtools.config_doc:main",
+        "print docs/CONFIG.md generated from the config models",
+    ),
+    "fit": ("lab.commands:main_fit", "fit the Prophet forecaster on request-rate history"),
+    "forecast": ("lab.commands:main_forecast", "forecast request rate with a fitted model"),
+    "backtest": (
+        "lab.commands:main_backtest",
+        "replay a traffic trace against every scaling strategy",
+    ),
+    "plot": ("lab.commands:main_plot", "redraw a backtest's plot from its directory"),
+    "gen-traces": ("lab.commands:main_gen_traces", "regenerate the bundled traffic traces"),
+    "loadtest": ("loadtests.runner:main", "run a locust scenario and write a report"),
+    "loadtest-sim": (
+        "loadtests.replay_sim:main",
+        "replay a recorded load test in the simulator, real vs simulated replicas",
+    ),
 }
 
 

@@ -25,13 +25,19 @@ class Section(BaseModel):
 class PreprocessSpec(Section):
     """How an image becomes the model's input tensor."""
 
-    resize: int = Field(256, ge=16, le=4096, description="Shorter side is resized to this many pixels (bilinear).")
-    crop: int = Field(224, ge=16, le=4096, description="Centre crop to a square of this many pixels.")
+    resize: int = Field(
+        256, ge=16, le=4096, description="Shorter side is resized to this many pixels (bilinear)."
+    )
+    crop: int = Field(
+        224, ge=16, le=4096, description="Centre crop to a square of this many pixels."
+    )
     mean: tuple[float, float, float] = Field(
-        (0.485, 0.456, 0.406), description="Per-channel mean subtracted after scaling pixels to [0, 1]."
+        (0.485, 0.456, 0.406),
+        description="Per-channel mean subtracted after scaling pixels to [0, 1].",
     )
     std: tuple[float, float, float] = Field(
-        (0.229, 0.224, 0.225), description="Per-channel standard deviation divided after subtracting the mean."
+        (0.229, 0.224, 0.225),
+        description="Per-channel standard deviation divided after subtracting the mean.",
     )
 
     @model_validator(mode="after")
@@ -49,9 +55,12 @@ def recognizer_deployment_name(model_name: str) -> str:
 
 
 class ModelConfig(Section):
-    """One served model: becomes its own Recognizer deployment with its own replicas and autoscaling."""
+    """One served model: becomes its own Recognizer deployment with its own replicas and
+    autoscaling."""
 
-    name: str = Field(..., description="Name in the API: /v1/models/{name}/predict, /v2/models/{name}/infer.")
+    name: str = Field(
+        ..., description="Name in the API: /v1/models/{name}/predict, /v2/models/{name}/infer."
+    )
     version: str = Field("1", description="Version reported in responses and metric labels.")
     architecture: str = Field(
         "efficientnet_lite0",
@@ -69,54 +78,78 @@ class ModelConfig(Section):
         "text file with one label per line, in class-id order.",
     )
     preprocess: PreprocessSpec | None = Field(
-        None, description="Preprocessing; empty means the architecture's default (see docs/MODELS.md)."
+        None,
+        description="Preprocessing; empty means the architecture's default (see docs/MODELS.md).",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="`auto` uses a GPU when the cluster has one, else the CPU."
     )
-    precision: Literal["fp32", "fp16"] = Field("fp16", description="fp16 applies on CUDA only; the CPU runs fp32.")
+    precision: Literal["fp32", "fp16"] = Field(
+        "fp16", description="fp16 applies on CUDA only; the CPU runs fp32."
+    )
     runtime: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",
         description="`auto`: ONNX Runtime on CPU when its outputs agree with torch on real photos, torch "
         "otherwise and on CUDA.",
     )
-    num_threads: int = Field(1, ge=1, le=64, description="Intra-op threads of the model runtime in each replica.")
-    decode_threads: int = Field(2, ge=1, le=64, description="Threads decoding images in each replica, beside inference.")
-    num_gpus: float = Field(0.25, gt=0, le=8, description="GPUs each replica asks Ray for when running on CUDA.")
+    num_threads: int = Field(
+        1, ge=1, le=64, description="Intra-op threads of the model runtime in each replica."
+    )
+    decode_threads: int = Field(
+        2, ge=1, le=64, description="Threads decoding images in each replica, beside inference."
+    )
+    num_gpus: float = Field(
+        0.25, gt=0, le=8, description="GPUs each replica asks Ray for when running on CUDA."
+    )
     num_cpus: float = Field(1.0, gt=0, le=64, description="CPUs each replica asks Ray for.")
     max_batch_size: int = Field(16, ge=1, le=256, description="Largest batch @serve.batch forms.")
     batch_wait_timeout_s: float = Field(
-        0.002, ge=0, le=5, description="How long a batch waits to fill before it runs anyway (raise it on GPU, where batching pays)."
+        0.002,
+        ge=0,
+        le=5,
+        description="How long a batch waits to fill before it runs anyway (raise it on GPU, where batching pays).",
     )
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica holds at once (Ray Serve).")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one replica holds at once (Ray Serve)."
+    )
     max_queued_requests: int = Field(
         256,
         ge=-1,
         description="Requests waiting for a replica beyond which new ones are shed with 503 (-1: unbounded).",
     )
-    num_replicas: int = Field(1, ge=1, description="Fixed replica count, used when `autoscaling_config` is empty.")
+    num_replicas: int = Field(
+        1, ge=1, description="Fixed replica count, used when `autoscaling_config` is empty."
+    )
     autoscaling_config: dict[str, Any] | None = Field(
         None,
         description="Ray Serve autoscaling_config, passed through as written (min/max_replicas, delays, and "
-        "`policy: {policy_function: serve_app.policy:ForecastPolicy, policy_kwargs: {...}}`).",
+        "`policy: {policy_function: serve_app.autoscaling.policy:ForecastPolicy, policy_kwargs: {...}}`).",
     )
 
     @field_validator("name")
     @classmethod
     def _name_is_url_safe(cls, v: str) -> str:
         if not re.match(MODEL_NAME_PATTERN, v):
-            raise ValueError(f"model name {v!r} must match {MODEL_NAME_PATTERN} (it appears in URLs and labels)")
+            raise ValueError(
+                f"model name {v!r} must match {MODEL_NAME_PATTERN} (it appears in URLs and labels)"
+            )
         return v
 
 
 class LimitsConfig(Section):
     """Bounds on what one request may ask of the service."""
 
-    max_body_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest request body; more gets 413.")
-    max_image_pixels: int = Field(
-        40_000_000, ge=1, description="Largest width*height, checked from the header before decoding (413)."
+    max_body_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, description="Largest request body; more gets 413."
     )
-    max_images_per_request: int = Field(32, ge=1, description="Most images in one request; more gets 413.")
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="Largest width*height, checked from the header before decoding (413).",
+    )
+    max_images_per_request: int = Field(
+        32, ge=1, description="Most images in one request; more gets 413."
+    )
     max_top_k: int = Field(100, ge=1, description="Largest allowed top_k; out of range gets 422.")
     default_top_k: int = Field(5, ge=1, description="top_k when the request does not say.")
 
@@ -124,35 +157,58 @@ class LimitsConfig(Section):
 class IngressConfig(Section):
     """The HTTP front deployment."""
 
-    num_replicas: int = Field(1, ge=1, description="Ingress replicas (each decodes images in its own process).")
+    num_replicas: int = Field(
+        1, ge=1, description="Ingress replicas (each decodes images in its own process)."
+    )
     num_cpus: float = Field(0.5, gt=0, description="CPUs each ingress replica asks Ray for.")
-    max_ongoing_requests: int = Field(256, ge=1, description="Requests one ingress replica holds at once.")
-    overload_retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with a 503 when shedding.")
+    max_ongoing_requests: int = Field(
+        256, ge=1, description="Requests one ingress replica holds at once."
+    )
+    overload_retry_after_s: int = Field(
+        1, ge=1, description="Retry-After seconds sent with a 503 when shedding."
+    )
 
 
 class QualityConfig(Section):
     """Prediction store and quality windows (the QualityMonitor deployment)."""
 
     enabled: bool = Field(True, description="Record predictions and accept feedback.")
-    store_max_items: int = Field(100_000, ge=1, description="Most predictions remembered for feedback.")
-    store_max_age_s: float = Field(86_400, gt=0, description="Predictions older than this are evicted.")
-    window_size: int = Field(1000, ge=1, description="Count window: the last N labelled predictions.")
-    window_seconds: float = Field(3600, gt=0, description="Time window: labelled predictions of the last T seconds.")
-    reference_size: int = Field(
-        1000, ge=10, description="Predictions after start that form the reference distribution for drift (PSI)."
+    store_max_items: int = Field(
+        100_000, ge=1, description="Most predictions remembered for feedback."
     )
-    drift_window_size: int = Field(1000, ge=10, description="Most recent predictions compared with the reference.")
+    store_max_age_s: float = Field(
+        86_400, gt=0, description="Predictions older than this are evicted."
+    )
+    window_size: int = Field(
+        1000, ge=1, description="Count window: the last N labelled predictions."
+    )
+    window_seconds: float = Field(
+        3600, gt=0, description="Time window: labelled predictions of the last T seconds."
+    )
+    reference_size: int = Field(
+        1000,
+        ge=10,
+        description="Predictions after start that form the reference distribution for drift (PSI).",
+    )
+    drift_window_size: int = Field(
+        1000, ge=10, description="Most recent predictions compared with the reference."
+    )
 
 
 class AppConfig(Section):
     """Everything under `args:` of the application in configs/serve_config.yaml."""
 
-    models: list[ModelConfig] = Field(..., min_length=1, description="The models to serve, each a deployment.")
+    models: list[ModelConfig] = Field(
+        ..., min_length=1, description="The models to serve, each a deployment."
+    )
     limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Request bounds.")
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="The HTTP front.")
-    quality: QualityConfig = Field(default_factory=QualityConfig, description="Model quality tracking.")
+    quality: QualityConfig = Field(
+        default_factory=QualityConfig, description="Model quality tracking."
+    )
     forecaster: dict[str, Any] | None = Field(
-        None, description="Forecaster deployment settings (see docs/AUTOSCALING.md); empty: no forecaster."
+        None,
+        description="Forecaster deployment settings (see docs/AUTOSCALING.md); empty: no forecaster.",
     )
 
     @model_validator(mode="after")

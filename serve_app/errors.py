@@ -6,6 +6,20 @@ raises; it never builds an error response itself.
 
 from __future__ import annotations
 
+from starlette.responses import JSONResponse
+
+
+def error_body(code: str, message: str) -> dict:
+    """The one JSON shape of every error reply: `{"error": {"code": ..., "message": ...}}`."""
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """An HTTP error reply in the one shape, with its status and headers (Retry-After, ...)."""
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
 
 class ServiceError(Exception):
     """Base class: an error the client is told about, with a status and a code."""
@@ -19,7 +33,11 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
     def to_json(self) -> dict:
-        return {"error": {"code": self.code, "message": self.message}}
+        return error_body(self.code, self.message)
+
+    def to_response(self) -> JSONResponse:
+        """This error as the HTTP reply the client gets."""
+        return error_response(self.status, self.code, self.message, self.headers)
 
     def to_wire(self) -> dict:
         """A plain dict that crosses process boundaries unchanged (exceptions do not, reliably)."""

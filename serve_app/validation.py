@@ -1,4 +1,5 @@
-"""One sentence per problem of a pydantic ValidationError, for messages that must name the bad key and value."""
+"""One sentence per problem of a pydantic ValidationError, for messages that must name the bad key
+and value."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ from pydantic import ValidationError
 
 
 def validation_problems(exc: ValidationError, root: str) -> str:
-    """`where: what (got value)` for every error, joined by "; "; `root` names a problem with the whole input."""
+    """`where: what (got value)` for every error, joined by "; "; `root` names a problem with the
+    whole input."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors()
+        f"{'.'.join(str(p) for p in e['loc']) or root}: {e['msg']} (got {e.get('input')!r})"
+        for e in exc.errors()
     )

@@ -9,13 +9,23 @@ import pytest
 from PIL import Image
 
 # ImageNet class ids (torchvision order) that correctly describe the bundled photos.
-CAT_CLASSES = {281, 282, 283, 284, 285, 286, 287}  # tabby, tiger cat, Persian, Siamese, Egyptian cat, cougar, lynx
+CAT_CLASSES = {
+    281,
+    282,
+    283,
+    284,
+    285,
+    286,
+    287,
+}  # tabby, tiger cat, Persian, Siamese, Egyptian cat, cougar, lynx
 ESPRESSO = 967
 
 
 def encode(array: np.ndarray, fmt: str = "JPEG", **kwargs) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}) | kwargs)
+    Image.fromarray(array).save(
+        buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}) | kwargs
+    )
     return buf.getvalue()
 
 

@@ -31,22 +31,35 @@ def _tail(path: Path, n: int = 60) -> str:
 
 @pytest.fixture(scope="session")
 def ray_tmpdir() -> Path:
-    """Ray's temp dir for this session: keeps its sockets, logs and Prometheus SD file apart from any other Ray."""
+    """Ray's temp dir for this session: keeps its sockets, logs and Prometheus SD file apart from
+    any other Ray."""
     path = Path(tempfile.mkdtemp(prefix="rs-ray-", dir="/tmp"))
     return path
 
 
 @pytest.fixture(scope="session")
 def serve_process(ray_tmpdir: Path):
-    """`serve run configs/serve_config.test.yaml` in its own process group; stopped by PID at the end."""
+    """`serve run configs/serve_config.test.yaml` in its own process group; stopped by PID at the
+    end."""
     log_path = ray_tmpdir / "serve_run.log"
-    env = {**os.environ, "RAY_TMPDIR": str(ray_tmpdir), "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "RAY_TMPDIR": str(ray_tmpdir),
+        "RAY_AUTH_MODE": "token",
+        "PYTHONUNBUFFERED": "1",
+    }
     # The users' default (`make run` / `recserve up`): HAProxy in front of the ingress replicas.
     env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-    # HAProxy's stats and metrics ports are machine-wide: move them off a running `make run`'s 8404/9101.
+    # HAProxy's stats and metrics ports are machine-wide: move them off a running `make run`'s
+    # 8404/9101.
     env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", "18404")
     env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", "19101")
-    env.update({"RECSERVE_PROMETHEUS_URL": "http://127.0.0.1:19090", "RAY_PROMETHEUS_HOST": "http://127.0.0.1:19090"})
+    env.update(
+        {
+            "RECSERVE_PROMETHEUS_URL": "http://127.0.0.1:19090",
+            "RAY_PROMETHEUS_HOST": "http://127.0.0.1:19090",
+        }
+    )
     serve_bin = Path(sys.executable).parent / "serve"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
@@ -61,7 +74,9 @@ def serve_process(ray_tmpdir: Path):
     try:
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"serve run exited with {proc.returncode} before becoming ready:\n{_tail(log_path)}")
+                pytest.fail(
+                    f"serve run exited with {proc.returncode} before becoming ready:\n{_tail(log_path)}"
+                )
             try:
                 if requests.get(f"{SERVICE_URL}/readyz", timeout=2).status_code == 200:
                     break
@@ -76,7 +91,8 @@ def serve_process(ray_tmpdir: Path):
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C first (serve run then shuts Serve and its local Ray down), then the process group we started."""
+    """Ctrl-C first (serve run then shuts Serve and its local Ray down), then the process group we
+    started."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -97,7 +113,8 @@ def service_url(serve_process) -> str:
 
 @pytest.fixture(scope="session")
 def metrics_targets(serve_process, ray_tmpdir: Path) -> list[str]:
-    """Every Ray metrics endpoint of the cluster, from the service-discovery file Ray writes for Prometheus."""
+    """Every Ray metrics endpoint of the cluster, from the service-discovery file Ray writes for
+    Prometheus."""
     sd_file = ray_tmpdir / "ray" / "prom_metrics_service_discovery.json"
     deadline = time.monotonic() + 30
     while not sd_file.exists() and time.monotonic() < deadline:

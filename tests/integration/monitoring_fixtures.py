@@ -19,8 +19,12 @@ from typing import Callable
 
 import pytest
 
-from serve_app.alerting.alertmanager_config import ReceiverSettings, RouteTiming, WebhookChannel
-from serve_app.stack import Stack, running_stack
+from serve_app.monitoring.alerting.alertmanager_config import (
+    ReceiverSettings,
+    RouteTiming,
+    WebhookChannel,
+)
+from serve_app.monitoring.stack import Stack, running_stack
 
 PROMETHEUS_PORT = 19090
 ALERTMANAGER_PORT = 19093
@@ -79,8 +83,13 @@ class AlertSink:
                         return payload
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    names = [[a["labels"].get("alertname") for a in p.get("alerts", [])] for p in self.payloads]
-                    pytest.fail(f"no webhook payload with {what} after {timeout:.0f} s; received: {names}")
+                    names = [
+                        [a["labels"].get("alertname") for a in p.get("alerts", [])]
+                        for p in self.payloads
+                    ]
+                    pytest.fail(
+                        f"no webhook payload with {what} after {timeout:.0f} s; received: {names}"
+                    )
                 self._changed.wait(left)
 
     def close(self) -> None:
@@ -103,7 +112,9 @@ def wait_until(probe: Callable[[], object], timeout: float, what: str, every: fl
 def alertmanager_alerts(stack: Stack, **filters: str) -> list[dict]:
     """GET /api/v2/alerts of our Alertmanager."""
     query = urllib.parse.urlencode(filters)
-    with urllib.request.urlopen(f"{stack.alertmanager_url}/api/v2/alerts?{query}", timeout=5) as response:
+    with urllib.request.urlopen(
+        f"{stack.alertmanager_url}/api/v2/alerts?{query}", timeout=5
+    ) as response:
         return json.loads(response.read())
 
 
@@ -127,7 +138,9 @@ def alert_sink():
 
 
 @pytest.fixture(scope="session")
-def monitoring_stack(service_url: str, ray_tmpdir: Path, alert_sink: AlertSink, tmp_path_factory) -> Stack:
+def monitoring_stack(
+    service_url: str, ray_tmpdir: Path, alert_sink: AlertSink, tmp_path_factory
+) -> Stack:
     """Prometheus + Alertmanager for the session, routed to `alert_sink`; stopped by PID at the end."""
     rules = tmp_path_factory.mktemp("monitoring") / "test_rules.yml"
     rules.write_text(TEST_RULES)

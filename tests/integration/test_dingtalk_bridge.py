@@ -1,4 +1,5 @@
-"""Alertmanager -> the DingTalk bridge process -> a DingTalk stand-in on loopback, signed and formatted.
+"""Alertmanager -> the DingTalk bridge process -> a DingTalk stand-in on loopback, signed and
+formatted.
 
 Needs no Serve: alerts are posted to Alertmanager's API the way Prometheus posts them.
 """
@@ -15,10 +16,14 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from monitoring_fixtures import post_alerts, wait_until
-from serve_app.alerting.alertmanager_config import DingTalkChannel, ReceiverSettings, RouteTiming
-from serve_app.stack import running_stack
+
+from serve_app.monitoring.alerting.alertmanager_config import (
+    DingTalkChannel,
+    ReceiverSettings,
+    RouteTiming,
+)
+from serve_app.monitoring.stack import running_stack
 
 SECRET = "SECintegration"
 # Ports of their own: the session's stack holds 19090 / 19093.
@@ -64,7 +69,9 @@ def dingtalk():
 
 def test_alert_arrives_in_dingtalk_signed(dingtalk, tmp_path):
     receivers = ReceiverSettings(
-        dingtalk=DingTalkChannel(url=dingtalk.url, secret=SECRET, at_mobiles=["13800000000"], bridge_port=BRIDGE_PORT),
+        dingtalk=DingTalkChannel(
+            url=dingtalk.url, secret=SECRET, at_mobiles=["13800000000"], bridge_port=BRIDGE_PORT
+        ),
         route=RouteTiming(group_wait="1s", group_interval="1s", repeat_interval="1h"),
     )
     with running_stack(
@@ -75,9 +82,17 @@ def test_alert_arrives_in_dingtalk_signed(dingtalk, tmp_path):
             stack,
             [
                 {
-                    "labels": {"alertname": "GPUMemoryCritical", "severity": "critical", "family": "gpu_memory",
-                               "NodeAddress": "10.0.0.7", "gpu": "0"},
-                    "annotations": {"summary": "GPU 0 on 10.0.0.7 memory 93% used", "description": "now 93%"},
+                    "labels": {
+                        "alertname": "GPUMemoryCritical",
+                        "severity": "critical",
+                        "family": "gpu_memory",
+                        "NodeAddress": "10.0.0.7",
+                        "gpu": "0",
+                    },
+                    "annotations": {
+                        "summary": "GPU 0 on 10.0.0.7 memory 93% used",
+                        "description": "now 93%",
+                    },
                     "startsAt": now.isoformat(),
                     "endsAt": (now + timedelta(minutes=10)).isoformat(),
                 }

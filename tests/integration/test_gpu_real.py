@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from serve_app import metrics as m  # noqa: E402
-from serve_app.gpu import GpuProbe, ProcessProbe, ResourceMetricsReporter  # noqa: E402
+from serve_app.monitoring import metrics as m  # noqa: E402
+from serve_app.monitoring.gpu import GpuProbe, ProcessProbe, ResourceMetricsReporter  # noqa: E402
 
 # The probe reads NVML, which needs an NVIDIA driver; torch seeing CUDA is the same condition.
 pytestmark = [
@@ -20,7 +20,9 @@ def test_nvml_reads_every_visible_gpu():
     readings = GpuProbe().read()
     assert len(readings) == torch.cuda.device_count()
     for g in readings:
-        assert g.memory_total_bytes and g.memory_total_bytes > 1024**3  # any datacentre GPU has > 1 GiB
+        assert (
+            g.memory_total_bytes and g.memory_total_bytes > 1024**3
+        )  # any datacentre GPU has > 1 GiB
         assert 0 <= g.memory_used_bytes <= g.memory_total_bytes
         assert 0.0 <= g.memory_used_ratio <= 1.0
         assert g.utilization_ratio is None or 0.0 <= g.utilization_ratio <= 1.0

@@ -1,21 +1,24 @@
-"""A short smoke scenario through `recserve loadtest` against the real service: requests succeed, reports are sane."""
+"""A short smoke scenario through `recserve loadtest` against the real service: requests succeed,
+reports are sane."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from loadtests import cli
+from loadtests import runner as cli
 from loadtests.checks import FEEDBACK_NAME, INFER_NAME, PREDICT_NAME
 
 SMOKE_SECONDS = 40
-# Nothing listens on the discard port: without the session's Prometheus the report must say the series are missing.
+# Nothing listens on the discard port: without the session's Prometheus the report must say the
+# series are missing.
 NO_PROMETHEUS = "http://127.0.0.1:9"
 
 
 @pytest.fixture
 def session_prometheus(request) -> str | None:
-    """URL of the session's Prometheus scraping this service (the monitoring_stack fixture), when there is one."""
+    """URL of the session's Prometheus scraping this service (the monitoring_stack fixture), when
+    there is one."""
     try:
         return request.getfixturevalue("monitoring_stack").prometheus_url
     except pytest.FixtureLookupError:
@@ -27,11 +30,27 @@ def test_smoke_scenario_succeeds_and_reports(service_url, session_prometheus, tm
     out = tmp_path / "smoke"
     code = cli.main(
         [
-            # efficientnet_lite0 by name: the side-by-side model is reserved for tests that count its metrics.
-            "smoke", "--duration", str(SMOKE_SECONDS), "--out", str(out), "--host", service_url,
-            "--model", "efficientnet_lite0",
-            "--prometheus", session_prometheus or NO_PROMETHEUS, "--oip-share", "0.3", "--feedback-share", "0.5",
-            "--settle", "15", "--step", "5",
+            # efficientnet_lite0 by name: the side-by-side model is reserved for tests that count
+            # its metrics.
+            "smoke",
+            "--duration",
+            str(SMOKE_SECONDS),
+            "--out",
+            str(out),
+            "--host",
+            service_url,
+            "--model",
+            "efficientnet_lite0",
+            "--prometheus",
+            session_prometheus or NO_PROMETHEUS,
+            "--oip-share",
+            "0.3",
+            "--feedback-share",
+            "0.5",
+            "--settle",
+            "15",
+            "--step",
+            "5",
         ]
     )
     log = (out / "locust.log").read_text() if (out / "locust.log").is_file() else "(no locust.log)"
@@ -43,7 +62,9 @@ def test_smoke_scenario_succeeds_and_reports(service_url, session_prometheus, tm
         assert stats.loc[name, "Request Count"] > 0
         assert stats.loc[name, "Failure Count"] == 0, (out / "locust_failures.csv").read_text()
     # 2-4 users at 1 request/s for 40 s: several dozen recognition requests even on a slow machine
-    recognition = int(stats.loc[PREDICT_NAME, "Request Count"] + stats.loc[INFER_NAME, "Request Count"])
+    recognition = int(
+        stats.loc[PREDICT_NAME, "Request Count"] + stats.loc[INFER_NAME, "Request Count"]
+    )
     assert recognition >= 40
     assert stats.loc[PREDICT_NAME, "50%"] > 0
 

@@ -1,7 +1,7 @@
 """Metrics and model quality, checked on the running service through Ray's real metrics endpoints.
 
-Only this module sends traffic to `lite0_canary` (configs/serve_config.test.yaml), so its counters move
-by exactly what is sent here.
+Only this module sends traffic to `lite0_canary` (configs/serve_config.test.yaml), so its counters
+move by exactly what is sent here.
 """
 
 import time
@@ -47,7 +47,13 @@ def wait_for(predicate, what: str):
 
 
 def predict(service_url, jpeg, **params):
-    return requests.post(f"{service_url}/v1/models/{MODEL}/predict", data=jpeg, params=params, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    return requests.post(
+        f"{service_url}/v1/models/{MODEL}/predict",
+        data=jpeg,
+        params=params,
+        headers={"Content-Type": "image/jpeg"},
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +61,11 @@ def traffic(service_url, metrics_targets, cat_jpeg, coffee_jpeg):
     """Known traffic: 6 successes and 3 client errors against the canary model."""
     before = request_counts(metrics_targets)
     ok = [predict(service_url, img) for img in (cat_jpeg, coffee_jpeg) * 3]
-    bad = [predict(service_url, b"not an image"), predict(service_url, cat_jpeg, top_k=0), predict(service_url, b"")]
+    bad = [
+        predict(service_url, b"not an image"),
+        predict(service_url, cat_jpeg, top_k=0),
+        predict(service_url, b""),
+    ]
     assert [r.status_code for r in ok] == [200] * 6
     assert [r.status_code for r in bad] == [415, 422, 400]
     return before, ok
@@ -63,7 +73,10 @@ def traffic(service_url, metrics_targets, cat_jpeg, coffee_jpeg):
 
 def test_request_counter_moves_by_exactly_what_was_sent(traffic, metrics_targets):
     before, _ = traffic
-    expected = {"success": before.get("success", 0) + 6, "client_error": before.get("client_error", 0) + 3}
+    expected = {
+        "success": before.get("success", 0) + 6,
+        "client_error": before.get("client_error", 0) + 3,
+    }
 
     def settled():
         now = request_counts(metrics_targets)
@@ -80,10 +93,22 @@ def test_histograms_and_stage_timings_have_counts(traffic, metrics_targets):
         for s in scrape(metrics_targets):
             if s.labels.get("model_name") != MODEL or not s.name.endswith("_count"):
                 continue
-            key = s.name if s.name != "ray_model_stage_seconds_count" else f"stage:{s.labels['stage']}"
+            key = (
+                s.name
+                if s.name != "ray_model_stage_seconds_count"
+                else f"stage:{s.labels['stage']}"
+            )
             found[key] += s.value
-        wanted = {"ray_model_latency_seconds_count", "ray_model_batch_size_count", "ray_model_images_per_request_count",
-                  "stage:decode", "stage:preprocess", "stage:queue_wait", "stage:inference", "stage:postprocess"}
+        wanted = {
+            "ray_model_latency_seconds_count",
+            "ray_model_batch_size_count",
+            "ray_model_images_per_request_count",
+            "stage:decode",
+            "stage:preprocess",
+            "stage:queue_wait",
+            "stage:inference",
+            "stage:postprocess",
+        }
         return found if wanted <= {k for k, v in found.items() if v > 0} else None
 
     found = wait_for(histograms, "latency, batch-size and stage histograms")
@@ -91,8 +116,11 @@ def test_histograms_and_stage_timings_have_counts(traffic, metrics_targets):
     assert found["stage:decode"] >= 6
 
 
-def test_feedback_through_two_ingress_replicas_gives_hand_computed_quality(service_url, metrics_targets, cat_jpeg, coffee_jpeg):
-    # 8 predictions (4 cats, 4 espressos); truth: every espresso right, two cats right and two wrong.
+def test_feedback_through_two_ingress_replicas_gives_hand_computed_quality(
+    service_url, metrics_targets, cat_jpeg, coffee_jpeg
+):
+    # 8 predictions (4 cats, 4 espressos); truth: every espresso right, two cats right and two
+    # wrong.
     preds = []
     for img in (cat_jpeg, coffee_jpeg) * 4:
         body = predict(service_url, img).json()
@@ -103,15 +131,20 @@ def test_feedback_through_two_ingress_replicas_gives_hand_computed_quality(servi
     truths = [cat_pred, 967, cat_pred, 967, wrong, 967, wrong, 967]
     items = [{"request_id": rid, "label": t} for (rid, _), t in zip(preds, truths)]
     # Half sent one by one, half in one batch: requests spread over both ingress replicas.
-    singles = [requests.post(f"{service_url}/v1/feedback", json=item, timeout=30) for item in items[:4]]
-    assert [r.status_code for r in singles] == [200] * 4 and all(r.json()["status"] == "joined" for r in singles)
-    batch = requests.post(f"{service_url}/v1/feedback", json={"items": items[4:]}, timeout=30).json()["results"]
+    singles = [
+        requests.post(f"{service_url}/v1/feedback", json=item, timeout=30) for item in items[:4]
+    ]
+    assert [r.status_code for r in singles] == [200] * 4 and all(
+        r.json()["status"] == "joined" for r in singles
+    )
+    batch = requests.post(
+        f"{service_url}/v1/feedback", json={"items": items[4:]}, timeout=30
+    ).json()["results"]
     assert [r["status"] for r in batch] == ["joined"] * 4
 
-    # By hand. Confusion (truth, predicted): (c,c) x2, (e,e) x4, (w,c) x2 with c = cat_pred, e = 967, w = wrong.
-    # accuracy = 6/8 = 0.75
-    # present classes {c, e, w}: c: tp 2, fp 2, fn 0 -> p 0.5, r 1, f1 2*0.5*1/1.5 = 0.6667
-    #                             e: tp 4 -> p 1, r 1, f1 1;   w: tp 0, fn 2 -> p 0, r 0, f1 0
+    # By hand. Confusion (truth, predicted): (c,c) x2, (e,e) x4, (w,c) x2 with c = cat_pred, e =
+    # 967, w = wrong. accuracy = 6/8 = 0.75 present classes {c, e, w}: c: tp 2, fp 2, fn 0 -> p 0.5,
+    # r 1, f1 2*0.5*1/1.5 = 0.6667 e: tp 4 -> p 1, r 1, f1 1;   w: tp 0, fn 2 -> p 0, r 0, f1 0
     # macro p = 1.5/3 = 0.5, macro r = 2/3 = 0.6667, macro f1 = 1.6667/3 = 0.5556
     quality = requests.get(f"{service_url}/v1/models/{MODEL}/quality", timeout=30).json()
     window = quality["versions"]["2"]["windows"]["last_100"]
@@ -123,21 +156,33 @@ def test_feedback_through_two_ingress_replicas_gives_hand_computed_quality(servi
 
     # The same numbers reach Prometheus as gauges.
     def gauges():
-        values = {s.name: s.value for s in scrape(metrics_targets)
-                  if s.labels.get("model_name") == MODEL and s.labels.get("window") == "last_100"}
+        values = {
+            s.name: s.value
+            for s in scrape(metrics_targets)
+            if s.labels.get("model_name") == MODEL and s.labels.get("window") == "last_100"
+        }
         return values if values.get("ray_model_accuracy") == pytest.approx(0.75) else None
 
     values = wait_for(gauges, "ray_model_accuracy gauge = 0.75")
     assert values["ray_model_f1"] == pytest.approx((2 / 3 + 1) / 3)
 
     # Unknown ids and unknown labels are answered, counted, never dropped silently.
-    r = requests.post(f"{service_url}/v1/feedback", json={"request_id": "never-issued", "label": 1}, timeout=30)
+    r = requests.post(
+        f"{service_url}/v1/feedback", json={"request_id": "never-issued", "label": 1}, timeout=30
+    )
     assert r.status_code == 404 and r.json()["status"] == "unknown_id"
-    r = requests.post(f"{service_url}/v1/feedback", json={"request_id": preds[0][0], "label": "not a class"}, timeout=30)
+    r = requests.post(
+        f"{service_url}/v1/feedback",
+        json={"request_id": preds[0][0], "label": "not a class"},
+        timeout=30,
+    )
     assert r.status_code == 422
 
 
 def test_ingress_ran_on_two_replicas(traffic, metrics_targets):
-    replicas = {s.labels.get("replica") for s in scrape(metrics_targets)
-                if s.name == "ray_model_request_total" and s.labels.get("deployment") == "Ingress"}
+    replicas = {
+        s.labels.get("replica")
+        for s in scrape(metrics_targets)
+        if s.name == "ray_model_request_total" and s.labels.get("deployment") == "Ingress"
+    }
     assert len(replicas) == 2, replicas

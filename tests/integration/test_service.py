@@ -4,7 +4,6 @@ import base64
 import concurrent.futures
 import io
 
-import pytest
 import requests
 from PIL import Image
 
@@ -22,7 +21,14 @@ def top_ids(prediction):
 
 
 def test_multipart_upload_gets_correct_labels(service_url, cat_jpeg, coffee_jpeg):
-    r = requests.post(predict_url(service_url), files=[("file", ("cat.jpg", cat_jpeg, "image/jpeg")), ("file", ("coffee.jpg", coffee_jpeg, "image/jpeg"))], timeout=30)
+    r = requests.post(
+        predict_url(service_url),
+        files=[
+            ("file", ("cat.jpg", cat_jpeg, "image/jpeg")),
+            ("file", ("coffee.jpg", coffee_jpeg, "image/jpeg")),
+        ],
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     cat, coffee = body["predictions"]
@@ -35,7 +41,13 @@ def test_multipart_upload_gets_correct_labels(service_url, cat_jpeg, coffee_jpeg
 
 
 def test_raw_body_and_top_k(service_url, coffee_jpeg):
-    r = requests.post(predict_url(service_url), params={"top_k": 2}, data=coffee_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    r = requests.post(
+        predict_url(service_url),
+        params={"top_k": 2},
+        data=coffee_jpeg,
+        headers={"Content-Type": "image/jpeg"},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     (pred,) = r.json()["predictions"]
     assert top_ids(pred)[0] == ESPRESSO and len(pred["top_k"]) == 2
@@ -44,26 +56,47 @@ def test_raw_body_and_top_k(service_url, coffee_jpeg):
 
 
 def test_json_base64(service_url, coffee_png):
-    r = requests.post(predict_url(service_url), json={"images": [base64.b64encode(coffee_png).decode()], "top_k": 1}, timeout=30)
+    r = requests.post(
+        predict_url(service_url),
+        json={"images": [base64.b64encode(coffee_png).decode()], "top_k": 1},
+        timeout=30,
+    )
     assert r.status_code == 200, r.text
     assert top_ids(r.json()["predictions"][0]) == [ESPRESSO]
 
 
 def test_models_listing_and_health(service_url):
-    models = {m["name"]: m for m in requests.get(f"{service_url}/v1/models", timeout=10).json()["models"]}
-    assert set(models) == {MODEL, "lite0_canary", "lite0_autoscale", "lite0_fallback"}  # models side by side, each its own deployment
+    models = {
+        m["name"]: m for m in requests.get(f"{service_url}/v1/models", timeout=10).json()["models"]
+    }
+    assert set(models) == {
+        MODEL,
+        "lite0_canary",
+        "lite0_autoscale",
+        "lite0_fallback",
+    }  # models side by side, each its own deployment
     m = models[MODEL]
-    assert m["name"] == MODEL and m["labels_count"] == 1000 and m["device"] == "cpu" and m["ready"] is True
+    assert (
+        m["name"] == MODEL
+        and m["labels_count"] == 1000
+        and m["device"] == "cpu"
+        and m["ready"] is True
+    )
     assert m["input"]["shape"] == [3, 224, 224] and m["runtime"] in ("onnxruntime", "torch")
     assert requests.get(f"{service_url}/healthz", timeout=10).json() == {"status": "ok"}
     assert requests.get(f"{service_url}/readyz", timeout=10).json()["ready"] is True
     assert requests.get(f"{service_url}/docs", timeout=10).status_code == 200
-    assert "/v1/models/{name}/predict" in requests.get(f"{service_url}/openapi.json", timeout=10).json()["paths"]
+    assert (
+        "/v1/models/{name}/predict"
+        in requests.get(f"{service_url}/openapi.json", timeout=10).json()["paths"]
+    )
 
 
 def _png_bomb() -> bytes:
     buf = io.BytesIO()
-    Image.new("L", (5000, 5000)).save(buf, format="PNG")  # 25 MP > the test limit of 4 MP, ~25 KB on the wire
+    Image.new("L", (5000, 5000)).save(
+        buf, format="PNG"
+    )  # 25 MP > the test limit of 4 MP, ~25 KB on the wire
     return buf.getvalue()
 
 
@@ -71,17 +104,62 @@ def _bad_requests(cat_jpeg):
     jpeg = {"Content-Type": "image/jpeg"}
     return [
         ("empty body", dict(data=b"", headers=jpeg), 400, "bad_request"),
-        ("not an image", dict(data=b"just some text, not pixels", headers=jpeg), 415, "unsupported_media_type"),
-        ("truncated jpeg", dict(data=cat_jpeg[: len(cat_jpeg) // 2], headers=jpeg), 400, "invalid_image"),
-        ("pixel bomb", dict(data=_png_bomb(), headers={"Content-Type": "image/png"}), 413, "payload_too_large"),
-        ("body over limit", dict(data=b"\xff\xd8\xff" + b"0" * 3_000_000, headers=jpeg), 413, "payload_too_large"),
-        ("top_k zero", dict(data=cat_jpeg, headers=jpeg, params={"top_k": 0}), 422, "unprocessable_entity"),
-        ("top_k too big", dict(data=cat_jpeg, headers=jpeg, params={"top_k": 21}), 422, "unprocessable_entity"),
-        ("top_k not a number", dict(data=cat_jpeg, headers=jpeg, params={"top_k": "many"}), 422, "unprocessable_entity"),
-        ("too many images", dict(files=[("file", ("a.jpg", cat_jpeg, "image/jpeg"))] * 9), 413, "payload_too_large"),
+        (
+            "not an image",
+            dict(data=b"just some text, not pixels", headers=jpeg),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "truncated jpeg",
+            dict(data=cat_jpeg[: len(cat_jpeg) // 2], headers=jpeg),
+            400,
+            "invalid_image",
+        ),
+        (
+            "pixel bomb",
+            dict(data=_png_bomb(), headers={"Content-Type": "image/png"}),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "body over limit",
+            dict(data=b"\xff\xd8\xff" + b"0" * 3_000_000, headers=jpeg),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "top_k zero",
+            dict(data=cat_jpeg, headers=jpeg, params={"top_k": 0}),
+            422,
+            "unprocessable_entity",
+        ),
+        (
+            "top_k too big",
+            dict(data=cat_jpeg, headers=jpeg, params={"top_k": 21}),
+            422,
+            "unprocessable_entity",
+        ),
+        (
+            "top_k not a number",
+            dict(data=cat_jpeg, headers=jpeg, params={"top_k": "many"}),
+            422,
+            "unprocessable_entity",
+        ),
+        (
+            "too many images",
+            dict(files=[("file", ("a.jpg", cat_jpeg, "image/jpeg"))] * 9),
+            413,
+            "payload_too_large",
+        ),
         ("bad base64", dict(json={"images": ["@@@not base64@@@"]}), 400, "bad_request"),
         ("json without images", dict(json={"pictures": []}), 400, "bad_request"),
-        ("wrong content type", dict(data=b"a=b", headers={"Content-Type": "text/plain"}), 415, "unsupported_media_type"),
+        (
+            "wrong content type",
+            dict(data=b"a=b", headers={"Content-Type": "text/plain"}),
+            415,
+            "unsupported_media_type",
+        ),
     ]
 
 
@@ -91,10 +169,17 @@ def test_bad_input_gets_clear_json_errors_and_the_replica_keeps_serving(service_
         assert r.status_code == status, f"{name}: {r.status_code} {r.text}"
         err = r.json()["error"]
         assert err["code"] == code and err["message"], name
-    r = requests.post(predict_url(service_url, "no_such_model"), data=cat_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    r = requests.post(
+        predict_url(service_url, "no_such_model"),
+        data=cat_jpeg,
+        headers={"Content-Type": "image/jpeg"},
+        timeout=30,
+    )
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     # Still serving after all of that.
-    r = requests.post(predict_url(service_url), data=cat_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=30)
+    r = requests.post(
+        predict_url(service_url), data=cat_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=30
+    )
     assert r.status_code == 200 and set(top_ids(r.json()["predictions"][0])) & CAT_CLASSES
 
 
@@ -113,14 +198,20 @@ def test_overload_sheds_with_503_and_retry_after(service_url, cat_jpeg):
         r = requests.post(predict_url(service_url), files=files, timeout=120)
         return r.status_code, r.headers.get("Retry-After"), r.json()
 
-    # 16 running + 16 queued per replica are allowed; 120 concurrent requests of 8 images overflow that.
+    # 16 running + 16 queued per replica are allowed; 120 concurrent requests of 8 images overflow
+    # that.
     with concurrent.futures.ThreadPoolExecutor(120) as pool:
         results = list(pool.map(one, range(120)))
     statuses = [s for s, _, _ in results]
     assert set(statuses) <= {200, 503}, statuses
     shed = [(ra, body) for s, ra, body in results if s == 503]
     assert shed and statuses.count(200) > 0
-    assert all(ra is not None and int(ra) >= 1 and body["error"]["code"] == "overloaded" for ra, body in shed)
+    assert all(
+        ra is not None and int(ra) >= 1 and body["error"]["code"] == "overloaded"
+        for ra, body in shed
+    )
     # The service recovers once the burst is gone.
-    r = requests.post(predict_url(service_url), data=cat_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60)
+    r = requests.post(
+        predict_url(service_url), data=cat_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60
+    )
     assert r.status_code == 200

@@ -1,4 +1,5 @@
-"""Test helpers: which metric names a PromQL expression reads, which names exist, and promtool checks."""
+"""Test helpers: which metric names a PromQL expression reads, which names exist, and promtool
+checks."""
 
 from __future__ import annotations
 
@@ -14,11 +15,26 @@ REPO = Path(__file__).resolve().parents[2]
 RULES_DIR = REPO / "configs" / "prometheus"
 
 PROMQL_KEYWORDS = {
-    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "offset", "bool", "inf", "nan", "atan2", "start", "end",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "bool",
+    "inf",
+    "nan",
+    "atan2",
+    "start",
+    "end",
 }
 
-# Declared outside serve_app.metrics (autoscaling policy, forecaster): the metric contract, docs/METRICS.md.
+# Declared outside serve_app.monitoring.metrics (autoscaling policy, forecaster): the metric
+# contract, docs/METRICS.md.
 CONTRACT_EXTRA = {
     "autoscaler_target_replicas": "gauge",
     "autoscaler_decision_total": "counter",
@@ -34,7 +50,9 @@ def require(tool: str) -> str:
     """Path of a system tool the monitoring tests need, or a failure that says how to install it."""
     path = shutil.which(tool)
     if path is None:
-        raise AssertionError(f"{tool} is not installed: apt-get install -y prometheus prometheus-alertmanager (make deps)")
+        raise AssertionError(
+            f"{tool} is not installed: apt-get install -y prometheus prometheus-alertmanager (make deps)"
+        )
     return path
 
 
@@ -43,7 +61,9 @@ def metric_names(expr: str) -> set[str]:
     text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # string literals
     text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", "", text)  # range and subquery durations
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)  # label lists
+    text = re.sub(
+        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text
+    )  # label lists
     text = re.sub(r"\boffset\s+-?[0-9a-z]+", "", text)
     names = set()
     for match in re.finditer(r"(?<![\w:.])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", text):
@@ -65,8 +85,9 @@ def _exported(name: str, kind: str) -> set[str]:
 
 @lru_cache(maxsize=1)
 def contract_metric_names() -> frozenset[str]:
-    """Names our code exports, as Prometheus sees them (ray_ prefix, histogram and counter suffixes)."""
-    from serve_app.metrics import ALL_METRICS
+    """Names our code exports, as Prometheus sees them (ray_ prefix, histogram and counter
+    suffixes)."""
+    from serve_app.monitoring.metrics import ALL_METRICS
 
     names: set[str] = set()
     for spec in ALL_METRICS:
@@ -92,8 +113,10 @@ def is_ray_serve_metric(name: str) -> bool:
     """`name` (as scraped) is one Ray Serve declares: ray_<declared>[_total|_bucket|_sum|_count]."""
     if not name.startswith("ray_serve_"):
         return False
-    base = name[len("ray_"):]
-    candidates = {base} | {base[: -len(s)] for s in ("_total", "_bucket", "_sum", "_count") if base.endswith(s)}
+    base = name[len("ray_") :]
+    candidates = {base} | {
+        base[: -len(s)] for s in ("_total", "_bucket", "_sum", "_count") if base.endswith(s)
+    }
     return bool(candidates & ray_serve_metric_bases())
 
 
@@ -110,8 +133,16 @@ def unknown_metrics(expr: str) -> set[str]:
 
 
 def promtool_check_exprs(exprs: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run `promtool check rules` on a rule file recording each expression: PromQL parse check, offline."""
+    """Run `promtool check rules` on a rule file recording each expression: PromQL parse check,
+    offline."""
     rules = [{"record": f"check:expr_{i}", "expr": expr} for i, expr in enumerate(exprs)]
     path = tmp_path / "exprs.yml"
-    path.write_text(yaml.safe_dump({"groups": [{"name": "exprs", "rules": rules}]}, sort_keys=False))
-    return subprocess.run([require("promtool"), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    path.write_text(
+        yaml.safe_dump({"groups": [{"name": "exprs", "rules": rules}]}, sort_keys=False)
+    )
+    return subprocess.run(
+        [require("promtool"), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from forecasting.cli import main, main_backtest
-from forecasting.tracegen import diurnal, write_csv
+from lab.commands import main, main_backtest
+from lab.tracegen import diurnal, write_csv
 
 STRATEGIES = ["static_peak", "ray_default", "reactive", "predictive", "oracle"]
-COLUMNS = ["strategy", "slo_attainment", "p99_ms", "replica_hours", "cost", "scale_events", "underprovisioned_minutes"]
+COLUMNS = [
+    "strategy",
+    "slo_attainment",
+    "p99_ms",
+    "replica_hours",
+    "cost",
+    "scale_events",
+    "underprovisioned_minutes",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +34,22 @@ def short_trace(tmp_path_factory):
 @pytest.fixture(scope="module")
 def backtest(short_trace, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    code = main_backtest(["--trace", str(short_trace), "--out", str(out), "--history-days", "3",
-                          "--price-per-replica-hour", "2.5", "--startup-s", "60", "--workers", "1"])
+    code = main_backtest(
+        [
+            "--trace",
+            str(short_trace),
+            "--out",
+            str(out),
+            "--history-days",
+            "3",
+            "--price-per-replica-hour",
+            "2.5",
+            "--startup-s",
+            "60",
+            "--workers",
+            "1",
+        ]
+    )
     return code, out
 
 
@@ -60,9 +82,13 @@ def test_summary_values_are_sane(backtest):
     for name, row in rows.items():
         assert 0.0 <= float(row["slo_attainment"]) <= 1.0, name
         assert float(row["p99_ms"]) > 0, name
-        assert float(row["cost"]) == pytest.approx(float(row["replica_hours"]) * 2.5, abs=0.13), name  # replica_hours is rounded to 0.1
+        assert float(row["cost"]) == pytest.approx(float(row["replica_hours"]) * 2.5, abs=0.13), (
+            name
+        )  # replica_hours is rounded to 0.1
     static = rows["static_peak"]
-    assert float(static["replica_hours"]) == pytest.approx(settings["static_peak_replicas"] * replay_hours)
+    assert float(static["replica_hours"]) == pytest.approx(
+        settings["static_peak_replicas"] * replay_hours
+    )
     assert int(static["scale_events"]) == 0
     # Enough replicas for the peak all the time and exactly what the load needs are never short.
     assert float(static["underprovisioned_minutes"]) == 0.0
@@ -71,7 +97,11 @@ def test_summary_values_are_sane(backtest):
     # The oracle is the lower bound of cost; no adaptive strategy exceeds max_replicas all the time.
     oracle_hours = float(rows["oracle"]["replica_hours"])
     for name in ("ray_default", "reactive", "predictive"):
-        assert oracle_hours <= float(rows[name]["replica_hours"]) <= settings["max_replicas"] * replay_hours, name
+        assert (
+            oracle_hours
+            <= float(rows[name]["replica_hours"])
+            <= settings["max_replicas"] * replay_hours
+        ), name
     # Our policy on a calm night costs less than holding the peak.
     assert float(rows["predictive"]["replica_hours"]) < float(static["replica_hours"])
     assert settings["forecast_status_by_day"] == ["ok"]
@@ -84,15 +114,31 @@ def test_timeline_has_load_forecast_and_replicas_per_step(backtest):
         rows = list(csv.DictReader(f))
     assert len(rows) == 6 * 4  # 6 hours at 15-minute steps
     first = rows[0]
-    assert float(first["load_rps"]) > 0 and float(first["forecast_upper"]) >= float(first["forecast_yhat"]) > 0
+    assert (
+        float(first["load_rps"]) > 0
+        and float(first["forecast_upper"]) >= float(first["forecast_yhat"]) > 0
+    )
     for name in STRATEGIES:
         assert int(first[f"{name}_replicas"]) >= 1
         assert 0.0 <= float(first[f"{name}_slo_miss"]) <= 1.0
 
 
 def test_without_history_the_predictive_strategy_runs_reactive(tmp_path, capsys):
-    code = main(["backtest", "--trace", "forecasting/traces/spike.csv", "--out", str(tmp_path), "--history-days", "0",
-                 "--workers", "1", "--startup-s", "30"])
+    code = main(
+        [
+            "backtest",
+            "--trace",
+            "lab/traces/spike.csv",
+            "--out",
+            str(tmp_path),
+            "--history-days",
+            "0",
+            "--workers",
+            "1",
+            "--startup-s",
+            "30",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "no forecast: insufficient_history (predictive ran reactive)" in printed
@@ -111,7 +157,7 @@ def test_without_history_the_predictive_strategy_runs_reactive(tmp_path, capsys)
     ],
 )
 def test_bad_arguments_fail_with_the_fix(tmp_path, capsys, args, message):
-    code = main_backtest(["--trace", "forecasting/traces/step.csv", "--out", str(tmp_path)] + args)
+    code = main_backtest(["--trace", "lab/traces/step.csv", "--out", str(tmp_path)] + args)
     assert code == 2
     assert message in capsys.readouterr().err
 
@@ -125,11 +171,33 @@ def test_plot_redraws_from_the_backtest_files(backtest, tmp_path):
 
 def test_fit_then_forecast_hourly_with_the_replica_plan(short_trace, tmp_path, capsys):
     model = tmp_path / "model.json"
-    assert main(["fit", "--trace", str(short_trace), "--timezone", "Asia/Shanghai", "--out", str(model)]) == 0
+    assert (
+        main(
+            ["fit", "--trace", str(short_trace), "--timezone", "Asia/Shanghai", "--out", str(model)]
+        )
+        == 0
+    )
     assert json.loads(model.read_text())["format"] == "recognition-serve-forecaster/1"
     forecast = tmp_path / "forecast.csv"
-    code = main(["forecast", "--model-file", str(model), "--start", "2024-06-06T00:00:00+08:00", "--horizon-h", "24",
-                 "--step-min", "60", "--capacity", "50", "--lead-time-s", "3600", "--out", str(forecast)])
+    code = main(
+        [
+            "forecast",
+            "--model-file",
+            str(model),
+            "--start",
+            "2024-06-06T00:00:00+08:00",
+            "--horizon-h",
+            "24",
+            "--step-min",
+            "60",
+            "--capacity",
+            "50",
+            "--lead-time-s",
+            "3600",
+            "--out",
+            str(forecast),
+        ]
+    )
     assert code == 0
     with forecast.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -151,4 +219,4 @@ def test_fit_with_too_little_history_says_so(tmp_path, capsys):
 def test_bundled_traces_come_from_the_seeded_generator(tmp_path):
     assert main(["gen-traces", "--out", str(tmp_path)]) == 0
     for name in ("diurnal_2w.csv", "step.csv", "spike.csv"):
-        assert (tmp_path / name).read_bytes() == (Path("forecasting/traces") / name).read_bytes(), name
+        assert (tmp_path / name).read_bytes() == (Path("lab/traces") / name).read_bytes(), name

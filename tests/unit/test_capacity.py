@@ -1,6 +1,6 @@
 import pytest
 
-from serve_app.capacity import capacity_from_steps
+from serve_app.devtools.capacity import capacity_from_steps
 
 
 def step(rate, p99, errors=0):
@@ -12,7 +12,11 @@ def step(rate, p99, errors=0):
     [
         ([step(5, 100), step(10, 200), step(15, 700)], 1, 10.0),  # 15 misses 500 ms: capacity 10
         ([step(5, 100), step(10, 200), step(15, 700)], 2, 5.0),  # 10 req/s over 2 replicas = 5 each
-        ([step(5, 100), step(10, 200, errors=1), step(15, 300)], 1, 5.0),  # errors fail a step; 15 after it ignored
+        (
+            [step(5, 100), step(10, 200, errors=1), step(15, 300)],
+            1,
+            5.0,
+        ),  # errors fail a step; 15 after it ignored
         ([step(5, 900)], 1, None),  # the first step already misses
         ([step(10, 100), step(5, 100)], 1, 10.0),  # order of measurement does not matter
     ],

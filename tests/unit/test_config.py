@@ -59,21 +59,31 @@ def test_autoscaling_config_passes_through_instead_of_num_replicas():
 
 def test_shipped_policy_and_forecaster_settings_validate():
     from serve_app.app import check_policy_kwargs
-    from serve_app.forecaster_service import ForecasterConfig
+    from serve_app.autoscaling.forecaster_service import ForecasterConfig
 
     cfg = load_config(ROOT / "configs/serve_config.yaml")
     model = cfg.models[0]
-    assert model.autoscaling_config["policy"]["policy_function"] == "serve_app.policy:ForecastPolicy"
+    assert (
+        model.autoscaling_config["policy"]["policy_function"]
+        == "serve_app.autoscaling.policy:ForecastPolicy"
+    )
     check_policy_kwargs(model)
     forecaster = ForecasterConfig.from_dict(cfg.forecaster)
     lead = model.autoscaling_config["policy"]["policy_kwargs"]["predictive"]["lead_time_s"]
-    assert forecaster.lead_time_s == lead  # the floor is looked up where the forecaster publishes it
+    assert (
+        forecaster.lead_time_s == lead
+    )  # the floor is looked up where the forecaster publishes it
 
 
 def test_bad_policy_kwargs_stop_start_up_with_the_key_named():
     from serve_app.app import check_policy_kwargs
 
-    auto = {"policy": {"policy_function": "serve_app.policy:ForecastPolicy", "policy_kwargs": {"step_upp": 2}}}
+    auto = {
+        "policy": {
+            "policy_function": "serve_app.autoscaling.policy:ForecastPolicy",
+            "policy_kwargs": {"step_upp": 2},
+        }
+    }
     with pytest.raises(ValidationError, match="step_upp"):
         check_policy_kwargs(ModelConfig(name="m", autoscaling_config=auto))
 
@@ -85,19 +95,30 @@ def test_the_shipped_config_fits_its_max_replicas_on_a_two_core_node():
     assert cpu_shortfall(cfg, 2.0) is None  # 3 recognizers x 0.5 + ingress 0.5 + forecaster 0
     problem = cpu_shortfall(cfg, 1.5)
     assert problem.startswith("at max replicas the application asks for 2 CPUs")
-    assert "3 x Recognizer_efficientnet_lite0 at 0.5 + 1 x Ingress at 0.5" in problem and "has 1.5" in problem
+    assert (
+        "3 x Recognizer_efficientnet_lite0 at 0.5 + 1 x Ingress at 0.5" in problem
+        and "has 1.5" in problem
+    )
 
 
 def test_cpu_demand_counts_fixed_replicas_autoscaling_maximums_and_the_forecaster():
     from serve_app.app import cpu_shortfall
 
-    cfg = AppConfig.model_validate({
-        "models": [
-            {"name": "a", "num_cpus": 1, "num_replicas": 2},
-            {"name": "b", "num_cpus": 0.5, "autoscaling_config": {"min_replicas": 1, "max_replicas": 4}},
-        ],
-        "ingress": {"num_replicas": 1, "num_cpus": 0.5},
-        "forecaster": {"models": ["a"], "num_cpus": 0.5},
-    })
+    cfg = AppConfig.model_validate(
+        {
+            "models": [
+                {"name": "a", "num_cpus": 1, "num_replicas": 2},
+                {
+                    "name": "b",
+                    "num_cpus": 0.5,
+                    "autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
+                },
+            ],
+            "ingress": {"num_replicas": 1, "num_cpus": 0.5},
+            "forecaster": {"models": ["a"], "num_cpus": 0.5},
+        }
+    )
     assert cpu_shortfall(cfg, 5.0) is None  # 2 + 2 + 0.5 + 0.5
-    assert "asks for 5 CPUs" in cpu_shortfall(cfg, 4.99) and "Forecaster at 0.5" in cpu_shortfall(cfg, 4.99)
+    assert "asks for 5 CPUs" in cpu_shortfall(cfg, 4.99) and "Forecaster at 0.5" in cpu_shortfall(
+        cfg, 4.99
+    )

@@ -1,4 +1,5 @@
-"""Dashboards: every query parses and names real metrics; Grafana JSON matches the panel list; /dashboard routes."""
+"""Dashboards: every query parses and names real metrics; Grafana JSON matches the panel list;
+/dashboard routes."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 import yaml
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-
 from promql_names import REPO, metric_names, promtool_check_exprs, unknown_metrics
-from serve_app.dashboard import MAX_POINTS, check_range, make_router
-from serve_app.dashboard_panels import (
+
+from serve_app.monitoring.dashboard import MAX_POINTS, check_range, make_router
+from serve_app.monitoring.dashboard_panels import (
     GRAFANA_DASHBOARD_FILE,
     GRAFANA_DATASOURCE_UID,
     all_exprs,
@@ -48,9 +49,15 @@ def test_every_query_names_only_metrics_that_exist():
 @pytest.mark.parametrize(
     "expr, unknown",
     [
-        ("sum(rate(ray_model_requests_total[1m]))", {"ray_model_requests_total"}),  # typo of the contract name
+        (
+            "sum(rate(ray_model_requests_total[1m]))",
+            {"ray_model_requests_total"},
+        ),  # typo of the contract name
         ("ray_serve_num_imaginary_requests_total", {"ray_serve_num_imaginary_requests_total"}),
-        ("model_name:model_requests:rate2m", {"model_name:model_requests:rate2m"}),  # no such recording rule
+        (
+            "model_name:model_requests:rate2m",
+            {"model_name:model_requests:rate2m"},
+        ),  # no such recording rule
         ('sum by (model_name) (rate(ray_model_request_total{status="x"}[5m] offset 1d))', set()),
         ("ray_serve_deployment_replica_healthy", set()),
     ],
@@ -70,10 +77,18 @@ def test_metric_name_extraction_ignores_functions_labels_and_keywords():
 def test_seed_panels_are_all_there():
     panels = {p.id: p for p in all_panels()}
     for wanted in (
-        "accuracy", "precision", "recall", "f1",  # classification quality
-        "gpu_utilization", "gpu_memory",  # system load
-        "latency", "qps_latency", "node_latency",  # service quality
-        "replicas", "replica_hours", "forecast",  # resource cost
+        "accuracy",
+        "precision",
+        "recall",
+        "f1",  # classification quality
+        "gpu_utilization",
+        "gpu_memory",  # system load
+        "latency",
+        "qps_latency",
+        "node_latency",  # service quality
+        "replicas",
+        "replica_hours",
+        "forecast",  # resource cost
     ):
         assert wanted in panels, wanted
     legends = [q.legend for q in panels["latency"].queries]
@@ -91,7 +106,9 @@ def test_panel_ids_are_unique():
 
 
 def test_committed_grafana_dashboard_is_the_generated_one():
-    assert GRAFANA == grafana_dashboard(), "configs/grafana/dashboards is stale: run `recserve stack render`"
+    assert GRAFANA == grafana_dashboard(), (
+        "configs/grafana/dashboards is stale: run `recserve stack render`"
+    )
 
 
 def test_grafana_panels_mirror_the_panel_list_and_do_not_overlap():
@@ -110,7 +127,9 @@ def test_grafana_panels_mirror_the_panel_list_and_do_not_overlap():
 
 def test_grafana_provisioning_points_at_the_dashboard_datasource():
     provisioning = REPO / "configs" / "grafana" / "provisioning"
-    datasources = yaml.safe_load((provisioning / "datasources" / "recognition-serve.yml").read_text())
+    datasources = yaml.safe_load(
+        (provisioning / "datasources" / "recognition-serve.yml").read_text()
+    )
     (source,) = datasources["datasources"]
     assert source["type"] == "prometheus" and source["uid"] == GRAFANA_DATASOURCE_UID
     assert GRAFANA["templating"]["list"][0]["current"]["value"] == GRAFANA_DATASOURCE_UID
@@ -128,10 +147,17 @@ class FakePrometheus(httpx.AsyncBaseTransport):
 
     def __init__(self, status=200, body=None, error=None):
         self.status, self.error, self.requests = status, error, []
-        self.body = body if body is not None else {
-            "status": "success",
-            "data": {"resultType": "matrix", "result": [{"metric": {"model_name": "m"}, "values": [[1, "2.5"]]}]},
-        }
+        self.body = (
+            body
+            if body is not None
+            else {
+                "status": "success",
+                "data": {
+                    "resultType": "matrix",
+                    "result": [{"metric": {"model_name": "m"}, "values": [[1, "2.5"]]}],
+                },
+            }
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
@@ -192,7 +218,9 @@ def test_query_range_proxies_to_prometheus():
 
 def test_query_range_refuses_queries_that_are_not_panels():
     fake = FakePrometheus()
-    response = client(fake).get("/dashboard/api/query_range", params=range_params(query="count({__name__=~'.+'})"))
+    response = client(fake).get(
+        "/dashboard/api/query_range", params=range_params(query="count({__name__=~'.+'})")
+    )
     assert response.status_code == 422 and response.json()["error"]["code"] == "unknown_query"
     assert fake.requests == []
 
@@ -232,10 +260,16 @@ def test_prometheus_down_gives_a_clear_503():
 
 def test_prometheus_errors_pass_through_and_garbage_is_502():
     error_body = {"status": "error", "errorType": "timeout", "error": "query timed out"}
-    response = client(FakePrometheus(status=503, body=error_body)).get("/dashboard/api/query_range", params=range_params())
+    response = client(FakePrometheus(status=503, body=error_body)).get(
+        "/dashboard/api/query_range", params=range_params()
+    )
     assert (response.status_code, response.json()) == (503, error_body)
-    response = client(FakePrometheus(body=b"<html>proxy error</html>")).get("/dashboard/api/query_range", params=range_params())
-    assert response.status_code == 502 and response.json()["error"]["code"] == "prometheus_bad_answer"
+    response = client(FakePrometheus(body=b"<html>proxy error</html>")).get(
+        "/dashboard/api/query_range", params=range_params()
+    )
+    assert (
+        response.status_code == 502 and response.json()["error"]["code"] == "prometheus_bad_answer"
+    )
 
 
 def test_prometheus_address_comes_from_the_environment(monkeypatch):
@@ -247,4 +281,7 @@ def test_prometheus_address_comes_from_the_environment(monkeypatch):
     TestClient(app).get("/dashboard/api/query_range", params=range_params())
     monkeypatch.setenv("RECSERVE_PROMETHEUS_URL", "http://ours:19090/")
     TestClient(app).get("/dashboard/api/query_range", params=range_params())
-    assert [(r.url.host, r.url.port) for r in fake.requests] == [("ray-prom", 9090), ("ours", 19090)]
+    assert [(r.url.host, r.url.port) for r in fake.requests] == [
+        ("ray-prom", 9090),
+        ("ours", 19090),
+    ]

@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from serve_app.alerting.dingtalk import (
+from serve_app.monitoring.alerting.dingtalk import (
     MAX_TEXT_BYTES,
     DingTalkBridge,
     bridge_from_env,
@@ -63,9 +63,11 @@ class RecordingSender:
 
 
 def test_sign_matches_an_independent_hmac():
-    # printf '1700000000000\nSECtestsecret' | openssl dgst -sha256 -hmac SECtestsecret -binary | base64
-    #   -> 7LVwF0dAF3/+MRRulbpE4y72Ogzykc6bS2nG4I99T4s=   then URL-encoded (/ + = escaped)
-    assert sign("SECtestsecret", 1700000000000) == "7LVwF0dAF3%2F%2BMRRulbpE4y72Ogzykc6bS2nG4I99T4s%3D"
+    # printf '1700000000000\nSECtestsecret' | openssl dgst -sha256 -hmac SECtestsecret -binary |
+    # base64 -> 7LVwF0dAF3/+MRRulbpE4y72Ogzykc6bS2nG4I99T4s=   then URL-encoded (/ + = escaped)
+    assert (
+        sign("SECtestsecret", 1700000000000) == "7LVwF0dAF3%2F%2BMRRulbpE4y72Ogzykc6bS2nG4I99T4s%3D"
+    )
 
 
 def test_signed_url_appends_timestamp_and_sign_only_with_a_secret():
@@ -74,7 +76,9 @@ def test_signed_url_appends_timestamp_and_sign_only_with_a_secret():
     assert signed_url(ROBOT, "SECtestsecret", 1700000000000) == (
         ROBOT + "&timestamp=1700000000000&sign=7LVwF0dAF3%2F%2BMRRulbpE4y72Ogzykc6bS2nG4I99T4s%3D"
     )
-    assert signed_url("https://robot.example/send", "s", 1).startswith("https://robot.example/send?timestamp=1&sign=")
+    assert signed_url("https://robot.example/send", "s", 1).startswith(
+        "https://robot.example/send?timestamp=1&sign="
+    )
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -82,7 +86,12 @@ def test_signed_url_appends_timestamp_and_sign_only_with_a_secret():
 
 def test_firing_message_is_markdown_with_every_alert():
     message = format_message(
-        payload(alert(model_name="m1"), alert(model_name="m2"), alertname="LatencyP99High", severity="warning")
+        payload(
+            alert(model_name="m1"),
+            alert(model_name="m2"),
+            alertname="LatencyP99High",
+            severity="warning",
+        )
     )
     assert message["msgtype"] == "markdown"
     title = message["markdown"]["title"]
@@ -97,7 +106,9 @@ def test_firing_message_is_markdown_with_every_alert():
 
 
 def test_resolved_message_says_when():
-    message = format_message(payload(alert(status="resolved"), status="resolved", alertname="LatencyP99High"))
+    message = format_message(
+        payload(alert(status="resolved"), status="resolved", alertname="LatencyP99High")
+    )
     assert "[RESOLVED:1]" in message["markdown"]["title"]
     assert "resolved 2026-11-22 02:40:00 UTC" in message["markdown"]["text"]
 
@@ -108,7 +119,8 @@ def test_resolved_message_says_when():
 )
 def test_mobiles_are_mentioned_only_for_firing_critical_alerts(severity, status, mentioned):
     message = format_message(
-        payload(alert(severity=severity, status=status), status=status, severity=severity), at_mobiles=["13800000000"]
+        payload(alert(severity=severity, status=status), status=status, severity=severity),
+        at_mobiles=["13800000000"],
     )
     assert (message["at"]["atMobiles"] == ["13800000000"]) is mentioned
     # DingTalk notifies a number only when the text mentions it too.
@@ -117,7 +129,15 @@ def test_mobiles_are_mentioned_only_for_firing_critical_alerts(severity, status,
 
 @pytest.mark.parametrize(
     "garbage",
-    [None, [], "text", 42, {"alerts": "nope"}, {"alerts": [None, 7, "x"]}, {"alerts": [{"labels": "bad"}]}],
+    [
+        None,
+        [],
+        "text",
+        42,
+        {"alerts": "nope"},
+        {"alerts": [None, 7, "x"]},
+        {"alerts": [{"labels": "bad"}]},
+    ],
 )
 def test_garbage_payloads_still_give_a_valid_message(garbage):
     message = format_message(garbage)
@@ -145,15 +165,21 @@ def test_deliver_signs_with_the_clock_and_reports_success():
     bridge = DingTalkBridge(ROBOT, "SECtestsecret", send=sender, clock_ms=lambda: 1700000000000)
     assert bridge.deliver(payload(alert())) == (200, {"ok": True})
     ((url, body),) = sender.sent
-    assert url.endswith("&timestamp=1700000000000&sign=7LVwF0dAF3%2F%2BMRRulbpE4y72Ogzykc6bS2nG4I99T4s%3D")
+    assert url.endswith(
+        "&timestamp=1700000000000&sign=7LVwF0dAF3%2F%2BMRRulbpE4y72Ogzykc6bS2nG4I99T4s%3D"
+    )
     assert body["msgtype"] == "markdown"
 
 
 def test_refused_or_unreachable_dingtalk_answers_502_so_alertmanager_retries():
-    refused = DingTalkBridge(ROBOT, send=RecordingSender(answer={"errcode": 310000, "errmsg": "sign not match"}))
+    refused = DingTalkBridge(
+        ROBOT, send=RecordingSender(answer={"errcode": 310000, "errmsg": "sign not match"})
+    )
     status, body = refused.deliver(payload(alert()))
     assert status == 502 and body["dingtalk"]["errcode"] == 310000
-    down = DingTalkBridge(ROBOT, send=RecordingSender(error=urllib.error.URLError("connection refused")))
+    down = DingTalkBridge(
+        ROBOT, send=RecordingSender(error=urllib.error.URLError("connection refused"))
+    )
     status, body = down.deliver(payload(alert()))
     assert status == 502 and "unreachable" in body["error"]
 
@@ -166,7 +192,9 @@ def test_bad_robot_url_is_refused_at_construction():
 def test_bridge_from_env_needs_the_robot_url():
     with pytest.raises(SystemExit, match="RECSERVE_DINGTALK_WEBHOOK"):
         bridge_from_env({})
-    bridge = bridge_from_env({"RECSERVE_DINGTALK_WEBHOOK": ROBOT, "RECSERVE_DINGTALK_AT_MOBILES": " 1, 2 ,"})
+    bridge = bridge_from_env(
+        {"RECSERVE_DINGTALK_WEBHOOK": ROBOT, "RECSERVE_DINGTALK_AT_MOBILES": " 1, 2 ,"}
+    )
     assert bridge.at_mobiles == ["1", "2"] and bridge.secret is None
 
 
@@ -185,7 +213,9 @@ def bridge_url():
 
 
 def _post(url, data: bytes):
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"}, method="POST")
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json"}, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -195,7 +225,9 @@ def _post(url, data: bytes):
 
 def test_http_alert_is_forwarded(bridge_url):
     url, sender = bridge_url
-    status, body = _post(url + "/alert", json.dumps(payload(alert(), alertname="LatencyP99High")).encode())
+    status, body = _post(
+        url + "/alert", json.dumps(payload(alert(), alertname="LatencyP99High")).encode()
+    )
     assert (status, body) == (200, {"ok": True})
     assert sender.sent[0][1]["markdown"]["title"].endswith("LatencyP99High")
 

@@ -8,8 +8,14 @@ import math
 import numpy as np
 import pytest
 
-from forecasting.forecaster import Forecast, ForecasterSettings, RateForecaster, mape, validate_history
-from forecasting.tracegen import diurnal
+from lab.tracegen import diurnal
+from serve_app.autoscaling.forecaster import (
+    Forecast,
+    ForecasterSettings,
+    RateForecaster,
+    mape,
+    validate_history,
+)
 
 DAY = 86400
 
@@ -67,7 +73,10 @@ def test_refuses_to_save_unfitted():
     "text, message",
     [
         ("not json", "saved forecaster is not JSON"),
-        (json.dumps({"format": "something-else"}), "not a saved forecaster (format 'something-else'"),
+        (
+            json.dumps({"format": "something-else"}),
+            "not a saved forecaster (format 'something-else'",
+        ),
         (json.dumps([1, 2]), "not a saved forecaster (format 'list'"),
     ],
 )
@@ -79,7 +88,8 @@ def test_load_refuses_foreign_files(text, message):
 
 @pytest.fixture(scope="module")
 def fitted():
-    """One fit (Prophet takes about a second): four days of the bundled generator's shape at 15-minute steps."""
+    """One fit (Prophet takes about a second): four days of the bundled generator's shape at
+    15-minute steps."""
     rows = diurnal(days=5, step_s=900, peak_rps=400.0, seed=11, spikes=[])
     ts = np.array([t.timestamp() for t, _ in rows])
     rps = np.array([r for _, r in rows])
@@ -95,7 +105,8 @@ def test_fit_forecasts_the_next_day(fitted):
     forecast = forecaster.predict(float(ts[0]), DAY - 900, 900)
     assert len(forecast.timestamps) == 96
     assert all(lo <= y <= up for lo, y, up in zip(forecast.lower, forecast.yhat, forecast.upper))
-    # The day pattern is learned: the trace's noise alone is ~6%, so the day-ahead error stays well under 20%.
+    # The day pattern is learned: the trace's noise alone is ~6%, so the day-ahead error stays well
+    # under 20%.
     assert mape(actual, forecast.yhat) < 20.0
     assert forecast.fitted_at == pytest.approx(float(ts[0]))
     # Night and day differ by several times: a flat forecast would fail this.
@@ -115,7 +126,9 @@ def test_json_round_trip_predicts_the_same(fitted):
 
 
 def test_forecast_lookup_and_peak():
-    f = Forecast([0.0, 300.0, 600.0], [10.0, 20.0, 30.0], [5.0, 15.0, 25.0], [15.0, 25.0, 45.0], 0.0, 0.0)
+    f = Forecast(
+        [0.0, 300.0, 600.0], [10.0, 20.0, 30.0], [5.0, 15.0, 25.0], [15.0, 25.0, 45.0], 0.0, 0.0
+    )
     assert f.at(150.0, "yhat") == 15.0  # halfway 10 -> 20
     assert f.at(450.0) == 35.0  # upper, halfway 25 -> 45
     assert f.at(601.0) is None

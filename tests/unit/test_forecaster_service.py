@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from forecasting.sources import RateHistory
-from forecasting.tracegen import diurnal
-from serve_app.forecaster_service import (
+from lab.tracegen import diurnal
+from serve_app.autoscaling.forecaster_service import (
     FORECAST_PEAK_QPS,
     FORECAST_QPS,
     FORECASTER_LAST_FIT,
@@ -18,8 +17,9 @@ from serve_app.forecaster_service import (
     ForecastPublisher,
     build_forecaster,
 )
-from serve_app.metrics import InMemoryMetricsBackend
-from serve_app.planned_events import parse_planned_events
+from serve_app.autoscaling.planned_events import parse_planned_events
+from serve_app.autoscaling.rate_history import RateHistory
+from serve_app.monitoring.metrics import InMemoryMetricsBackend
 from tests.unit.test_planned_events import SALE, T0, iso
 
 ROWS = diurnal(days=4, step_s=900, peak_rps=300.0, seed=2, spikes=[])
@@ -39,7 +39,8 @@ class Clock:
 
 
 class TraceHistory:
-    """History from a fixed trace, recording what was asked, or failing like an unreachable Prometheus."""
+    """History from a fixed trace, recording what was asked, or failing like an unreachable
+    Prometheus."""
 
     def __init__(self, fail: bool = False):
         self.fail = fail
@@ -54,8 +55,16 @@ class TraceHistory:
 
 
 def config(tmp_path, **kw) -> ForecasterConfig:
-    return ForecasterConfig.from_dict({"models": ["m"], "model_dir": str(tmp_path), "timezone": "Asia/Shanghai",
-                                       "history_step_s": 900, "forecast_step_s": 900, **kw})
+    return ForecasterConfig.from_dict(
+        {
+            "models": ["m"],
+            "model_dir": str(tmp_path),
+            "timezone": "Asia/Shanghai",
+            "history_step_s": 900,
+            "forecast_step_s": 900,
+            **kw,
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +108,9 @@ def test_status_reports_the_same_figures(refitted):
     publisher, _, backend, _, _, _ = refitted
     status = publisher.status()["models"]["m"]
     assert status["status"] == "ok"
-    assert status["forecast_qps"]["upper"] == pytest.approx(backend.get(FORECAST_QPS).value(model_name="m", bound="upper"), rel=1e-6)
+    assert status["forecast_qps"]["upper"] == pytest.approx(
+        backend.get(FORECAST_QPS).value(model_name="m", bound="upper"), rel=1e-6
+    )
     assert status["last_fit_age_s"] == 0.0
 
 
@@ -118,12 +129,15 @@ def test_forecast_moves_with_time(refitted):
 def test_a_restarted_forecaster_loads_the_saved_model(refitted, tmp_path):
     _, state, _, _, _, directory = refitted
     backend = InMemoryMetricsBackend()
-    again = ForecastPublisher(config(directory), TraceHistory(fail=True), backend=backend, clock=Clock(NOW + 60))
+    again = ForecastPublisher(
+        config(directory), TraceHistory(fail=True), backend=backend, clock=Clock(NOW + 60)
+    )
     again.load_saved()
     assert again.models["m"].status == "ok"
     assert again.due() == []  # fitted at NOW, refit due at NOW + 3600
     again.publish()
-    # yhat is deterministic; the interval comes from Prophet's sampling, so the reloaded upper bound wobbles a little.
+    # yhat is deterministic; the interval comes from Prophet's sampling, so the reloaded upper bound
+    # wobbles a little.
     assert backend.get(FORECAST_QPS).value(model_name="m", bound="yhat") == pytest.approx(
         state.forecast.at(NOW + 60 + 180, "yhat"), rel=1e-3
     )
@@ -143,13 +157,20 @@ def test_too_little_history_publishes_a_status_and_no_forecast(tmp_path):
     publisher.publish()
     assert state.status == "insufficient_history"
     assert state.next_refit == NOW + 300  # retry_interval_s
-    assert backend.get(FORECASTER_STATUS).value(model_name="m", status="insufficient_history") == 1.0
+    assert (
+        backend.get(FORECASTER_STATUS).value(model_name="m", status="insufficient_history") == 1.0
+    )
     assert backend.get(FORECAST_QPS).value(model_name="m", bound="upper") is None
     assert backend.get(FORECASTER_LAST_FIT).value(model_name="m") is None
 
 
 def test_prometheus_down_is_an_error_status_not_a_crash(tmp_path):
-    publisher = ForecastPublisher(config(tmp_path), TraceHistory(fail=True), backend=InMemoryMetricsBackend(), clock=Clock(NOW))
+    publisher = ForecastPublisher(
+        config(tmp_path),
+        TraceHistory(fail=True),
+        backend=InMemoryMetricsBackend(),
+        clock=Clock(NOW),
+    )
     state = publisher.refit("m")
     assert state.status == "error" and "did not answer" in state.message
     assert publisher.due() == []  # retries after retry_interval_s, not in a tight loop
@@ -157,7 +178,9 @@ def test_prometheus_down_is_an_error_status_not_a_crash(tmp_path):
 
 def test_corrupt_saved_model_is_reported(tmp_path):
     (tmp_path / "m.json").write_text("{not json")
-    publisher = ForecastPublisher(config(tmp_path), TraceHistory(), backend=InMemoryMetricsBackend(), clock=Clock(NOW))
+    publisher = ForecastPublisher(
+        config(tmp_path), TraceHistory(), backend=InMemoryMetricsBackend(), clock=Clock(NOW)
+    )
     publisher.load_saved()
     assert publisher.models["m"].status == "error"
     assert "unusable" in publisher.models["m"].message
@@ -200,18 +223,35 @@ def test_planned_event_publishes_without_prophet_and_clears_after_it(tmp_path):
     events = tmp_path / "events.json"
     events.write_text(json.dumps([SALE]))
     backend, clock = InMemoryMetricsBackend(), Clock(T0)
-    publisher = ForecastPublisher(config(tmp_path, planned_events_file=str(events)), TraceHistory(fail=True), backend=backend, clock=clock)
+    publisher = ForecastPublisher(
+        config(tmp_path, planned_events_file=str(events)),
+        TraceHistory(fail=True),
+        backend=backend,
+        clock=clock,
+    )
 
     def gauges():
-        return (backend.get(FORECAST_QPS).value(model_name="m", bound="upper"),
-                backend.get(FORECASTER_LAST_FIT).value(model_name="m"))
+        return (
+            backend.get(FORECAST_QPS).value(model_name="m", bound="upper"),
+            backend.get(FORECASTER_LAST_FIT).value(model_name="m"),
+        )
 
     publisher.publish()
-    assert gauges() == (None, None)  # T0 + 180 (lead) is before the sale: nothing known, nothing published
+    assert gauges() == (
+        None,
+        None,
+    )  # T0 + 180 (lead) is before the sale: nothing known, nothing published
     status = publisher.status()["models"]["m"]
-    assert status["forecast_source"] == "planned_only" and "planned events only" in status["message"]
-    assert status["planned_events"][0]["name"] == "sale" and not status["planned_events"][0]["active"]
-    assert status["forecast_peak_qps"] == {"yhat": 500, "upper": 500}  # the sale is within the horizon
+    assert (
+        status["forecast_source"] == "planned_only" and "planned events only" in status["message"]
+    )
+    assert (
+        status["planned_events"][0]["name"] == "sale" and not status["planned_events"][0]["active"]
+    )
+    assert status["forecast_peak_qps"] == {
+        "yhat": 500,
+        "upper": 500,
+    }  # the sale is within the horizon
 
     clock.now = T0 + 600 - 180  # the lead time reaches the sale's start
     publisher.publish()

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from serve_app import gpu
-from serve_app import metrics as m
+from serve_app.monitoring import gpu
+from serve_app.monitoring import metrics as m
 
 GIB = 1024**3
 
@@ -71,10 +71,22 @@ class FakeNVML:
 
 def two_gpus(**overrides):
     gpus = [
-        {"name": "NVIDIA L4", "uuid": "GPU-aaaa-1111", "util_percent": 85, "total": 16 * GIB,
-         "used": 6 * GIB, "temp": 71},
-        {"name": "NVIDIA L4", "uuid": "GPU-bbbb-2222", "util_percent": 3, "total": 16 * GIB,
-         "used": 1 * GIB, "temp": 40},
+        {
+            "name": "NVIDIA L4",
+            "uuid": "GPU-aaaa-1111",
+            "util_percent": 85,
+            "total": 16 * GIB,
+            "used": 6 * GIB,
+            "temp": 71,
+        },
+        {
+            "name": "NVIDIA L4",
+            "uuid": "GPU-bbbb-2222",
+            "util_percent": 3,
+            "total": 16 * GIB,
+            "used": 1 * GIB,
+            "temp": 40,
+        },
     ]
     for i, extra in overrides.items():
         gpus[int(i[1:])].update(extra)
@@ -151,10 +163,10 @@ def test_visible_devices_select_nvml_indices(visible, indices):
 def test_no_gpu_visible_is_empty_with_one_log_line(caplog):
     nvml = FakeNVML(two_gpus())
     probe = gpu.GpuProbe(nvml=nvml, visible_devices="")
-    with caplog.at_level(logging.INFO, logger="serve_app.gpu"):
+    with caplog.at_level(logging.INFO, logger="serve_app.monitoring.gpu"):
         assert probe.read() == []
         assert probe.read() == []
-    lines = [r for r in caplog.records if r.name == "serve_app.gpu"]
+    lines = [r for r in caplog.records if r.name == "serve_app.monitoring.gpu"]
     assert len(lines) == 1 and "no GPU for this process" in lines[0].getMessage()
     assert lines[0].levelno == logging.INFO  # a normal state, not a warning
     assert nvml.init_calls == 0  # NVML is not even started
@@ -163,10 +175,10 @@ def test_no_gpu_visible_is_empty_with_one_log_line(caplog):
 def test_nvml_missing_is_empty_with_one_log_line_and_no_gpu_gauges(caplog):
     nvml = FakeNVML([], init_error="NVML Shared Library Not Found")
     rep, backend = reporter_with(nvml)
-    with caplog.at_level(logging.INFO, logger="serve_app.gpu"):
+    with caplog.at_level(logging.INFO, logger="serve_app.monitoring.gpu"):
         for _ in range(3):
             assert rep.report().gpus == []
-    lines = [r for r in caplog.records if r.name == "serve_app.gpu"]
+    lines = [r for r in caplog.records if r.name == "serve_app.monitoring.gpu"]
     assert len(lines) == 1 and "NVML unavailable" in lines[0].getMessage()
     assert nvml.init_calls == 1  # not retried every period
     assert backend.get(m.GPU_UTILIZATION).values == {}  # absent, not 0
@@ -183,7 +195,7 @@ def test_pynvml_not_installed_is_empty(monkeypatch, caplog):
         raise ImportError("No module named 'pynvml'")
 
     monkeypatch.setattr(gpu, "_import_pynvml", missing)
-    with caplog.at_level(logging.INFO, logger="serve_app.gpu"):
+    with caplog.at_level(logging.INFO, logger="serve_app.monitoring.gpu"):
         assert gpu.GpuProbe(visible_devices=None).read() == []
     assert "nvidia-ml-py" in caplog.text
 
@@ -191,7 +203,7 @@ def test_pynvml_not_installed_is_empty(monkeypatch, caplog):
 def test_unsupported_field_is_skipped_and_logged_once(caplog):
     nvml = FakeNVML(two_gpus(g0={"fail": ("temperature",)}))
     rep, backend = reporter_with(nvml)
-    with caplog.at_level(logging.WARNING, logger="serve_app.gpu"):
+    with caplog.at_level(logging.WARNING, logger="serve_app.monitoring.gpu"):
         rep.report()
         readings = rep.report()
     g0 = readings.gpus[0]
@@ -211,8 +223,16 @@ def test_gpu_lost_mid_run_skips_that_gpu_only():
     assert [g.index for g in readings] == [1]
     gpus[1]["fail"] = ("utilization", "memory", "temperature", "name")
     (g1,) = probe.read()
-    assert (g1.utilization_ratio, g1.memory_used_bytes, g1.memory_used_ratio, g1.temperature_celsius) == (
-        None, None, None, None,
+    assert (
+        g1.utilization_ratio,
+        g1.memory_used_bytes,
+        g1.memory_used_ratio,
+        g1.temperature_celsius,
+    ) == (
+        None,
+        None,
+        None,
+        None,
     )
 
 
@@ -240,12 +260,17 @@ def test_report_safely_logs_an_unexpected_failure_once(caplog):
         def read(self):
             raise RuntimeError("driver returned garbage")
 
-    rep = gpu.ResourceMetricsReporter(BrokenProbe(), gpu.ProcessProbe(process=FakeProcess()),
-                                      m.ResourceMetrics(m.InMemoryMetricsBackend()))
-    with caplog.at_level(logging.ERROR, logger="serve_app.gpu"):
+    rep = gpu.ResourceMetricsReporter(
+        BrokenProbe(),
+        gpu.ProcessProbe(process=FakeProcess()),
+        m.ResourceMetrics(m.InMemoryMetricsBackend()),
+    )
+    with caplog.at_level(logging.ERROR, logger="serve_app.monitoring.gpu"):
         assert rep.report_safely() is None
         assert rep.report_safely() is None
-    assert len([r for r in caplog.records if "resource metrics report failed" in r.getMessage()]) == 1
+    assert (
+        len([r for r in caplog.records if "resource metrics report failed" in r.getMessage()]) == 1
+    )
 
 
 def test_run_forever_reports_until_cancelled():
@@ -258,9 +283,11 @@ def test_run_forever_reports_until_cancelled():
                 loop.call_soon_threadsafe(reported.set)
                 return super().read()
 
-        rep = gpu.ResourceMetricsReporter(gpu.GpuProbe(nvml=FakeNVML(two_gpus()), visible_devices=None),
-                                          SignallingProbe(process=FakeProcess()),
-                                          m.ResourceMetrics(m.InMemoryMetricsBackend()))
+        rep = gpu.ResourceMetricsReporter(
+            gpu.GpuProbe(nvml=FakeNVML(two_gpus()), visible_devices=None),
+            SignallingProbe(process=FakeProcess()),
+            m.ResourceMetrics(m.InMemoryMetricsBackend()),
+        )
         task = asyncio.create_task(rep.run_forever(interval_s=0.01))
         await reported.wait()
         task.cancel()

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from serve_app.config import ModelConfig
-from serve_app.imaging import decode_and_crop, normalize_batch
-from serve_app.models import load_model
-from serve_app.runtimes import TorchRuntime, is_cuda_oom, run_with_oom_split, select_runtime
+from serve_app.serving.imaging import decode_and_crop, normalize_batch
+from serve_app.serving.models import load_model
+from serve_app.serving.runtimes import TorchRuntime, is_cuda_oom, run_with_oom_split, select_runtime
 from tests.conftest import ESPRESSO
 
 # Skipped, not faked: the point is to exercise real CUDA kernels, fp16 and channels_last.
@@ -19,7 +19,10 @@ def test_auto_device_picks_cuda_fp16_and_agrees_with_cpu(coffee_jpeg, cat_jpeg):
     loaded = load_model(cfg)
     choice = select_runtime(cfg, loaded)
     assert choice.runtime.device == "cuda" and choice.runtime.precision == "fp16"
-    batch = normalize_batch([decode_and_crop(j, loaded.preprocess, 10**8) for j in (coffee_jpeg, cat_jpeg)], loaded.preprocess)
+    batch = normalize_batch(
+        [decode_and_crop(j, loaded.preprocess, 10**8) for j in (coffee_jpeg, cat_jpeg)],
+        loaded.preprocess,
+    )
     gpu = choice.runtime.run(batch)
     cpu = TorchRuntime(load_model(cfg).module, "cpu", "fp32", 1).run(batch)
     assert int(gpu[0].argmax()) == ESPRESSO
@@ -37,5 +40,11 @@ def test_real_cuda_oom_splits_the_batch():
             torch.empty(int(free * 2), dtype=torch.uint8, device="cuda")
         return batch * 1.0
 
-    out = run_with_oom_split(run, np.ones((4, 1), dtype=np.float32), is_cuda_oom, torch.cuda.empty_cache)
-    assert calls == [4, 2, 1, 1, 2, 1, 1] and len(out) == 4 and all(not isinstance(r, BaseException) for r in out)
+    out = run_with_oom_split(
+        run, np.ones((4, 1), dtype=np.float32), is_cuda_oom, torch.cuda.empty_cache
+    )
+    assert (
+        calls == [4, 2, 1, 1, 2, 1, 1]
+        and len(out) == 4
+        and all(not isinstance(r, BaseException) for r in out)
+    )

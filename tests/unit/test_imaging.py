@@ -6,7 +6,7 @@ from PIL import Image
 
 from serve_app.config import PreprocessSpec
 from serve_app.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
-from serve_app.imaging import decode_and_crop, normalize_batch, resize_and_crop
+from serve_app.serving.imaging import decode_and_crop, normalize_batch, resize_and_crop
 
 SPEC = PreprocessSpec(resize=256, crop=224, mean=(0.498,) * 3, std=(0.502,) * 3)
 

@@ -5,11 +5,12 @@ import asyncio
 import pytest
 
 from serve_app.config import ModelConfig
-from serve_app.ingress import Ingress
+from serve_app.serving.ingress import Ingress
 
 
 class RecordingHandle:
-    """Stands in for the QualityMonitor's DeploymentHandle: `record.remote(batch)` is awaitable and slow."""
+    """Stands in for the QualityMonitor's DeploymentHandle: `record.remote(batch)` is awaitable and
+    slow."""
 
     def __init__(self, delay_s: float):
         self.batches: list[list[dict]] = []
@@ -27,9 +28,11 @@ class RecordingHandle:
         self.record = _Method()
 
 
-# Serve's ASGI wrapper has an async __del__; an instance built without a replica leaves that coroutine
-# unawaited when collected. Nothing of the record path is involved.
-pytestmark = pytest.mark.filterwarnings("ignore:coroutine .*ASGIIngressWrapper.__del__:RuntimeWarning")
+# Serve's ASGI wrapper has an async __del__; an instance built without a replica leaves that
+# coroutine unawaited when collected. Nothing of the record path is involved.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:coroutine .*ASGIIngressWrapper.__del__:RuntimeWarning"
+)
 
 
 def make_ingress(quality):
@@ -66,9 +69,13 @@ def test_records_queued_during_a_send_are_sent_too():
         await until_sent(quality, 3)
 
     asyncio.run(scenario())
-    sent = [(r["request_id"], r["index"], r["class_id"]) for batch in quality.batches for r in batch]
+    sent = [
+        (r["request_id"], r["index"], r["class_id"]) for batch in quality.batches for r in batch
+    ]
     assert sent == [("r1", 0, 1), ("r2", 0, 2), ("r2", 1, 3)]
-    assert all(r["model_name"] == "m" and r["model_version"] == "1" for b in quality.batches for r in b)
+    assert all(
+        r["model_name"] == "m" and r["model_version"] == "1" for b in quality.batches for r in b
+    )
 
 
 def test_requests_within_the_flush_interval_share_one_call():

@@ -31,7 +31,15 @@ GOOD_INFER = {
 
 @pytest.mark.parametrize(
     "status, outcome",
-    [(200, "ok"), (204, "ok"), (503, "shed"), (500, "failure"), (415, "failure"), (429, "failure"), (0, "failure")],
+    [
+        (200, "ok"),
+        (204, "ok"),
+        (503, "shed"),
+        (500, "failure"),
+        (415, "failure"),
+        (429, "failure"),
+        (0, "failure"),
+    ],
 )
 def test_status_outcome(status, outcome):
     assert checks.status_outcome(status) == outcome
@@ -48,8 +56,16 @@ def test_good_predict_body_passes():
         ({"predictions": None}, 1, "missing predictions list"),
         ({}, 2, "1 predictions for 2 images"),
         ({"predictions": [{"index": 0, "top_k": []}]}, 1, "prediction 0 has no top_k list"),
-        ({"predictions": [{"top_k": [{"label": "tabby", "score": 0.5}]}]}, 1, "without an integer class_id"),
-        ({"predictions": [{"top_k": [{"class_id": 1, "score": 7.5}]}]}, 1, "score 7.5 outside 0..1"),
+        (
+            {"predictions": [{"top_k": [{"label": "tabby", "score": 0.5}]}]},
+            1,
+            "without an integer class_id",
+        ),
+        (
+            {"predictions": [{"top_k": [{"class_id": 1, "score": 7.5}]}]},
+            1,
+            "score 7.5 outside 0..1",
+        ),
     ],
 )
 def test_wrong_predict_bodies_are_named(change, expected_images, problem):
@@ -70,9 +86,18 @@ def test_good_infer_body_passes_with_flat_or_nested_data():
     [
         ([], "missing outputs list"),
         ([{"name": "x", "shape": [1], "data": [1]}], "lacks name or datatype"),
-        ([{"name": "x", "datatype": "FP32", "shape": "1", "data": [1]}], "expected a list of sizes"),
-        ([{"name": "x", "datatype": "FP32", "shape": [3, 2], "data": [0] * 6}], "3 rows for 2 images"),
-        ([{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [0] * 3}], "does not hold prod([2, 2]) values"),
+        (
+            [{"name": "x", "datatype": "FP32", "shape": "1", "data": [1]}],
+            "expected a list of sizes",
+        ),
+        (
+            [{"name": "x", "datatype": "FP32", "shape": [3, 2], "data": [0] * 6}],
+            "3 rows for 2 images",
+        ),
+        (
+            [{"name": "x", "datatype": "FP32", "shape": [2, 2], "data": [0] * 3}],
+            "does not hold prod([2, 2]) values",
+        ),
     ],
 )
 def test_wrong_infer_bodies_are_named(outputs, problem):
@@ -81,8 +106,13 @@ def test_wrong_infer_bodies_are_named(outputs, problem):
 
 def test_top1_class_id_from_v1_and_v2():
     assert checks.top1_class_id(GOOD_PREDICT) == 281
-    assert checks.top1_class_id(GOOD_INFER, 1) == 967  # row 1 of a [2, 2] class_ids tensor starts at 2*1
-    assert checks.top1_class_id({"outputs": [{"name": "scores", "datatype": "FP32", "data": [1.0]}]}) is None
+    assert (
+        checks.top1_class_id(GOOD_INFER, 1) == 967
+    )  # row 1 of a [2, 2] class_ids tensor starts at 2*1
+    assert (
+        checks.top1_class_id({"outputs": [{"name": "scores", "datatype": "FP32", "data": [1.0]}]})
+        is None
+    )
 
 
 def test_request_id_prefers_the_body_then_the_header():
@@ -102,7 +132,10 @@ def test_oip_request_carries_every_image_as_base64():
 
 def test_multipart_field_is_file_for_one_and_files_for_several():
     assert [field for field, _ in checks.multipart_files([("a", b"1")])] == ["file"]
-    assert [field for field, _ in checks.multipart_files([("a", b"1"), ("b", b"2")])] == ["files", "files"]
+    assert [field for field, _ in checks.multipart_files([("a", b"1"), ("b", b"2")])] == [
+        "files",
+        "files",
+    ]
     assert checks.multipart_files([("cat", b"1")])[0][1] == ("cat.jpg", b"1", "image/jpeg")
 
 

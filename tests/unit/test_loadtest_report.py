@@ -11,10 +11,15 @@ import httpx
 import pandas as pd
 import pytest
 
-from loadtests import cli, collect, report
+from loadtests import collect, report
+from loadtests import runner as cli
 
 RUN = report.RunInfo(
-    scenario="spike", host="http://127.0.0.1:8000", model="efficientnet_lite0", start=1000.0, end=1060.0,
+    scenario="spike",
+    host="http://127.0.0.1:8000",
+    model="efficientnet_lite0",
+    start=1000.0,
+    end=1060.0,
     prometheus_url="http://127.0.0.1:9090",
 )
 
@@ -48,10 +53,19 @@ def series_frame() -> pd.DataFrame:
     def add(series, label, values):
         for i, value in enumerate(values):
             elapsed = 10.0 * i
-            rows.append({"timestamp": RUN.start + elapsed, "elapsed_s": elapsed, "series": series, "label": label,
-                         "value": value})
+            rows.append(
+                {
+                    "timestamp": RUN.start + elapsed,
+                    "elapsed_s": elapsed,
+                    "series": series,
+                    "label": label,
+                    "value": value,
+                }
+            )
 
-    add("running_replicas", "Recognizer", [1, 1, 2, 3, 3, 2, 1, 5])  # the 5 is at 70 s, after the run
+    add(
+        "running_replicas", "Recognizer", [1, 1, 2, 3, 3, 2, 1, 5]
+    )  # the 5 is at 70 s, after the run
     add("running_replicas", "Ingress", [1] * 7)
     add("target_replicas", "Recognizer", [1, 2, 3, 3, 3, 1, 1])
     add("forecast_qps", "yhat", [4, 5, 7, 9, 8, 6, 4])
@@ -82,7 +96,10 @@ def test_client_summary_counts_each_kind_once(tmp_path):
     assert client.failure_ratio == pytest.approx(2 / 130)
     assert client.shed_ratio == pytest.approx(10 / 160)  # 10 / (130 + 20 + 10)
     assert [e.name for e in client.endpoints] == [
-        "/v1/feedback", "/v1/models/[name]/predict", "/v2/models/[name]/infer", "shed (503)"
+        "/v1/feedback",
+        "/v1/models/[name]/predict",
+        "/v2/models/[name]/infer",
+        "shed (503)",
     ]  # the Aggregated row is not an endpoint
     predict = client.endpoints[1]
     assert (predict.p50_ms, predict.p99_ms) == (45.0, 350.0)
@@ -95,7 +112,9 @@ def test_history_takes_load_from_aggregated_and_latency_from_predict(tmp_path):
     assert list(history["elapsed_s"]) == [0.0, 1.0, 2.0]
     assert list(history["users"]) == [0, 2, 4]
     assert history["rps"].iloc[2] == 3.0  # Aggregated, all requests
-    assert history["p50_ms"].iloc[2] == 44.0 and history["p99_ms"].iloc[2] == 90.0  # predict row, not 30/90
+    assert (
+        history["p50_ms"].iloc[2] == 44.0 and history["p99_ms"].iloc[2] == 90.0
+    )  # predict row, not 30/90
     # "N/A" and locust's 0 ms placeholder for an empty window are missing values, not zero latency
     assert history["p50_ms"].iloc[:2].isna().all()
 
@@ -109,7 +128,9 @@ def test_history_of_a_run_that_wrote_none_is_empty(tmp_path):
 
 def test_service_summary_spans_only_the_run():
     service = report.summarize_service(series_frame(), TOTALS, RUN)
-    assert service.running_replicas["Recognizer"] == report.Span(1, 3)  # the 5 at 70 s is after the 60 s run
+    assert service.running_replicas["Recognizer"] == report.Span(
+        1, 3
+    )  # the 5 at 70 s is after the 60 s run
     assert service.running_replicas["Ingress"] == report.Span(1, 1)
     assert service.target_replicas == {"Recognizer": report.Span(1, 3)}
     assert service.forecast_qps == report.Span(4, 9)  # yhat only, not the upper bound (12)
@@ -128,7 +149,9 @@ def test_summary_markdown_has_the_numbers(tmp_path):
     client = report.summarize_client(stats_frame(tmp_path))
     text = report.render_summary(RUN, client, report.summarize_service(series_frame(), TOTALS, RUN))
     assert "recognition requests: 130, failures: 2 (1.5%)" in text  # 2/130 = 1.54%
-    assert "shed (503): 10 (6.2% of all requests sent)" in text  # 10/160 = 6.25% -> 6.2 (round half even)
+    assert (
+        "shed (503): 10 (6.2% of all requests sent)" in text
+    )  # 10/160 = 6.25% -> 6.2 (round half even)
     assert "p50 45 ms, p99 310 ms" in text
     assert "server_error: 2, success: 128" in text
     assert "| Recognizer | 1 – 3 | 1 – 3 |" in text
@@ -139,7 +162,9 @@ def test_summary_markdown_has_the_numbers(tmp_path):
 
 def test_summary_without_prometheus_says_the_series_are_missing(tmp_path):
     client = report.summarize_client(stats_frame(tmp_path))
-    text = report.render_summary(RUN, client, None, "Prometheus at http://127.0.0.1:9 did not answer")
+    text = report.render_summary(
+        RUN, client, None, "Prometheus at http://127.0.0.1:9 did not answer"
+    )
     assert "Series missing: Prometheus at http://127.0.0.1:9 did not answer." in text
     assert "recognition requests: 130" in text
 
@@ -147,7 +172,11 @@ def test_summary_without_prometheus_says_the_series_are_missing(tmp_path):
 @pytest.mark.parametrize(
     "running, target, expected",
     [
-        ({"Ingress": [1, 1], "Recognizer": [1, 2]}, {"Recognizer": [1, 2]}, ["Recognizer"]),  # autoscaled ones
+        (
+            {"Ingress": [1, 1], "Recognizer": [1, 2]},
+            {"Recognizer": [1, 2]},
+            ["Recognizer"],
+        ),  # autoscaled ones
         ({"Ingress": [1, 1], "Recognizer": [1, 2]}, {}, ["Recognizer"]),  # those that moved
         ({"Ingress": [1, 1], "Recognizer": [1, 1]}, {}, ["Ingress", "Recognizer"]),  # else all
     ],
@@ -159,7 +188,9 @@ def test_deployments_to_plot(running, target, expected):
         for label, values in table.items()
         for i, v in enumerate(values)
     ]
-    assert report.deployments_to_plot(pd.DataFrame(rows, columns=collect.SERIES_COLUMNS)) == expected
+    assert (
+        report.deployments_to_plot(pd.DataFrame(rows, columns=collect.SERIES_COLUMNS)) == expected
+    )
 
 
 def test_plot_is_a_png(tmp_path):
@@ -173,7 +204,9 @@ def test_plot_is_a_png(tmp_path):
 
 def test_plot_without_any_series_still_renders(tmp_path):
     empty = pd.DataFrame(columns=collect.SERIES_COLUMNS)
-    history = pd.DataFrame(columns=["elapsed_s", "users", "rps", "failures_per_s", "p50_ms", "p99_ms"])
+    history = pd.DataFrame(
+        columns=["elapsed_s", "users", "rps", "failures_per_s", "p50_ms", "p99_ms"]
+    )
     path = report.plot_loadtest(empty, history, RUN, tmp_path / "loadtest.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
 
@@ -196,18 +229,38 @@ class CannedPrometheus:
         times = [start + step * i for i in range(7)]
         if "replica_healthy" in query:
             result = [
-                {"metric": {"deployment": "Recognizer"}, "values": [[t, v] for t, v in zip(times, "1122321")]},
+                {
+                    "metric": {"deployment": "Recognizer"},
+                    "values": [[t, v] for t, v in zip(times, "1122321")],
+                },
                 {"metric": {"deployment": "Ingress"}, "values": [[t, "1"] for t in times]},
             ]
         elif "ray_autoscaler_target_replicas" in query:
-            result = [{"metric": {"deployment": "Recognizer"}, "values": [[t, v] for t, v in zip(times, "1233311")]}]
+            result = [
+                {
+                    "metric": {"deployment": "Recognizer"},
+                    "values": [[t, v] for t, v in zip(times, "1233311")],
+                }
+            ]
         elif "ray_model_request_total" in query and "status" not in query:
-            result = [{"metric": {}, "values": [[t, str(v)] for t, v in zip(times, [1, 2, 6, 8, 8, 3, 1])]}]
+            result = [
+                {
+                    "metric": {},
+                    "values": [[t, str(v)] for t, v in zip(times, [1, 2, 6, 8, 8, 3, 1])],
+                }
+            ]
         elif "histogram_quantile" in query:
-            result = [{"metric": {}, "values": [[t, "NaN" if i == 0 else "0.05"] for i, t in enumerate(times)]}]
+            result = [
+                {
+                    "metric": {},
+                    "values": [[t, "NaN" if i == 0 else "0.05"] for i, t in enumerate(times)],
+                }
+            ]
         else:
             result = []  # e.g. no errors recorded: Prometheus returns an empty matrix
-        return httpx.Response(200, json={"status": "success", "data": {"resultType": "matrix", "result": result}})
+        return httpx.Response(
+            200, json={"status": "success", "data": {"resultType": "matrix", "result": result}}
+        )
 
     def instant(self, query: str) -> httpx.Response:
         if query == "1":
@@ -218,7 +271,9 @@ class CannedPrometheus:
             result = [{"metric": {}, "value": [0, "0.25"]}]
         else:
             result = []
-        return httpx.Response(200, json={"status": "success", "data": {"resultType": "vector", "result": result}})
+        return httpx.Response(
+            200, json={"status": "success", "data": {"resultType": "vector", "result": result}}
+        )
 
 
 def refusing(request: httpx.Request) -> httpx.Response:
@@ -226,7 +281,9 @@ def refusing(request: httpx.Request) -> httpx.Response:
 
 
 def test_collect_series_turns_matrices_into_long_rows():
-    client = collect.PrometheusClient("http://prometheus", transport=httpx.MockTransport(CannedPrometheus()))
+    client = collect.PrometheusClient(
+        "http://prometheus", transport=httpx.MockTransport(CannedPrometheus())
+    )
     specs = collect.series_specs("efficientnet_lite0", "30s")
     frame = collect.collect_series(client, specs, RUN.start, RUN.end, 10.0, RUN.start)
     running = frame[(frame["series"] == "running_replicas") & (frame["label"] == "Recognizer")]
@@ -251,7 +308,9 @@ def test_prometheus_errors_are_reported_not_raised_raw():
     client = collect.PrometheusClient("http://prometheus", transport=httpx.MockTransport(bad_query))
     with pytest.raises(collect.PrometheusUnavailable, match="parse error at char 5"):
         client.query_range("sum(", 0, 60, 5)
-    assert not collect.PrometheusClient("http://prometheus", transport=httpx.MockTransport(refusing)).ready()
+    assert not collect.PrometheusClient(
+        "http://prometheus", transport=httpx.MockTransport(refusing)
+    ).ready()
 
 
 # --- the whole report as the CLI writes it ----------------------------------------------------
@@ -263,12 +322,16 @@ def write_locust_outputs(out: Path) -> None:
 
 
 def report_args():
-    return cli.build_parser().parse_args(["spike", "--settle", "0", "--prometheus", "http://prometheus"])
+    return cli.build_parser().parse_args(
+        ["spike", "--settle", "0", "--prometheus", "http://prometheus"]
+    )
 
 
 def test_report_without_prometheus_still_writes_everything(tmp_path):
     write_locust_outputs(tmp_path)
-    unreachable = collect.PrometheusClient("http://prometheus", transport=httpx.MockTransport(refusing))
+    unreachable = collect.PrometheusClient(
+        "http://prometheus", transport=httpx.MockTransport(refusing)
+    )
     summary, has_series = cli.write_report(tmp_path, RUN, report_args(), unreachable)
     assert not has_series
     assert "Series missing: Prometheus at http://prometheus did not answer" in summary
@@ -279,18 +342,27 @@ def test_report_without_prometheus_still_writes_everything(tmp_path):
 
 def test_report_with_prometheus_writes_series_and_replicas(tmp_path):
     write_locust_outputs(tmp_path)
-    prometheus = collect.PrometheusClient("http://prometheus", transport=httpx.MockTransport(CannedPrometheus()))
+    prometheus = collect.PrometheusClient(
+        "http://prometheus", transport=httpx.MockTransport(CannedPrometheus())
+    )
     summary, has_series = cli.write_report(tmp_path, RUN, report_args(), prometheus)
     assert has_series
     assert "| Recognizer | 1 – 3 | 1 – 3 |" in summary
     assert "success: 29" in summary
     assert "p99 250 ms" in summary and "p50 n/a ms" in summary  # no p50 answer -> n/a, not 0
     series = pd.read_csv(tmp_path / "series.csv")
-    assert set(series["series"]) >= {"running_replicas", "target_replicas", "request_rate", "latency_p50_s"}
+    assert set(series["series"]) >= {
+        "running_replicas",
+        "target_replicas",
+        "request_rate",
+        "latency_p50_s",
+    }
 
 
 def test_report_without_locust_stats_says_so(tmp_path):
-    unreachable = collect.PrometheusClient("http://prometheus", transport=httpx.MockTransport(refusing))
+    unreachable = collect.PrometheusClient(
+        "http://prometheus", transport=httpx.MockTransport(refusing)
+    )
     summary, _ = cli.write_report(tmp_path, RUN, report_args(), unreachable)
     assert "recognition requests: 0" in summary
     assert "locust wrote no locust_stats.csv" in summary
@@ -327,7 +399,10 @@ def test_locust_environment_carries_the_scenario_and_shares(monkeypatch):
 @pytest.mark.parametrize(
     "listing, names",
     [
-        ({"models": [{"name": "efficientnet_lite0"}, {"name": "resnet50"}]}, ["efficientnet_lite0", "resnet50"]),
+        (
+            {"models": [{"name": "efficientnet_lite0"}, {"name": "resnet50"}]},
+            ["efficientnet_lite0", "resnet50"],
+        ),
         ([{"name": "a"}], ["a"]),
         (["a", "b"], ["a", "b"]),
         ({"models": "garbage"}, []),

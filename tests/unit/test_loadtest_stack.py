@@ -1,4 +1,5 @@
-"""Stopping the service a load test started: the launcher by PID, then whatever it left in its own group."""
+"""Stopping the service a load test started: the launcher by PID, then whatever it left in its own
+group."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests import stack
+from loadtests import service as stack
 
-# A stand-in launcher: leaves a child behind in its process group, and exits on Ctrl-C like `recserve up`.
+# A stand-in launcher: leaves a child behind in its process group, and exits on Ctrl-C like
+# `recserve up`.
 LAUNCHER = """
 import subprocess, sys, time
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
@@ -25,8 +27,11 @@ def start_launcher(tmp_path: Path) -> stack.StartedService:
     log_path = tmp_path / "launcher.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=stack._default_sigint,
+            [sys.executable, "-c", LAUNCHER],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=stack._default_sigint,
         )
     # A whole line: a traceback quoting the print statement must not count as ready.
     while "ready" not in log_path.read_text().splitlines():
@@ -51,29 +56,45 @@ def test_stop_ends_the_launcher_and_what_it_left_behind(tmp_path):
     service = start_launcher(tmp_path)
     assert stack.group_alive(service.pid)
     code, took_s = stop_and_time(service, GRACE_S)
-    assert code == 130, f"exit {code} after {took_s:.1f} s; launcher log: {service.log_path.read_text()!r}"
+    assert code == 130, (
+        f"exit {code} after {took_s:.1f} s; launcher log: {service.log_path.read_text()!r}"
+    )
     assert not stack.group_alive(service.pid)
 
 
 def test_stop_of_an_exited_launcher_is_harmless(tmp_path):
     service = start_launcher(tmp_path)
     first, took_s = stop_and_time(service, GRACE_S)
-    assert first == 130, f"exit {first} after {took_s:.1f} s; launcher log: {service.log_path.read_text()!r}"
+    assert first == 130, (
+        f"exit {first} after {took_s:.1f} s; launcher log: {service.log_path.read_text()!r}"
+    )
     second, _ = stop_and_time(service, 1)
     assert second == first
     assert not stack.group_alive(service.pid)
 
 
 def test_launcher_command_starts_the_stack_only_when_prometheus_is_down():
-    with_stack = stack.launcher_command(Path("configs/serve_config.yaml"), "http://127.0.0.1:19090", False)
-    assert with_stack[-5:] == ["up", "--config", "configs/serve_config.yaml", "--prometheus-port", "19090"]
-    without = stack.launcher_command(Path("configs/serve_config.yaml"), "http://127.0.0.1:9090", True)
+    with_stack = stack.launcher_command(
+        Path("configs/serve_config.yaml"), "http://127.0.0.1:19090", False
+    )
+    assert with_stack[-5:] == [
+        "up",
+        "--config",
+        "configs/serve_config.yaml",
+        "--prometheus-port",
+        "19090",
+    ]
+    without = stack.launcher_command(
+        Path("configs/serve_config.yaml"), "http://127.0.0.1:9090", True
+    )
     assert without[-4:] == ["up", "--config", "configs/serve_config.yaml", "--no-stack"]
 
 
 def test_start_service_refuses_a_missing_config(tmp_path):
     try:
-        stack.start_service(tmp_path / "absent.yaml", "http://127.0.0.1:9", tmp_path / "log", "http://x", True, 1)
+        stack.start_service(
+            tmp_path / "absent.yaml", "http://127.0.0.1:9", tmp_path / "log", "http://x", True, 1
+        )
     except FileNotFoundError as exc:
         assert "pass --config or --host" in str(exc)
     else:

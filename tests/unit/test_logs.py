@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from serve_app.logs import log_request, outcome_of, request_fields, request_logger
+from serve_app.serving.logs import log_request, outcome_of, request_fields, request_logger
 
 
 @pytest.fixture
@@ -35,7 +35,11 @@ def serve_json_log(tmp_path):
     import ray.serve.context as ctx
 
     token = ctx._serve_request_context.set(
-        ctx._RequestContext(route="/v1/models/efficientnet_lite0/predict", request_id="7f3c2a", app_name="recognition")
+        ctx._RequestContext(
+            route="/v1/models/efficientnet_lite0/predict",
+            request_id="7f3c2a",
+            app_name="recognition",
+        )
     )
     try:
         yield logger, tmp_path
@@ -51,8 +55,16 @@ def serve_json_log(tmp_path):
 
 def test_request_line_is_one_json_object_with_the_fields(serve_json_log):
     logger, logs_dir = serve_json_log
-    log_request(logger, request_id="7f3c2a", model="efficientnet_lite0", status=200, latency_ms=31.4159,
-                batch_size=4, model_version="1", images=1)
+    log_request(
+        logger,
+        request_id="7f3c2a",
+        model="efficientnet_lite0",
+        status=200,
+        latency_ms=31.4159,
+        batch_size=4,
+        model_version="1",
+        images=1,
+    )
     for h in logger.handlers:
         h.flush()
     (log_file,) = logs_dir.glob("replica_*.log")
@@ -66,14 +78,27 @@ def test_request_line_is_one_json_object_with_the_fields(serve_json_log):
     assert line["latency_ms"] == 31.416 and line["batch_size"] == 4 and line["images"] == 1
     assert line["levelname"] == "INFO"
     assert line["deployment"] == "Ingress" and line["replica"] == "x7k2p9qd"
-    assert line["route"] == "/v1/models/efficientnet_lite0/predict" and line["application"] == "recognition"
-    assert line["message"] == "request 7f3c2a model=efficientnet_lite0 status=200 latency_ms=31.4 batch_size=4"
+    assert (
+        line["route"] == "/v1/models/efficientnet_lite0/predict"
+        and line["application"] == "recognition"
+    )
+    assert (
+        line["message"]
+        == "request 7f3c2a model=efficientnet_lite0 status=200 latency_ms=31.4 batch_size=4"
+    )
 
 
 @pytest.mark.parametrize(
     "code, outcome",
-    [(200, "success"), (400, "client_error"), (404, "client_error"), (413, "client_error"),
-     (429, "rejected"), (503, "rejected"), (500, "server_error")],
+    [
+        (200, "success"),
+        (400, "client_error"),
+        (404, "client_error"),
+        (413, "client_error"),
+        (429, "rejected"),
+        (503, "rejected"),
+        (500, "server_error"),
+    ],
 )
 def test_outcome_from_status_code(code, outcome):
     assert outcome_of(code) == outcome
@@ -81,7 +106,11 @@ def test_outcome_from_status_code(code, outcome):
 
 def test_rejected_request_without_a_batch():
     fields = request_fields("r1", "m", 503, 1.0, None, error="overloaded")
-    assert fields["batch_size"] is None and fields["status"] == "rejected" and fields["error"] == "overloaded"
+    assert (
+        fields["batch_size"] is None
+        and fields["status"] == "rejected"
+        and fields["error"] == "overloaded"
+    )
     # an explicit outcome wins over the code (e.g. a 503 the service caused itself)
     assert request_fields("r1", "m", 503, 1.0, outcome="server_error")["status"] == "server_error"
 
@@ -95,4 +124,6 @@ def test_reserved_field_names_are_refused(key):
 def test_text_encoding_still_shows_the_key_fields(caplog):
     with caplog.at_level(logging.INFO, logger="ray.serve"):
         log_request(request_logger(), "r9", "efficientnet_lite0", 404, 2.25)
-    assert "request r9 model=efficientnet_lite0 status=404 latency_ms=2.2 batch_size=-" in caplog.text
+    assert (
+        "request r9 model=efficientnet_lite0 status=404 latency_ms=2.2 batch_size=-" in caplog.text
+    )

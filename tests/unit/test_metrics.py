@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app import metrics as m
+from serve_app.monitoring import metrics as m
 
 
 @pytest.fixture
@@ -20,12 +20,27 @@ def svc(backend) -> m.ServiceMetrics:
 # --- declarations and buckets ---------------------------------------------------------------
 
 CONTRACT_NAMES = {
-    "model_request_total", "model_latency_seconds", "model_stage_seconds", "model_batch_size",
-    "model_images_per_request", "model_inflight_requests", "gpu_utilization",
-    "gpu_memory_used_bytes", "gpu_memory_used_ratio", "gpu_memory_total_bytes",
-    "gpu_temperature_celsius", "torch_memory_allocated_bytes", "torch_memory_reserved_bytes",
-    "process_resident_memory_bytes", "model_accuracy", "model_precision", "model_recall",
-    "model_f1", "model_feedback_total", "model_confidence", "model_prediction_drift_psi",
+    "model_request_total",
+    "model_latency_seconds",
+    "model_stage_seconds",
+    "model_batch_size",
+    "model_images_per_request",
+    "model_inflight_requests",
+    "gpu_utilization",
+    "gpu_memory_used_bytes",
+    "gpu_memory_used_ratio",
+    "gpu_memory_total_bytes",
+    "gpu_temperature_celsius",
+    "torch_memory_allocated_bytes",
+    "torch_memory_reserved_bytes",
+    "process_resident_memory_bytes",
+    "model_accuracy",
+    "model_precision",
+    "model_recall",
+    "model_f1",
+    "model_feedback_total",
+    "model_confidence",
+    "model_prediction_drift_psi",
 }
 
 
@@ -147,7 +162,9 @@ def test_stage_context_manager_records_even_when_the_block_fails(svc, backend):
     with pytest.raises(RuntimeError):
         with svc.stage(m.STAGE_DECODE):
             raise RuntimeError("bad image")
-    series = backend.get(m.STAGE_SECONDS).get_series(model_name="efficientnet_lite0", stage="decode")
+    series = backend.get(m.STAGE_SECONDS).get_series(
+        model_name="efficientnet_lite0", stage="decode"
+    )
     assert series.count == 2 and series.sum >= 0
 
 
@@ -167,7 +184,9 @@ def test_batch_and_images_per_request(svc, backend):
 
 def test_inflight_moves_up_and_back_down(backend):
     a = m.ServiceMetrics("inflight_model", "1", backend=backend)
-    b = m.ServiceMetrics("inflight_model", "1", backend=backend)  # a second instance shares the count
+    b = m.ServiceMetrics(
+        "inflight_model", "1", backend=backend
+    )  # a second instance shares the count
     gauge = backend.get(m.INFLIGHT_REQUESTS)
     with a.inflight():
         assert gauge.value(model_name="inflight_model") == 1

@@ -6,9 +6,14 @@ import torch
 
 from serve_app.config import ModelConfig
 from serve_app.errors import ConfigError
-from serve_app.imaging import decode_and_crop, normalize_batch
-from serve_app.models import LITE_PREPROCESS, embedded_weights_path, imagenet_labels, load_model
-from serve_app.runtimes import TorchRuntime
+from serve_app.serving.imaging import decode_and_crop, normalize_batch
+from serve_app.serving.models import (
+    LITE_PREPROCESS,
+    embedded_weights_path,
+    imagenet_labels,
+    load_model,
+)
+from serve_app.serving.runtimes import TorchRuntime
 from tests.conftest import CAT_CLASSES, ESPRESSO
 
 
@@ -27,12 +32,16 @@ def test_embedded_weights_match_the_architecture_exactly(lite0):
 
 def _probs(loaded, *jpegs):
     crops = [decode_and_crop(j, loaded.preprocess, 10**8) for j in jpegs]
-    return TorchRuntime(loaded.module, "cpu", "fp32", 1).run(normalize_batch(crops, loaded.preprocess))
+    return TorchRuntime(loaded.module, "cpu", "fp32", 1).run(
+        normalize_batch(crops, loaded.preprocess)
+    )
 
 
 def test_real_photos_get_correct_labels(lite0, cat_jpeg, coffee_jpeg):
     cat, coffee = _probs(lite0, cat_jpeg, coffee_jpeg)
-    assert set(np.argsort(-cat)[:5]) & CAT_CLASSES, [imagenet_labels()[i] for i in np.argsort(-cat)[:5]]
+    assert set(np.argsort(-cat)[:5]) & CAT_CLASSES, [
+        imagenet_labels()[i] for i in np.argsort(-cat)[:5]
+    ]
     assert int(coffee.argmax()) == ESPRESSO
 
 
@@ -50,14 +59,22 @@ def test_weights_of_another_architecture_are_refused_with_the_mismatch(tmp_path)
         load_model(cfg)
     msg = str(err.value)
     assert "lite0_as_resnet.pth" in msg and "resnet18" in msg
-    assert "missing keys" in msg and "unexpected keys" in msg and "bn1.weight" in msg and "_blocks.0." in msg
+    assert (
+        "missing keys" in msg
+        and "unexpected keys" in msg
+        and "bn1.weight" in msg
+        and "_blocks.0." in msg
+    )
 
 
 def test_wrong_class_count_is_reported_as_shape_mismatch(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(f"class{i}" for i in range(10)))
     cfg = ModelConfig(name="lite10", labels=str(labels))
-    with pytest.raises(ConfigError, match=r"shape mismatches.*_fc.weight: file \(1000, 1280\) vs model \(10, 1280\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"shape mismatches.*_fc.weight: file \(1000, 1280\) vs model \(10, 1280\)",
+    ):
         load_model(cfg)
 
 

@@ -1,4 +1,5 @@
-"""Planned events: parsing, coverage, merging with Prophet's figure, and the file operators edit live."""
+"""Planned events: parsing, coverage, merging with Prophet's figure, and the file operators edit
+live."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from serve_app.planned_events import PlannedEventsFile, merge_forecast, parse_planned_events, planned_qps
+from serve_app.autoscaling.planned_events import (
+    PlannedEventsFile,
+    merge_forecast,
+    parse_planned_events,
+    planned_qps,
+)
 
 T0 = 1_763_000_000.0  # 2025-11-13T02:13:20Z
 
@@ -46,7 +52,11 @@ def test_merge_takes_the_larger_known_figure(prophet, planned, expected):
     ],
 )
 def test_planned_qps_inside_events_only(when, model, expected):
-    events = parse_planned_events(json.dumps([SALE, {"start": iso(T0), "end": iso(T0 + 3600, 0), "qps": 200, "models": ["other"]}]))
+    events = parse_planned_events(
+        json.dumps(
+            [SALE, {"start": iso(T0), "end": iso(T0 + 3600, 0), "qps": 200, "models": ["other"]}]
+        )
+    )
     assert planned_qps(events, model, when) == expected
 
 
@@ -54,7 +64,10 @@ def test_planned_qps_inside_events_only(when, model, expected):
     "text, message",
     [
         ("{name: x}", "expected a list"),
-        ("[{start: '2026-01-01T09:00:00', end: '2026-01-01T10:00:00+08:00', qps: 5}]", "no UTC offset"),
+        (
+            "[{start: '2026-01-01T09:00:00', end: '2026-01-01T10:00:00+08:00', qps: 5}]",
+            "no UTC offset",
+        ),
         (json.dumps([{**SALE, "end": SALE["start"]}]), "must be after start"),
         (json.dumps([SALE, {**SALE, "qps": -1}]), "event 1: qps"),
         (json.dumps([{**SALE, "qsp": 5}]), "qsp: Extra inputs are not permitted"),
@@ -74,13 +87,19 @@ def test_planned_events_file_follows_edits_and_keeps_the_last_good_plan(tmp_path
     path = tmp_path / "events.yaml"
     planned = PlannedEventsFile(path)
     assert planned.read() == [] and "does not exist" in planned.error
-    path.write_text(f"- name: sale\n  start: '{SALE['start']}'\n  end: '{SALE['end']}'\n  qps: 500\n")
+    path.write_text(
+        f"- name: sale\n  start: '{SALE['start']}'\n  end: '{SALE['end']}'\n  qps: 500\n"
+    )
     assert [e.name for e in planned.read()] == ["sale"] and planned.error is None
     path.write_text("- name: [broken")
     with caplog.at_level("WARNING", logger="ray.serve"):
         for _ in range(3):
-            assert [e.name for e in planned.read()] == ["sale"]  # a typo does not cancel the promotion
+            assert [e.name for e in planned.read()] == [
+                "sale"
+            ]  # a typo does not cancel the promotion
     assert "ignored" in planned.error
-    assert sum("ignored" in r.getMessage() for r in caplog.records) == 1  # logged once per change, not per read
+    assert (
+        sum("ignored" in r.getMessage() for r in caplog.records) == 1
+    )  # logged once per change, not per read
     path.unlink()
     assert planned.read() == []  # a removed file removes the plan

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from forecasting.planner import (
+from serve_app.autoscaling.planner import (
     check_lead_time,
     replica_floor,
     replica_plan,
@@ -41,7 +41,9 @@ def test_replicas_for_rate(rate, capacity, headroom, expected):
     ],
 )
 def test_bad_inputs_are_refused(rate, capacity, headroom, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")):
+    with pytest.raises(
+        ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("]", r"\]")
+    ):
         replicas_for_rate(rate, capacity, headroom)
 
 

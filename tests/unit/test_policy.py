@@ -1,4 +1,5 @@
-"""The autoscaling policy: decide() step by step without Ray, then the Ray adapter with Ray's real context."""
+"""The autoscaling policy: decide() step by step without Ray, then the Ray adapter with Ray's real
+context."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from serve_app.policy import (
+from serve_app.autoscaling.policy import (
     STATE_KEY,
     ForecastPolicy,
     PolicyRules,
@@ -51,7 +52,9 @@ def rules(**overrides) -> PolicyRules:
     return PolicyRules.from_kwargs(base)
 
 
-def sig(replicas: int = 1, running: int | None = None, lo: int = 1, hi: int = 10, **values) -> Signals:
+def sig(
+    replicas: int = 1, running: int | None = None, lo: int = 1, hi: int = 10, **values
+) -> Signals:
     return Signals(
         running_replicas=replicas if running is None else running,
         target_replicas=replicas,
@@ -61,13 +64,15 @@ def sig(replicas: int = 1, running: int | None = None, lo: int = 1, hi: int = 10
     )
 
 
-# ------------------------------------------------------------------------------------------ thresholds
+# ------------------------------------------------------------------------------------------
+# thresholds
 
 
 @pytest.mark.parametrize(
     "signals, expected, code",
     [
-        # The seeds' example: 1 instance at 132 QPS > 100 -> 1 + step_up 2 = 3 (ceil(132/100) = 2 is fewer).
+        # The seeds' example: 1 instance at 132 QPS > 100 -> 1 + step_up 2 = 3 (ceil(132/100) = 2 is
+        # fewer).
         (sig(1, qps=132, p99_ms=300, gpu_utilization=0.5), 3, "scale_up_threshold"),
         # 3 instances at 950 QPS: 317 each > 100; ceil(950/100) = 10 beats 3 + 2 = 5.
         (sig(3, qps=950, p99_ms=300, gpu_utilization=0.5), 10, "scale_up_threshold"),
@@ -75,8 +80,13 @@ def sig(replicas: int = 1, running: int | None = None, lo: int = 1, hi: int = 10
         (sig(4, qps=200, p99_ms=640, gpu_utilization=0.5), 6, "scale_up_threshold"),
         # GPU 0.98 > 0.7 on 4: max(4 + 2, ceil(4 * 0.98 / 0.7) = ceil(5.6) = 6) = 6.
         (sig(4, qps=200, p99_ms=300, gpu_utilization=0.98), 6, "scale_up_threshold"),
-        (sig(8, qps=200, p99_ms=300, gpu_utilization=0.98), 10, "scale_up_threshold"),  # on 8: max(8 + 2, ceil(8 * 0.98 / 0.7) = ceil(11.2) = 12) -> max_replicas 10
-        # All below (10 each < 20, 150 < 200 ms, 0.2 < 0.3): 5 - step_down 1 = 4; ceil(50/100) = 1 allows it.
+        (
+            sig(8, qps=200, p99_ms=300, gpu_utilization=0.98),
+            10,
+            "scale_up_threshold",
+        ),  # on 8: max(8 + 2, ceil(8 * 0.98 / 0.7) = ceil(11.2) = 12) -> max_replicas 10
+        # All below (10 each < 20, 150 < 200 ms, 0.2 < 0.3): 5 - step_down 1 = 4; ceil(50/100) = 1
+        # allows it.
         (sig(5, qps=50, p99_ms=150, gpu_utilization=0.2), 4, "scale_down_threshold"),
         # One signal within its band (p99 300 between 200 and 500) holds.
         (sig(5, qps=50, p99_ms=300, gpu_utilization=0.2), 5, "hold_within"),
@@ -101,15 +111,16 @@ def test_scale_up_reason_uses_the_users_words():
 
 
 def test_scale_down_never_goes_below_what_qps_needs():
-    # qps band 60..100: 5 instances at 250 QPS is 50 each (< 60, below) but ceil(250/100) = 3 are needed,
-    # so a step_down of 3 stops at max(5 - 3, 3) = 3 instead of 2.
+    # qps band 60..100: 5 instances at 250 QPS is 50 each (< 60, below) but ceil(250/100) = 3 are
+    # needed, so a step_down of 3 stops at max(5 - 3, 3) = 3 instead of 2.
     r = rules(step_down=3, thresholds={"qps": {"up": 100, "down": 60}})
     decision = decide(sig(5, qps=250), {}, MONDAY_10, r)
     assert decision.replicas == 3
 
 
 def test_p99_alone_waits_for_starting_instances():
-    # Target 6 but 4 running: p99 is still high because 2 instances are starting, so no further step.
+    # Target 6 but 4 running: p99 is still high because 2 instances are starting, so no further
+    # step.
     decision = decide(sig(6, running=4, qps=300, p99_ms=900), {}, MONDAY_10, rules())
     assert (decision.replicas, decision.code) == (6, "hold_starting")
     assert "waiting for 2 instances starting" in decision.reason
@@ -119,7 +130,13 @@ def test_p99_alone_waits_for_starting_instances():
     "lo, hi, signals, expected, limit",
     [
         (1, 10, sig(9, lo=1, hi=10, qps=2000), 10, "max_replicas=10"),  # ceil(2000/100) = 20 -> 10
-        (2, 10, sig(2, lo=2, hi=10, qps=1, p99_ms=50), 2, None),  # 2 - 1 = 1 -> min 2 (no change, no note)
+        (
+            2,
+            10,
+            sig(2, lo=2, hi=10, qps=1, p99_ms=50),
+            2,
+            None,
+        ),  # 2 - 1 = 1 -> min 2 (no change, no note)
     ],
 )
 def test_bounds(lo, hi, signals, expected, limit):
@@ -134,7 +151,8 @@ def test_rules_can_narrow_serve_bounds():
     assert decision.replicas == 6
 
 
-# ------------------------------------------------------------------------------------------ cooldowns
+# ------------------------------------------------------------------------------------------
+# cooldowns
 
 
 def run_periods(r: PolicyRules, signals_at, start: float, periods: int, period_s: float = 1.0):
@@ -160,7 +178,8 @@ def test_up_cooldown_spaces_scale_ups_by_30s():
 
 
 def test_down_cooldown_waits_300s_after_any_scaling():
-    # Scale up at t=0 (132 QPS), then the load vanishes: the first scale-down is at t=300, the next at t=600.
+    # Scale up at t=0 (132 QPS), then the load vanishes: the first scale-down is at t=300, the next
+    # at t=600.
     history = run_periods(
         rules(),
         lambda i: sig(1, qps=132, p99_ms=300) if i == 0 else sig(1, qps=5, p99_ms=100),
@@ -181,22 +200,34 @@ def test_cooldown_reason_says_how_long():
     assert "scale-up cooldown (20s left)" in decision.reason
 
 
-# ------------------------------------------------------------------------------------------ time windows
+# ------------------------------------------------------------------------------------------ time
+# windows
 
 
-PEAK = {"name": "peak-hours", "start": "09:00", "end": "21:00", "days": ["mon", "tue", "wed", "thu", "fri"],
-        "thresholds": {"qps": {"up": 150}}}
+PEAK = {
+    "name": "peak-hours",
+    "start": "09:00",
+    "end": "21:00",
+    "days": ["mon", "tue", "wed", "thu", "fri"],
+    "thresholds": {"qps": {"up": 150}},
+}
 OFF_PEAK = {"name": "off-peak", "start": "21:00", "end": "09:00", "thresholds": {"qps": {"up": 80}}}
 
 
 @pytest.mark.parametrize(
     "local, window",
     [
-        ("2024-06-03 08:59", "off-peak"),  # Monday before nine: the night window that started Sunday 21:00
+        (
+            "2024-06-03 08:59",
+            "off-peak",
+        ),  # Monday before nine: the night window that started Sunday 21:00
         ("2024-06-03 09:00", "peak-hours"),  # start is inclusive
         ("2024-06-03 20:59", "peak-hours"),
         ("2024-06-03 21:00", "off-peak"),  # end is exclusive
-        ("2024-06-08 12:00", "off-peak"),  # Saturday noon: peak-hours is weekdays only, off-peak not active
+        (
+            "2024-06-08 12:00",
+            "off-peak",
+        ),  # Saturday noon: peak-hours is weekdays only, off-peak not active
     ],
 )
 def test_window_selection(local, window):
@@ -220,7 +251,10 @@ def test_window_time_zone_is_explicit():
     [
         ("2024-06-07 23:30", True),  # Friday night, window starts on Friday
         ("2024-06-08 01:30", True),  # Saturday 01:30 belongs to Friday's window
-        ("2024-06-09 01:30", False),  # Sunday 01:30 belongs to Saturday's window: Saturday is not listed
+        (
+            "2024-06-09 01:30",
+            False,
+        ),  # Sunday 01:30 belongs to Saturday's window: Saturday is not listed
         ("2024-06-07 01:30", False),  # Friday 01:30 belongs to Thursday's window
         ("2024-06-08 02:00", False),  # end is exclusive
     ],
@@ -244,7 +278,8 @@ def test_window_minimum_is_scheduled_capacity():
     assert decide(sig(1, qps=10, p99_ms=100), {}, MONDAY_10, r).replicas == 4
 
 
-# ------------------------------------------------------------------------------------------ cost-optimize
+# ------------------------------------------------------------------------------------------
+# cost-optimize
 
 
 COST = {"mode": "cost-optimize", "max_latency_ms": 800}
@@ -256,10 +291,21 @@ COST = {"mode": "cost-optimize", "max_latency_ms": 800}
         (sig(3, qps=600, p99_ms=950), {}, 5, "scale_up_latency"),  # 950 > 800 -> 3 + 2
         (sig(3, qps=600, p99_ms=600), {}, 3, "hold_within"),  # 600 >= 0.6 * 800 = 480: close, hold
         (sig(3, qps=200, p99_ms=200), {}, 2, "scale_down_latency"),  # 200 < 480 -> 3 - 1
-        # p99 broke at 150 QPS per instance before; 2 instances would take 400/2 = 200 >= 150 each: hold.
-        (sig(3, qps=400, p99_ms=200), {"cost_violation_qps_per_replica": 150.0}, 3, "hold_learned_capacity"),
+        # p99 broke at 150 QPS per instance before; 2 instances would take 400/2 = 200 >= 150 each:
+        # hold.
+        (
+            sig(3, qps=400, p99_ms=200),
+            {"cost_violation_qps_per_replica": 150.0},
+            3,
+            "hold_learned_capacity",
+        ),
         # At 250 QPS, 2 instances take 125 each < 150: allowed.
-        (sig(3, qps=250, p99_ms=200), {"cost_violation_qps_per_replica": 150.0}, 2, "scale_down_latency"),
+        (
+            sig(3, qps=250, p99_ms=200),
+            {"cost_violation_qps_per_replica": 150.0},
+            2,
+            "scale_down_latency",
+        ),
     ],
 )
 def test_cost_optimize(signals, state, expected, code):
@@ -279,11 +325,18 @@ def test_cost_optimize_ignores_qps_thresholds():
     assert decision.replicas == 1
 
 
-# ------------------------------------------------------------------------------------------ forecast floor
+# ------------------------------------------------------------------------------------------
+# forecast floor
 
 
-PREDICTIVE = {"enabled": True, "replica_capacity_qps": 100, "headroom": 0.8, "lead_time_s": 120,
-              "startup_s": 60, "max_forecast_age_s": 7200}
+PREDICTIVE = {
+    "enabled": True,
+    "replica_capacity_qps": 100,
+    "headroom": 0.8,
+    "lead_time_s": 120,
+    "startup_s": 60,
+    "max_forecast_age_s": 7200,
+}
 
 
 @pytest.mark.parametrize(
@@ -297,17 +350,27 @@ PREDICTIVE = {"enabled": True, "replica_capacity_qps": 100, "headroom": 0.8, "le
 )
 def test_forecast_floor(forecast, fit_age_s, expected, code):
     # 2 instances at 100 QPS: 50 each, within 20..100; p99 within.
-    s = sig(2, qps=100, p99_ms=300, forecast_qps=forecast,
-            forecast_fit_time=None if fit_age_s is None else MONDAY_10 - fit_age_s)
+    s = sig(
+        2,
+        qps=100,
+        p99_ms=300,
+        forecast_qps=forecast,
+        forecast_fit_time=None if fit_age_s is None else MONDAY_10 - fit_age_s,
+    )
     decision = decide(s, {}, MONDAY_10, rules(predictive=PREDICTIVE))
     assert (decision.replicas, decision.code) == (expected, code)
 
 
 def test_forecast_scale_up_is_planned_and_skips_the_up_cooldown():
     s = sig(2, qps=100, p99_ms=300, forecast_qps=700, forecast_fit_time=MONDAY_10 - 60)
-    decision = decide(s, {"last_scale_up_s": MONDAY_10 - 5}, MONDAY_10, rules(predictive=PREDICTIVE))
+    decision = decide(
+        s, {"last_scale_up_s": MONDAY_10 - 5}, MONDAY_10, rules(predictive=PREDICTIVE)
+    )
     assert decision.replicas == 9
-    assert decision.reason == "forecast 700 QPS at +120s needs 9 instances, scaling up: 2 → 9 instances"
+    assert (
+        decision.reason
+        == "forecast 700 QPS at +120s needs 9 instances, scaling up: 2 → 9 instances"
+    )
 
 
 def test_stale_forecast_says_so_nowhere_it_scales():
@@ -319,11 +382,12 @@ def test_stale_forecast_says_so_nowhere_it_scales():
 @pytest.mark.parametrize(
     "qps, forecast, expected, code",
     [
-        # 6 instances, 300 QPS (50 each, within 20..100), forecast 160 -> floor ceil(160/80) = 2: the forecast
-        # and the load agree, so go straight to max(floor 2, ceil(300/100) = 3) = 3 rather than one step.
+        # 6 instances, 300 QPS (50 each, within 20..100), forecast 160 -> floor ceil(160/80) = 2:
+        # the forecast and the load agree, so go straight to max(floor 2, ceil(300/100) = 3) = 3
+        # rather than one step.
         (300, 160, 3, "scale_down_forecast"),
-        # All below (60 QPS: 10 each < 20; p99 100 < 200): thresholds alone would step to 5; with the forecast,
-        # max(floor 2, ceil(60/100) = 1) = 2.
+        # All below (60 QPS: 10 each < 20; p99 100 < 200): thresholds alone would step to 5; with
+        # the forecast, max(floor 2, ceil(60/100) = 1) = 2.
         (60, 160, 2, "scale_down_forecast"),
         # 560 QPS needs ceil(560/100) = 6 now: no forecast-driven scale-down below it.
         (560, 160, 6, "hold_within"),
@@ -332,14 +396,22 @@ def test_stale_forecast_says_so_nowhere_it_scales():
     ],
 )
 def test_forecast_lets_a_calm_deployment_step_down(qps, forecast, expected, code):
-    s = sig(6, qps=qps, p99_ms=100 if qps == 60 else 300, forecast_qps=forecast, forecast_fit_time=MONDAY_10 - 60)
+    s = sig(
+        6,
+        qps=qps,
+        p99_ms=100 if qps == 60 else 300,
+        forecast_qps=forecast,
+        forecast_fit_time=MONDAY_10 - 60,
+    )
     decision = decide(s, {}, MONDAY_10, rules(predictive=PREDICTIVE))
     assert (decision.replicas, decision.code) == (expected, code)
 
 
 def test_forecast_scale_down_respects_the_down_cooldown():
     s = sig(6, qps=300, p99_ms=300, forecast_qps=160, forecast_fit_time=MONDAY_10 - 60)
-    decision = decide(s, {"last_scale_down_s": MONDAY_10 - 100}, MONDAY_10, rules(predictive=PREDICTIVE))
+    decision = decide(
+        s, {"last_scale_down_s": MONDAY_10 - 100}, MONDAY_10, rules(predictive=PREDICTIVE)
+    )
     assert (decision.replicas, decision.code) == (6, "cooldown_down")
 
 
@@ -350,16 +422,26 @@ def test_forecast_floor_holds_a_threshold_scale_down():
     assert (decision.replicas, decision.code) == (4, "hold_forecast")
 
 
-# ------------------------------------------------------------------------------------------ fallback
+# ------------------------------------------------------------------------------------------
+# fallback
 
 
 @pytest.mark.parametrize(
     "signals, expected, why",
     [
-        # Prometheus down, 3 instances with 18 ongoing: 6 each > 4 -> max(3 + 2, ceil(18/4) = 5) = 5.
-        (sig(3, ongoing_requests=18, prometheus_available=False), 5, "Prometheus unavailable: queue-based fallback"),
+        # Prometheus down, 3 instances with 18 ongoing: 6 each > 4 -> max(3 + 2, ceil(18/4) = 5) =
+        # 5.
+        (
+            sig(3, ongoing_requests=18, prometheus_available=False),
+            5,
+            "Prometheus unavailable: queue-based fallback",
+        ),
         # Prometheus up but none of its signals present (e.g. metric names wrong): same fallback.
-        (sig(3, ongoing_requests=18), 5, "QPS, p99 and GPU signals unavailable: queue-based fallback"),
+        (
+            sig(3, ongoing_requests=18),
+            5,
+            "QPS, p99 and GPU signals unavailable: queue-based fallback",
+        ),
         # 3 instances with 2 ongoing: 0.67 each < 1 -> 3 - 1 = 2.
         (sig(3, ongoing_requests=2, prometheus_available=False), 2, "queue-based fallback"),
     ],
@@ -372,8 +454,12 @@ def test_queue_fallback(signals, expected, why):
 
 
 def test_fallback_uses_configured_ongoing_thresholds_and_cooldown():
-    r = rules(thresholds={"qps": {"up": 100, "down": 20}, "ongoing_per_replica": {"up": 16, "down": 4}})
-    s = sig(2, ongoing_requests=40, prometheus_available=False)  # 20 each > 16 -> max(4, ceil(40/16) = 3)
+    r = rules(
+        thresholds={"qps": {"up": 100, "down": 20}, "ongoing_per_replica": {"up": 16, "down": 4}}
+    )
+    s = sig(
+        2, ongoing_requests=40, prometheus_available=False
+    )  # 20 each > 16 -> max(4, ceil(40/16) = 3)
     assert decide(s, {}, MONDAY_10, r).replicas == 4
     assert decide(s, {"last_scale_up_s": MONDAY_10 - 1}, MONDAY_10, r).replicas == 2
 
@@ -383,7 +469,8 @@ def test_no_ongoing_figure_either_holds():
     assert (decision.replicas, decision.code) == (3, "fallback_hold_no_signal")
 
 
-# ------------------------------------------------------------------------------------------ rules validation
+# ------------------------------------------------------------------------------------------ rules
+# validation
 
 
 @pytest.mark.parametrize(
@@ -391,14 +478,30 @@ def test_no_ongoing_figure_either_holds():
     [
         ({"thresholds": {"qps": {"up": 20, "down": 100}}}, "down (100) must not exceed up (20)"),
         ({"timezone": "Mars/Olympus"}, "unknown time zone 'Mars/Olympus'"),
-        ({"windows": [{"name": "x", "start": "25:00", "end": "09:00"}]}, "'25:00' is not a time of day"),
+        (
+            {"windows": [{"name": "x", "start": "25:00", "end": "09:00"}]},
+            "'25:00' is not a time of day",
+        ),
         ({"windows": [{"name": "x", "start": "9am", "end": "09:00"}]}, "must look like HH:MM"),
-        ({"windows": [{"name": "x", "start": "09:00", "end": "18:00", "days": ["monday", "fun"]}]}, "days"),
-        ({"predictive": {"lead_time_s": 30, "startup_s": 90}}, "lead time 30s is shorter than the replica start-up"),
+        (
+            {
+                "windows": [
+                    {"name": "x", "start": "09:00", "end": "18:00", "days": ["monday", "fun"]}
+                ]
+            },
+            "days",
+        ),
+        (
+            {"predictive": {"lead_time_s": 30, "startup_s": 90}},
+            "lead time 30s is shorter than the replica start-up",
+        ),
         ({"step_up": 0}, "step_up"),
         ({"cooldwn_up_s": 30}, "cooldwn_up_s"),  # a typo is an error, not silently ignored
         ({"mode": "cheap"}, "mode"),
-        ({"min_replicas": 5, "max_replicas": 2}, "min_replicas (5) must not exceed max_replicas (2)"),
+        (
+            {"min_replicas": 5, "max_replicas": 2},
+            "min_replicas (5) must not exceed max_replicas (2)",
+        ),
         ({"queries": {"qsp": "up"}}, "unknown query names ['qsp']"),
     ],
 )
@@ -415,14 +518,17 @@ def test_rules_round_trip_through_json():
 
 
 def test_queries_name_the_model_and_can_be_overridden():
-    queries = default_queries(rules(model_name="resnet50", queries={"gpu_utilization": "avg(DCGM_FI_DEV_GPU_UTIL)/100"}))
+    queries = default_queries(
+        rules(model_name="resnet50", queries={"gpu_utilization": "avg(DCGM_FI_DEV_GPU_UTIL)/100"})
+    )
     assert queries["qps"] == 'sum(rate(ray_model_request_total{model_name="resnet50"}[1m]))'
     assert 'ray_model_latency_seconds_bucket{model_name="resnet50"}' in queries["p99_ms"]
     assert queries["forecast_qps"] == 'max(ray_forecast_qps{model_name="resnet50",bound="upper"})'
     assert queries["gpu_utilization"] == "avg(DCGM_FI_DEV_GPU_UTIL)/100"
 
 
-# ------------------------------------------------------------------------------------------ Ray adapter
+# ------------------------------------------------------------------------------------------ Ray
+# adapter
 
 
 def context(target=1, running=None, ongoing=0.0, state=None, now=MONDAY_10, lo=1, hi=10):
@@ -446,7 +552,9 @@ def context(target=1, running=None, ongoing=0.0, state=None, now=MONDAY_10, lo=1
         last_scale_up_time=None,
         last_scale_down_time=None,
         current_time=now,
-        config=AutoscalingConfig(min_replicas=lo, max_replicas=hi, upscale_delay_s=0, downscale_delay_s=0),
+        config=AutoscalingConfig(
+            min_replicas=lo, max_replicas=hi, upscale_delay_s=0, downscale_delay_s=0
+        ),
     )
 
 
@@ -457,8 +565,14 @@ class PrometheusStub(BaseHTTPRequestHandler):
 
     def do_GET(self):
         query = parse_qs(urlparse(self.path).query)["query"][0]
-        result = [] if query not in self.values else [{"metric": {}, "value": [MONDAY_10, str(self.values[query])]}]
-        body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": result}}).encode()
+        result = (
+            []
+            if query not in self.values
+            else [{"metric": {}, "value": [MONDAY_10, str(self.values[query])]}]
+        )
+        body = json.dumps(
+            {"status": "success", "data": {"resultType": "vector", "result": result}}
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -491,8 +605,12 @@ def wait_for_cache(policy: ForecastPolicy) -> dict:
 
 
 def test_adapter_reads_prometheus_and_decides(prometheus):
-    kwargs = {"deployment": "recognizer", "prometheus_address": f"127.0.0.1:{prometheus.server_port}",
-              "fetch_interval_s": 0.1, "thresholds": {"qps": {"up": 100, "down": 20}}}
+    kwargs = {
+        "deployment": "recognizer",
+        "prometheus_address": f"127.0.0.1:{prometheus.server_port}",
+        "fetch_interval_s": 0.1,
+        "thresholds": {"qps": {"up": 100, "down": 20}},
+    }
     policy = ForecastPolicy(**kwargs)
     PrometheusStub.values = {policy.queries["qps"]: 132.0, policy.queries["p99_ms"]: 240.0}
     assert wait_for_cache(policy) == {"qps": 132.0, "p99_ms": 240.0}
@@ -505,7 +623,9 @@ def test_adapter_reads_prometheus_and_decides(prometheus):
 def test_adapter_without_prometheus_falls_back_to_queue(monkeypatch):
     monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
     policy = ForecastPolicy(deployment="recognizer")
-    replicas, state = policy(context(target=2, ongoing=20.0))  # 10 each > 4 -> max(4, ceil(20/4) = 5)
+    replicas, state = policy(
+        context(target=2, ongoing=20.0)
+    )  # 10 each > 4 -> max(4, ceil(20/4) = 5)
     assert replicas == 5
     assert state[STATE_KEY]["last_code"] == "fallback_scale_up_threshold"
 
@@ -515,7 +635,9 @@ def test_adapter_state_travels_in_the_dict_not_on_self(monkeypatch):
     policy = ForecastPolicy(deployment="recognizer")
     _, state = policy(context(target=2, ongoing=20.0))
     # Same instance, a fresh (empty) state: no memory of the scale-up, so no cooldown.
-    assert policy(context(target=5, ongoing=24.0, now=MONDAY_10 + 1))[0] == 7  # 4.8 each > 4: max(5 + 2, 6)
+    assert (
+        policy(context(target=5, ongoing=24.0, now=MONDAY_10 + 1))[0] == 7
+    )  # 4.8 each > 4: max(5 + 2, 6)
     # With the returned state the up cooldown applies.
     assert policy(context(target=5, ongoing=24.0, state=state, now=MONDAY_10 + 1))[0] == 5
 
@@ -539,7 +661,8 @@ def test_adapter_with_invalid_kwargs_holds_and_says_why(caplog):
 
 
 def test_adapter_inside_rays_own_wrapper(monkeypatch):
-    """The controller wraps the policy with Ray's scaling factors, delays and state merge: it must survive that."""
+    """The controller wraps the policy with Ray's scaling factors, delays and state merge: it must
+    survive that."""
     from ray.serve.autoscaling_policy import _apply_autoscaling_config
 
     monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
@@ -550,13 +673,16 @@ def test_adapter_inside_rays_own_wrapper(monkeypatch):
 
 
 def test_serve_loads_the_policy_from_its_import_path():
-    """Serve cloudpickles `policy_function` and instantiates the class with policy_kwargs in the controller."""
+    """Serve cloudpickles `policy_function` and instantiates the class with policy_kwargs in the
+    controller."""
     from ray import cloudpickle
     from ray.serve._private.autoscaling_state import _resolve_policy_callable
     from ray.serve.config import AutoscalingPolicy
 
     kwargs = {"deployment": "recognizer", "windows": [PEAK], "predictive": PREDICTIVE}
-    config = AutoscalingPolicy(policy_function="serve_app.policy:ForecastPolicy", policy_kwargs=kwargs)
+    config = AutoscalingPolicy(
+        policy_function="serve_app.autoscaling.policy:ForecastPolicy", policy_kwargs=kwargs
+    )
     assert cloudpickle.loads(config.get_serialized_policy_def()) is ForecastPolicy
     policy = _resolve_policy_callable(config)
     assert policy.config_error is None and policy.rules.windows[0].name == "peak-hours"

@@ -10,11 +10,13 @@ import tritonclient.http as httpclient
 from tritonclient.http._utils import _get_inference_request
 
 from serve_app.errors import BadRequest
-from serve_app.protocol import encode_infer_response, parse_infer_request
+from serve_app.serving.protocol import encode_infer_response, parse_infer_request
 
 
 def triton_body(inputs, outputs=None, parameters=None):
-    body, header_length = _get_inference_request(inputs, "", outputs, 0, False, False, 0, None, parameters)
+    body, header_length = _get_inference_request(
+        inputs, "", outputs, 0, False, False, 0, None, parameters
+    )
     return body, header_length
 
 
@@ -33,14 +35,26 @@ def test_tritonclient_binary_fp32_input():
     x = np.random.default_rng(0).standard_normal((2, 3, 4, 4)).astype(np.float32)
     t = httpclient.InferInput("pixels", list(x.shape), "FP32")
     t.set_data_from_numpy(x, binary_data=True)
-    body, header_length = triton_body([t], [httpclient.InferRequestedOutput("scores", binary_data=False)])
+    body, header_length = triton_body(
+        [t], [httpclient.InferRequestedOutput("scores", binary_data=False)]
+    )
     req = parse_infer_request(body, header_length)
     assert np.array_equal(req.inputs[0].data, x)
     assert req.requested_outputs == {"scores": False}
 
 
 def test_json_bytes_with_base64_content_type():
-    doc = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(b"\xff\xd8\xffabc").decode()], "parameters": {"content_type": "base64"}}]}
+    doc = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [1],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(b"\xff\xd8\xffabc").decode()],
+                "parameters": {"content_type": "base64"},
+            }
+        ]
+    }
     req = parse_infer_request(json.dumps(doc).encode(), None)
     assert req.inputs[0].data == [b"\xff\xd8\xffabc"]
     assert req.requested_outputs == {"scores": False, "class_ids": False, "labels": False}
@@ -52,8 +66,12 @@ def test_response_decodes_with_tritonclient_binary_and_json():
         "class_ids": ("INT64", [1, 2], [[967, 504]]),
         "labels": ("BYTES", [1, 2], [b"espresso", b"coffee mug"]),
     }
-    body, headers = encode_infer_response("m", "1", "req-1", outputs, {"scores": True, "class_ids": False, "labels": True})
-    result = httpclient.InferResult.from_response_body(body, header_length=int(headers["Inference-Header-Content-Length"]))
+    body, headers = encode_infer_response(
+        "m", "1", "req-1", outputs, {"scores": True, "class_ids": False, "labels": True}
+    )
+    result = httpclient.InferResult.from_response_body(
+        body, header_length=int(headers["Inference-Header-Content-Length"])
+    )
     assert np.allclose(result.as_numpy("scores"), [0.75, 0.25])
     assert result.as_numpy("class_ids").tolist() == [[967, 504]]
     assert result.as_numpy("labels").tolist() == [[b"espresso", b"coffee mug"]]
@@ -67,14 +85,42 @@ def test_response_decodes_with_tritonclient_binary_and_json():
         (b"{not json", None, "not valid JSON"),
         (b"[1, 2]", None, "JSON object"),
         (b'{"inputs": []}', None, "non-empty list"),
-        (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["YQ=="]}]}', None, "shape says 2 elements, data holds 1"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, "a"]}]}', None, "not FP32"),
-        (b'{"inputs": [{"name": "x", "datatype": "COMPLEX", "shape": [1], "data": [1]}]}', None, "unsupported datatype"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}', None, "non-negative"),
+        (
+            b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["YQ=="]}]}',
+            None,
+            "shape says 2 elements, data holds 1",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [1.0, "a"]}]}',
+            None,
+            "not FP32",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "COMPLEX", "shape": [1], "data": [1]}]}',
+            None,
+            "unsupported datatype",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1], "data": [1]}]}',
+            None,
+            "non-negative",
+        ),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}', None, "neither `data`"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}', 999, "outside the body"),
-        (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}abc', 100, "runs past"),
-        (b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["YQ=="]}], "outputs": [{"name": "logits"}]}', None, "unknown output"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}',
+            999,
+            "outside the body",
+        ),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}abc',
+            100,
+            "runs past",
+        ),
+        (
+            b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["YQ=="]}], "outputs": [{"name": "logits"}]}',
+            None,
+            "unknown output",
+        ),
     ],
 )
 def test_malformed_requests_are_bad_requests_with_a_reason(body, header_length, message):
@@ -83,13 +129,26 @@ def test_malformed_requests_are_bad_requests_with_a_reason(body, header_length, 
 
 
 def test_binary_bytes_length_prefix_running_past_data():
-    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 6}}]}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": 6},
+                }
+            ]
+        }
+    ).encode()
     blob = struct.pack("<I", 100) + b"ab"  # claims 100 bytes, has 2
     with pytest.raises(BadRequest, match="runs past the data"):
         parse_infer_request(header + blob, len(header))
 
 
 def test_unclaimed_binary_bytes_are_refused():
-    header = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["YQ=="]}]}).encode()
+    header = json.dumps(
+        {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["YQ=="]}]}
+    ).encode()
     with pytest.raises(BadRequest, match="not claimed"):
         parse_infer_request(header + b"extra", len(header))

@@ -1,4 +1,5 @@
-"""Quality windows, drift, prediction store and feedback join, with a fake clock and hand arithmetic."""
+"""Quality windows, drift, prediction store and feedback join, with a fake clock and hand
+arithmetic."""
 
 from __future__ import annotations
 
@@ -6,13 +7,13 @@ import math
 
 import pytest
 
-from serve_app.quality import (
+from serve_app.quality.tracker import (
     ConfusionCounts,
     DriftTracker,
+    Outcome,
     QualityConfig,
     QualityTracker,
     SlidingWindow,
-    Outcome,
     WindowSpec,
     duration_name,
     predictions_from_response,
@@ -42,8 +43,14 @@ def tracker(clock=None, **config) -> QualityTracker:
 
 
 def pred(request_id, class_id, index=0, score=0.9, model=MODEL, version="1"):
-    return {"request_id": request_id, "index": index, "model_name": model, "model_version": version,
-            "class_id": class_id, "score": score}
+    return {
+        "request_id": request_id,
+        "index": index,
+        "model_name": model,
+        "model_version": version,
+        "class_id": class_id,
+        "score": score,
+    }
 
 
 # --- confusion arithmetic ------------------------------------------------------------------------
@@ -128,7 +135,9 @@ def test_count_and_time_windows_through_the_tracker():
     t.feedback("b", 0, 1)  # right, at t=50
     t.feedback("c", 0, 2)  # right, at t=50
     scores = t.window_scores(MODEL, "1")
-    assert scores["last_2"].labelled == 2 and scores["last_2"].accuracy == 1.0  # a fell out by count
+    assert (
+        scores["last_2"].labelled == 2 and scores["last_2"].accuracy == 1.0
+    )  # a fell out by count
     assert scores["last_100s"].labelled == 3
     assert scores["last_100s"].accuracy == pytest.approx(2 / 3)
     clock.advance(50)  # t=100: a is 100 s old
@@ -203,7 +212,9 @@ def test_unseen_classes_share_the_other_bin():
 
 
 def test_configured_reference_waits_for_a_full_current_window():
-    d = DriftTracker(reference_size=1000, window_size=3, bins=3, epsilon=0.5, reference={0: 10, 1: 10})
+    d = DriftTracker(
+        reference_size=1000, window_size=3, bins=3, epsilon=0.5, reference={0: 10, 1: 10}
+    )
     d.add(0)
     d.add(1)
     assert d.psi() is None
@@ -262,8 +273,11 @@ def test_evicted_ids_past_their_bound_become_unknown():
 
 def test_eviction_callback_is_told():
     seen = []
-    t = QualityTracker(QualityConfig(store_max_items=1), clock=FakeClock(),
-                       on_evict=lambda reason, model, n: seen.append((reason, model, n)))
+    t = QualityTracker(
+        QualityConfig(store_max_items=1),
+        clock=FakeClock(),
+        on_evict=lambda reason, model, n: seen.append((reason, model, n)),
+    )
     t.record([pred("r1", 0)])
     t.record([pred("r2", 0)])
     assert seen == [("size", MODEL, 1)]
@@ -323,24 +337,41 @@ def test_feedback_results_are_counted_per_model():
     t.feedback("nope", 0, "cat")
     t.record([pred("b", 0)])  # evicts a
     t.feedback("a", 0, "cat")
-    assert t.snapshot(MODEL)["feedback"] == {"joined": 1, "unknown_id": 0, "expired": 1, "unknown_label": 1}
+    assert t.snapshot(MODEL)["feedback"] == {
+        "joined": 1,
+        "unknown_id": 0,
+        "expired": 1,
+        "unknown_label": 1,
+    }
     assert t.snapshot("unknown")["feedback"]["unknown_id"] == 1
 
 
 def test_record_keeps_good_predictions_and_reports_bad_ones():
     t = tracker()
-    result = t.record([
-        pred("a", 0),
-        {"request_id": "b", "index": 0, "model_name": MODEL, "model_version": "1", "class_id": 1},  # no score
-        pred("c", 1, score=1.5),
-        pred("a", 2, index=0),  # index 0 of a twice
-        pred("a", 3, index=1, model="other"),  # a mixes two models
-        "garbage",
-        pred("d", 2),
-    ])
+    result = t.record(
+        [
+            pred("a", 0),
+            {
+                "request_id": "b",
+                "index": 0,
+                "model_name": MODEL,
+                "model_version": "1",
+                "class_id": 1,
+            },  # no score
+            pred("c", 1, score=1.5),
+            pred("a", 2, index=0),  # index 0 of a twice
+            pred("a", 3, index=1, model="other"),  # a mixes two models
+            "garbage",
+            pred("d", 2),
+        ]
+    )
     assert result.stored == 2 and result.accepted == [0, 6]
     assert len(result.rejected) == 5
-    assert "score" in result.rejected[0] and "twice" in result.rejected[2] and "already has" in result.rejected[3]
+    assert (
+        "score" in result.rejected[0]
+        and "twice" in result.rejected[2]
+        and "already has" in result.rejected[3]
+    )
 
 
 def test_same_request_id_recorded_again_replaces_the_prediction():
@@ -370,7 +401,9 @@ def test_snapshot_of_a_model_without_data():
 
 def test_predictions_from_a_rest_response():
     response = {
-        "request_id": "abc", "model_name": MODEL, "model_version": 1,
+        "request_id": "abc",
+        "model_name": MODEL,
+        "model_version": 1,
         "predictions": [
             {"index": 0, "top_k": [{"label": "cat", "class_id": 0, "score": 0.61}]},
             {"index": 1, "top_k": [{"label": "fox", "class_id": 2, "score": 0.4}]},

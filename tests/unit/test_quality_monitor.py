@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from serve_app import metrics as m
-from serve_app.quality_monitor import QualityMonitor, QualityMonitorCore
+from serve_app.monitoring import metrics as m
+from serve_app.quality.monitor import QualityMonitor, QualityMonitorCore
 
 MODEL = "efficientnet_lite0"
 
@@ -22,8 +22,15 @@ class FakeClock:
 
 
 def pred(request_id, class_id, index=0, score=0.9):
-    return {"request_id": request_id, "index": index, "model_name": MODEL, "model_version": "1",
-            "class_id": class_id, "score": score, "timestamp": 123.0}
+    return {
+        "request_id": request_id,
+        "index": index,
+        "model_name": MODEL,
+        "model_version": "1",
+        "class_id": class_id,
+        "score": score,
+        "timestamp": 123.0,
+    }
 
 
 def monitor(**config):
@@ -38,19 +45,27 @@ def test_feedback_moves_the_quality_gauges_to_hand_values():
 
     async def scenario():
         await core.record([pred("a", 0), pred("b", 1), pred("c", 2, score=0.3), pred("d", 0)])
-        return await core.feedback([
-            {"request_id": "a", "label": "cat"},  # right
-            {"request_id": "b", "label": 1},  # right
-            {"request_id": "c", "label": "cat"},  # wrong: predicted fox (2)
-            {"request_id": "d", "label": "cat", "index": 0},  # right
-            {"request_id": "zzz", "label": "cat"},  # unknown id
-            {"request_id": "a", "label": "wolf"},  # unknown label
-            "not an object",
-        ])
+        return await core.feedback(
+            [
+                {"request_id": "a", "label": "cat"},  # right
+                {"request_id": "b", "label": 1},  # right
+                {"request_id": "c", "label": "cat"},  # wrong: predicted fox (2)
+                {"request_id": "d", "label": "cat", "index": 0},  # right
+                {"request_id": "zzz", "label": "cat"},  # unknown id
+                {"request_id": "a", "label": "wolf"},  # unknown label
+                "not an object",
+            ]
+        )
 
     results = asyncio.run(scenario())
     assert [r["status"] for r in results] == [
-        "joined", "joined", "joined", "joined", "unknown_id", "unknown_label", "invalid",
+        "joined",
+        "joined",
+        "joined",
+        "joined",
+        "unknown_id",
+        "unknown_label",
+        "invalid",
     ]
     assert [r["http_status"] for r in results] == [200, 200, 200, 200, 404, 422, 422]
     tags = {"model_name": MODEL, "model_version": "1", "window": "last_1000"}
@@ -129,10 +144,17 @@ def test_feedback_waits_briefly_for_a_prediction_still_on_its_way():
     """An ingress replica sends predictions a few ms after answering; feedback may overtake them."""
     import asyncio
 
-    from serve_app.quality_monitor import QualityMonitorCore
+    from serve_app.quality.monitor import QualityMonitorCore
 
     core = QualityMonitorCore({"labels": {"m": ["a", "b"]}, "feedback_grace_s": 1.0})
-    record = {"request_id": "r1", "index": 0, "model_name": "m", "model_version": "1", "class_id": 1, "score": 0.9}
+    record = {
+        "request_id": "r1",
+        "index": 0,
+        "model_name": "m",
+        "model_version": "1",
+        "class_id": 1,
+        "score": 0.9,
+    }
 
     async def scenario():
         feedback = asyncio.create_task(core.feedback([{"request_id": "r1", "label": "b"}]))
@@ -147,7 +169,7 @@ def test_feedback_waits_briefly_for_a_prediction_still_on_its_way():
 def test_feedback_for_a_never_issued_id_is_unknown_after_the_grace():
     import asyncio
 
-    from serve_app.quality_monitor import QualityMonitorCore
+    from serve_app.quality.monitor import QualityMonitorCore
 
     core = QualityMonitorCore({"labels": {"m": ["a"]}, "feedback_grace_s": 0.05})
     (result,) = asyncio.run(core.feedback([{"request_id": "never", "label": "a"}]))

@@ -1,4 +1,5 @@
-"""Replaying a recorded load test in the simulator: parsing locust's history, the config, the comparison."""
+"""Replaying a recorded load test in the simulator: parsing locust's history, the config, the
+comparison."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ CONFIG = yaml.safe_load(Path("configs/serve_config.yaml").read_text())
 START = 1_800_000_000.0
 
 
-def history_rows(counts: dict[str, list[int]], start: float = START, skip: tuple[int, ...] = ()) -> pd.DataFrame:
+def history_rows(
+    counts: dict[str, list[int]], start: float = START, skip: tuple[int, ...] = ()
+) -> pd.DataFrame:
     """Locust's full-history CSV rows: per name and second, the cumulative request count."""
     rows = []
     for name, per_second in counts.items():
@@ -33,19 +36,30 @@ def history_rows(counts: dict[str, list[int]], start: float = START, skip: tuple
         for t, sent in enumerate(per_second):
             total += sent
             if t not in skip:
-                rows.append({"Timestamp": int(start) + t + 1, "Name": name, "Total Request Count": total})
+                rows.append(
+                    {"Timestamp": int(start) + t + 1, "Name": name, "Total Request Count": total}
+                )
     for t in range(max(len(v) for v in counts.values())):
-        rows.append({"Timestamp": int(start) + t + 1, "Name": "Aggregated", "Total Request Count": 10_000})
+        rows.append(
+            {"Timestamp": int(start) + t + 1, "Name": "Aggregated", "Total Request Count": 10_000}
+        )
     return pd.DataFrame(rows)
 
 
 def test_offered_load_is_recognition_requests_per_second():
-    history = history_rows({
-        PREDICT_NAME: [3, 4, 5, 6],
-        INFER_NAME: [1, 0, 1, 0],
-        SHED_NAME: [0, 0, 2, 0],  # shed requests reached the service too (the policy counts them)
-        FEEDBACK_NAME: [9, 9, 9, 9],  # feedback never reaches a model replica
-    })
+    history = history_rows(
+        {
+            PREDICT_NAME: [3, 4, 5, 6],
+            INFER_NAME: [1, 0, 1, 0],
+            SHED_NAME: [
+                0,
+                0,
+                2,
+                0,
+            ],  # shed requests reached the service too (the policy counts them)
+            FEEDBACK_NAME: [9, 9, 9, 9],  # feedback never reaches a model replica
+        }
+    )
     assert offered_load(history, START, 4).tolist() == [4, 4, 8, 6]
 
 
@@ -79,13 +93,18 @@ def test_settings_come_from_the_shipped_config():
 
 def test_the_simulated_policy_scales_up_on_a_step_and_back_down_after_its_cooldown():
     settings = deployment_settings(CONFIG)
-    # 120 s at 5 req/s, 240 s at 70 req/s, then 600 s at 2 req/s; 02:00 UTC = 10:00 in Asia/Shanghai (peak-hours).
+    # 120 s at 5 req/s, 240 s at 70 req/s, then 600 s at 2 req/s; 02:00 UTC = 10:00 in Asia/Shanghai
+    # (peak-hours).
     load = np.concatenate([np.full(120, 5.0), np.full(240, 70.0), np.full(600, 2.0)])
     start = pd.Timestamp("2026-06-10T02:00:00Z").timestamp()
     sim = simulate_replay(load, settings, start, ReplayOptions(startup_s=15, replica_rps=25))
-    assert sim["simulated_target"].iloc[:120].eq(1).all()  # 5 req/s on one instance is below every threshold
+    assert (
+        sim["simulated_target"].iloc[:120].eq(1).all()
+    )  # 5 req/s on one instance is below every threshold
     up = int(sim.index[sim["simulated_target"] > 1][0])
-    assert 120 <= up < 180  # after the step, within a rate window; the queue signal may see it at once
+    assert (
+        120 <= up < 180
+    )  # after the step, within a rate window; the queue signal may see it at once
     assert sim["simulated_target"].max() == 3  # step_up 2, max_replicas 3
     ready_at_3 = int(sim.index[sim["simulated_ready"] == 3][0])
     assert ready_at_3 - up == pytest.approx(15, abs=1)  # start-up time
@@ -94,14 +113,24 @@ def test_the_simulated_policy_scales_up_on_a_step_and_back_down_after_its_cooldo
     assert sim["simulated_target"].iloc[-1] == 1
 
 
-def real_series(points: dict[str, list[tuple[float, float]]], deployment: str = "Recognizer_m") -> pd.DataFrame:
-    rows = [{"series": name, "label": deployment, "elapsed_s": t, "value": v, "timestamp": START + t}
-            for name, values in points.items() for t, v in values]
+def real_series(
+    points: dict[str, list[tuple[float, float]]], deployment: str = "Recognizer_m"
+) -> pd.DataFrame:
+    rows = [
+        {"series": name, "label": deployment, "elapsed_s": t, "value": v, "timestamp": START + t}
+        for name, values in points.items()
+        for t, v in values
+    ]
     return pd.DataFrame(rows)
 
 
 def test_real_replicas_hold_each_sample_until_the_next():
-    series = real_series({"running_replicas": [(0, 1), (5, 1), (10, 3)], "target_replicas": [(0, 1), (5, 3), (10, 3)]})
+    series = real_series(
+        {
+            "running_replicas": [(0, 1), (5, 1), (10, 3)],
+            "target_replicas": [(0, 1), (5, 3), (10, 3)],
+        }
+    )
     real = real_replicas(series, "Recognizer_m", 12)
     assert real["real_running"].tolist() == [1] * 10 + [3, 3]
     assert real["real_target"].tolist() == [1] * 5 + [3] * 7
@@ -110,16 +139,20 @@ def test_real_replicas_hold_each_sample_until_the_next():
 
 
 def test_comparison_figures_are_counted_from_both_timelines():
-    real = pd.DataFrame({
-        "elapsed_s": range(10),
-        "real_running": [1, 1, 1, 1, 3, 3, 3, 3, 2, 2],
-        "real_target": [1, 1, 3, 3, 3, 3, 3, 2, 2, 2],
-    })
-    sim = pd.DataFrame({
-        "elapsed_s": range(10),
-        "simulated_ready": [1, 1, 1, 3, 3, 3, 3, 3, 3, 1],
-        "simulated_target": [1, 3, 3, 3, 3, 3, 3, 3, 1, 1],
-    })
+    real = pd.DataFrame(
+        {
+            "elapsed_s": range(10),
+            "real_running": [1, 1, 1, 1, 3, 3, 3, 3, 2, 2],
+            "real_target": [1, 1, 3, 3, 3, 3, 3, 2, 2, 2],
+        }
+    )
+    sim = pd.DataFrame(
+        {
+            "elapsed_s": range(10),
+            "simulated_ready": [1, 1, 1, 3, 3, 3, 3, 3, 3, 1],
+            "simulated_target": [1, 3, 3, 3, 3, 3, 3, 3, 1, 1],
+        }
+    )
     c = compare(real, sim)
     assert (c.replica_seconds_real, c.replica_seconds_sim) == (20, 22)
     assert (c.peak_real, c.peak_sim) == (3, 3)
@@ -131,22 +164,39 @@ def test_comparison_figures_are_counted_from_both_timelines():
 
 
 def test_event_times_are_run_seconds_even_when_the_real_series_starts_late():
-    # Prometheus' first replica sample comes some seconds into the run: those seconds have no real figure.
-    real = pd.DataFrame({"elapsed_s": range(8), "real_running": [np.nan, np.nan, 1, 1, 1, 3, 3, 3],
-                         "real_target": [np.nan, np.nan, 1, 1, 3, 3, 3, 3]})
-    sim = pd.DataFrame({"elapsed_s": range(8), "simulated_ready": [1, 1, 1, 1, 1, 1, 3, 3],
-                        "simulated_target": [1, 1, 1, 3, 3, 3, 3, 3]})
+    # Prometheus' first replica sample comes some seconds into the run: those seconds have no real
+    # figure.
+    real = pd.DataFrame(
+        {
+            "elapsed_s": range(8),
+            "real_running": [np.nan, np.nan, 1, 1, 1, 3, 3, 3],
+            "real_target": [np.nan, np.nan, 1, 1, 3, 3, 3, 3],
+        }
+    )
+    sim = pd.DataFrame(
+        {
+            "elapsed_s": range(8),
+            "simulated_ready": [1, 1, 1, 1, 1, 1, 3, 3],
+            "simulated_target": [1, 1, 1, 3, 3, 3, 3, 3],
+        }
+    )
     c = compare(real, sim)
     assert (c.first_up_real_s, c.first_up_sim_s) == (4, 3)
-    assert c.replica_seconds_real == 12 and c.replica_seconds_sim == 10  # over the seconds both know
+    assert (
+        c.replica_seconds_real == 12 and c.replica_seconds_sim == 10
+    )  # over the seconds both know
 
 
 def test_the_command_writes_its_three_files(tmp_path):
     load = [5] * 60 + [70] * 120 + [2] * 60
     history_rows({PREDICT_NAME: load}).to_csv(tmp_path / "locust_stats_history.csv", index=False)
-    real_series({"running_replicas": [(t, 1 if t < 100 else 3) for t in range(0, 240, 5)],
-                 "target_replicas": [(t, 1 if t < 85 else 3) for t in range(0, 240, 5)]},
-                "Recognizer_efficientnet_lite0").to_csv(tmp_path / "series.csv", index=False)
+    real_series(
+        {
+            "running_replicas": [(t, 1 if t < 100 else 3) for t in range(0, 240, 5)],
+            "target_replicas": [(t, 1 if t < 85 else 3) for t in range(0, 240, 5)],
+        },
+        "Recognizer_efficientnet_lite0",
+    ).to_csv(tmp_path / "series.csv", index=False)
     assert main([str(tmp_path), "--seed", "3"]) == 0
     simulated = pd.read_csv(tmp_path / "simulated.csv")
     assert len(simulated) == 240 and {"simulated_ready", "real_running"} <= set(simulated.columns)

@@ -8,17 +8,25 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from promql_names import REPO, RULES_DIR, require, unknown_metrics
-from serve_app.alerting.alertmanager_config import (
+
+from serve_app.monitoring.alerting.alertmanager_config import (
     ReceiverSettings,
     load_receiver_settings,
     render_alertmanager_config,
 )
-from serve_app.alerting.prometheus_config import PrometheusSettings, ray_sd_file, render_prometheus_config
-from serve_app.alerting.rules import alert_rules, render_alert_rules, render_recording_rules
-from serve_app.alerting.thresholds import AlertThresholds, load_thresholds
-from serve_app.stack import render_drop_in
+from serve_app.monitoring.alerting.prometheus_config import (
+    PrometheusSettings,
+    ray_sd_file,
+    render_prometheus_config,
+)
+from serve_app.monitoring.alerting.rules import (
+    alert_rules,
+    render_alert_rules,
+    render_recording_rules,
+)
+from serve_app.monitoring.alerting.thresholds import AlertThresholds, load_thresholds
+from serve_app.monitoring.stack import render_drop_in
 
 TESTS_DIR = RULES_DIR / "tests"
 ALERT_FILE = RULES_DIR / "alert_rules.yml"
@@ -42,7 +50,9 @@ def test_committed_rules_pass_promtool_check():
 
 
 def test_committed_prometheus_config_passes_promtool_check():
-    result = _run(require("promtool"), "check", "config", "--syntax-only", str(RULES_DIR / "prometheus.yml"))
+    result = _run(
+        require("promtool"), "check", "config", "--syntax-only", str(RULES_DIR / "prometheus.yml")
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -80,10 +90,21 @@ def test_every_alert_has_severity_summary_and_a_description_with_its_value():
 
 def test_issue_alerts_are_all_present():
     expected = {
-        "GPUUtilizationHigh", "GPUMemoryHigh", "GPUMemoryCritical", "GPUTemperatureHigh",
-        "LatencyP99High", "LatencyP99Critical", "ErrorRatioHigh", "ErrorRatioCritical",
-        "ModelAccuracyDropped", "ReplicasIdleOffPeak", "DeploymentUnhealthy", "DeploymentNoReadyReplicas",
-        "NoTrafficWhenExpected", "ForecasterStale", "ForecasterFailing",
+        "GPUUtilizationHigh",
+        "GPUMemoryHigh",
+        "GPUMemoryCritical",
+        "GPUTemperatureHigh",
+        "LatencyP99High",
+        "LatencyP99Critical",
+        "ErrorRatioHigh",
+        "ErrorRatioCritical",
+        "ModelAccuracyDropped",
+        "ReplicasIdleOffPeak",
+        "DeploymentUnhealthy",
+        "DeploymentNoReadyReplicas",
+        "NoTrafficWhenExpected",
+        "ForecasterStale",
+        "ForecasterFailing",
     }
     assert {rule["alert"] for rule in _alerts()} == expected
 
@@ -91,12 +112,22 @@ def test_issue_alerts_are_all_present():
 @pytest.mark.parametrize(
     "alert, expr_part, for_, severity",
     [
-        ("GPUUtilizationHigh", "> 0.85", "5m", "warning"),  # seeds: gpu_utilization > 85% for 5 minutes
+        (
+            "GPUUtilizationHigh",
+            "> 0.85",
+            "5m",
+            "warning",
+        ),  # seeds: gpu_utilization > 85% for 5 minutes
         ("GPUMemoryCritical", "> 0.9", "1m", "critical"),  # seeds: gpu_memory_used > 90%
         ("GPUMemoryHigh", "> 0.8", "5m", "warning"),  # seeds: degrade traffic above 80%
         ("GPUTemperatureHigh", "> 85", "2m", "critical"),  # seeds: gpu_temperature > 85 °C
         ("LatencyP99High", "> 0.5", "5m", "warning"),  # seeds: P99 > 500 ms
-        ("ModelAccuracyDropped", "- 0.05", "10m", "critical"),  # seeds: accuracy down > 5 %, for 10m
+        (
+            "ModelAccuracyDropped",
+            "- 0.05",
+            "10m",
+            "critical",
+        ),  # seeds: accuracy down > 5 %, for 10m
         ("ReplicasIdleOffPeak", "> 2", "30m", "warning"),  # seeds: more than 2 instances idle
     ],
 )
@@ -109,7 +140,9 @@ def test_default_thresholds_are_the_seeds(alert, expr_part, for_, severity):
 
 def test_rule_expressions_name_only_known_metrics():
     rules = _alerts() + _alerts(RECORDING_FILE)
-    problems = {rule.get("alert") or rule["record"]: unknown_metrics(rule["expr"]) for rule in rules}
+    problems = {
+        rule.get("alert") or rule["record"]: unknown_metrics(rule["expr"]) for rule in rules
+    }
     assert {k: v for k, v in problems.items() if v} == {}
 
 
@@ -123,11 +156,17 @@ def test_committed_thresholds_file_holds_the_defaults():
 def test_committed_files_equal_the_rendered_defaults(tmp_path):
     for written in render_drop_in(tmp_path):
         committed = REPO / "configs" / written.relative_to(tmp_path)
-        assert committed.read_text() == written.read_text(), f"{committed} is stale: run `recserve stack render`"
+        assert committed.read_text() == written.read_text(), (
+            f"{committed} is stale: run `recserve stack render`"
+        )
 
 
 def test_prometheus_config_reads_the_ray_discovery_file_and_alerts_alertmanager():
-    doc = yaml.safe_load(render_prometheus_config(PrometheusSettings(ray_sd_file="/x/ray/sd.json", scrape_interval="5s")))
+    doc = yaml.safe_load(
+        render_prometheus_config(
+            PrometheusSettings(ray_sd_file="/x/ray/sd.json", scrape_interval="5s")
+        )
+    )
     ray_job = next(job for job in doc["scrape_configs"] if job["job_name"] == "ray")
     assert ray_job["file_sd_configs"][0]["files"] == ["/x/ray/sd.json"]
     assert doc["global"]["scrape_interval"] == doc["global"]["evaluation_interval"] == "5s"
@@ -190,7 +229,11 @@ def test_thresholds_durations_and_severities_come_from_the_yaml(tmp_path):
         yaml.safe_dump(
             {
                 "GPUUtilizationHigh": {"threshold": 0.5, "for": "2m", "severity": "critical"},
-                "ModelAccuracyDropped": {"window": "last_1h", "for": "9m", "baselines": {"pinned": 0.9}},
+                "ModelAccuracyDropped": {
+                    "window": "last_1h",
+                    "for": "9m",
+                    "baselines": {"pinned": 0.9},
+                },
                 "LatencyP99Critical": {"enabled": False},
             }
         )
@@ -206,10 +249,18 @@ def test_thresholds_durations_and_severities_come_from_the_yaml(tmp_path):
 
 
 def test_off_peak_hours_follow_the_utc_offset():
-    thresholds = AlertThresholds.model_validate({"ReplicasIdleOffPeak": {"off_peak": {"utc_offset_hours": 8}}})
-    rule = next(r for r in alert_rules(thresholds)["groups"][0]["rules"] if r["alert"] == "ReplicasIdleOffPeak")
+    thresholds = AlertThresholds.model_validate(
+        {"ReplicasIdleOffPeak": {"off_peak": {"utc_offset_hours": 8}}}
+    )
+    rule = next(
+        r
+        for r in alert_rules(thresholds)["groups"][0]["rules"]
+        if r["alert"] == "ReplicasIdleOffPeak"
+    )
     # 8 h = 28800 s: local hour = hour(UTC + 8 h); 21:00-09:00 wraps midnight, so `or`.
-    assert "(hour(vector(time() + 28800)) >= 21 or hour(vector(time() + 28800)) < 9)" in rule["expr"]
+    assert (
+        "(hour(vector(time() + 28800)) >= 21 or hour(vector(time() + 28800)) < 9)" in rule["expr"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -218,8 +269,14 @@ def test_off_peak_hours_follow_the_utc_offset():
         ({"GPUUtilizationHigh": {"for": "5 minutes"}}, "not a Prometheus duration"),
         ({"GPUUtilizationHigh": {"severity": "page"}}, "severity"),
         ({"GPUUtilizationHigh": {"treshold": 0.8}}, "treshold"),  # typo: refused, not ignored
-        ({"ErrorRatioHigh": {"statuses": ['server_error"}']}}, "may only hold"),  # no PromQL injection
-        ({"ModelAccuracyDropped": {"baselines": {"m": 75}}}, "less than or equal to 1"),  # a ratio, not percent
+        (
+            {"ErrorRatioHigh": {"statuses": ['server_error"}']}},
+            "may only hold",
+        ),  # no PromQL injection
+        (
+            {"ModelAccuracyDropped": {"baselines": {"m": 75}}},
+            "less than or equal to 1",
+        ),  # a ratio, not percent
         ({"NoSuchAlert": {}}, "NoSuchAlert"),
     ],
 )
@@ -288,7 +345,8 @@ def test_alertmanager_config_with_every_receiver_is_valid_and_routes_by_severity
     assert _route(path, "severity=info", "alertname=X") == "info"
 
     receivers = {r["name"]: r for r in yaml.safe_load(text)["receivers"]}
-    # Defaults: email only for critical; webhook and DingTalk (through the bridge) for critical and warning.
+    # Defaults: email only for critical; webhook and DingTalk (through the bridge) for critical and
+    # warning.
     assert [c["url"] for c in receivers["critical"]["webhook_configs"]] == [
         "http://127.0.0.1:5001/hook",
         "http://127.0.0.1:9095/alert",
@@ -308,7 +366,9 @@ def test_critical_inhibits_warning_of_the_same_family_and_scope():
 
 
 def test_example_receivers_file_renders_a_valid_config(tmp_path):
-    settings = load_receiver_settings(REPO / "configs" / "alertmanager" / "receivers.example.yaml", environ={})
+    settings = load_receiver_settings(
+        REPO / "configs" / "alertmanager" / "receivers.example.yaml", environ={}
+    )
     assert settings.configured_channels() == ["webhook", "dingtalk", "email"]
     path = tmp_path / "am.yml"
     path.write_text(render_alertmanager_config(settings, password_file=str(tmp_path / "pw")))
@@ -319,7 +379,9 @@ def test_example_receivers_file_renders_a_valid_config(tmp_path):
 def test_environment_overrides_the_receivers_file(tmp_path):
     path = tmp_path / "receivers.yaml"
     path.write_text("webhook:\n  url: http://127.0.0.1:1/from-file\n  severities: [critical]\n")
-    settings = load_receiver_settings(path, environ={"RECSERVE_ALERT_WEBHOOK_URL": "http://127.0.0.1:2/from-env"})
+    settings = load_receiver_settings(
+        path, environ={"RECSERVE_ALERT_WEBHOOK_URL": "http://127.0.0.1:2/from-env"}
+    )
     assert settings.webhook.url == "http://127.0.0.1:2/from-env"
     assert settings.webhook.severities == ["critical"]  # the rest of the file still applies
 
@@ -330,7 +392,11 @@ def test_environment_overrides_the_receivers_file(tmp_path):
         ({"RECSERVE_ALERT_EMAIL_TO": "a@example.com"}, "RECSERVE_SMTP_SMARTHOST"),
         ({"RECSERVE_ALERT_WEBHOOK_URL": "localhost:5001"}, "not an http"),
         (
-            {"RECSERVE_ALERT_EMAIL_TO": "a@x.org", "RECSERVE_SMTP_FROM": "b@x.org", "RECSERVE_SMTP_SMARTHOST": "smtp"},
+            {
+                "RECSERVE_ALERT_EMAIL_TO": "a@x.org",
+                "RECSERVE_SMTP_FROM": "b@x.org",
+                "RECSERVE_SMTP_SMARTHOST": "smtp",
+            },
             "host:port",
         ),
     ],

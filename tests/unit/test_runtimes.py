@@ -2,9 +2,17 @@ import numpy as np
 import pytest
 
 from serve_app.config import ModelConfig
-from serve_app.models import load_model
-from serve_app.recognizer import top_k
-from serve_app.runtimes import OnnxRuntime, TorchRuntime, agreement, check_batch, export_onnx, run_with_oom_split, select_runtime
+from serve_app.serving.models import load_model
+from serve_app.serving.recognizer import top_k
+from serve_app.serving.runtimes import (
+    OnnxRuntime,
+    TorchRuntime,
+    agreement,
+    check_batch,
+    export_onnx,
+    run_with_oom_split,
+    select_runtime,
+)
 
 
 class FakeOOM(Exception):
@@ -12,7 +20,8 @@ class FakeOOM(Exception):
 
 
 def runs_up_to(limit):
-    """A run function that fails with OOM above `limit` rows and else returns each row's first value."""
+    """A run function that fails with OOM above `limit` rows and else returns each row's first
+    value."""
     calls = []
 
     def run(batch):
@@ -47,7 +56,9 @@ def test_rows_that_fail_alone_get_the_error_others_succeed():
             raise FakeOOM("image 3")
         return batch * 1.0
 
-    out = run_with_oom_split(run, np.arange(4, dtype=np.float32).reshape(4, 1), lambda e: isinstance(e, FakeOOM))
+    out = run_with_oom_split(
+        run, np.arange(4, dtype=np.float32).reshape(4, 1), lambda e: isinstance(e, FakeOOM)
+    )
     assert isinstance(out[3], FakeOOM)
     assert [float(r[0]) for r in out[:3]] == [0.0, 1.0, 2.0]
 
@@ -76,7 +87,9 @@ def test_onnx_export_agrees_with_torch_on_real_photos(lite0, tmp_path, monkeypat
     path = export_onnx(lite0, "efficientnet_lite0")
     assert path.is_file() and path.parent.parent == tmp_path
     assert export_onnx(lite0, "efficientnet_lite0") == path  # cached: same file, no second export
-    ok, max_diff = agreement(TorchRuntime(lite0.module, "cpu", "fp32", 1), OnnxRuntime(path, 1), check_batch(lite0))
+    ok, max_diff = agreement(
+        TorchRuntime(lite0.module, "cpu", "fp32", 1), OnnxRuntime(path, 1), check_batch(lite0)
+    )
     assert ok and max_diff < 1e-4
 
 

@@ -11,8 +11,8 @@ import pytest
 from loadtests import schedule
 from loadtests.schedule import ReplayPlan, Stage, StagePlan, load_plan, parse_duration, tick_at
 
-
 # --- stage plans ------------------------------------------------------------------------------
+
 
 # smoke.yaml: 2 users until 10 s, then 4 users until 40 s.
 @pytest.mark.parametrize(
@@ -23,7 +23,8 @@ from loadtests.schedule import ReplayPlan, Stage, StagePlan, load_plan, parse_du
         (10.0, None, (4, 1.0)),  # a stage ends at its 'until': 10 s belongs to the next one
         (39.9, None, (4, 1.0)),
         (40.0, None, None),  # plan over: locust stops
-        # fitted to a 20 s run: plan time = run time * 40/20, so 4.9 s -> 9.8 s (stage 1), 5 s -> 10 s (stage 2)
+        # fitted to a 20 s run: plan time = run time * 40/20, so 4.9 s -> 9.8 s (stage 1), 5 s -> 10
+        # s (stage 2)
         (4.9, 20.0, (2, 1.0)),
         (5.0, 20.0, (4, 1.0)),
         (20.0, 20.0, None),
@@ -89,7 +90,9 @@ DAY = ((0.0, 0.0), (43200.0, 10.0), (86400.0, 0.0))
 
 
 def day_plan(**overrides) -> ReplayPlan:
-    settings = dict(points=DAY, compression=144.0, users_per_rps=1.0, min_users=1, max_users=100, spawn_rate=5.0)
+    settings = dict(
+        points=DAY, compression=144.0, users_per_rps=1.0, min_users=1, max_users=100, spawn_rate=5.0
+    )
     settings.update(overrides)
     return ReplayPlan(**settings)
 
@@ -105,7 +108,10 @@ def test_replay_compresses_a_day_into_ten_minutes():
     "run_time, users",
     [
         (0, 1),  # 0 rps -> 0 users, raised to min_users = 1
-        (75, 3),  # trace 75*144 = 10800 s (03:00): 10 * 10800/43200 = 2.5 rps -> rounds half up to 3
+        (
+            75,
+            3,
+        ),  # trace 75*144 = 10800 s (03:00): 10 * 10800/43200 = 2.5 rps -> rounds half up to 3
         (150, 5),  # 21600 s (06:00): 5 rps
         (300, 10),  # noon: 10 rps
         (450, 5),  # 18:00: 10 - 10*(64800-43200)/43200 = 5 rps
@@ -138,7 +144,10 @@ def test_shipped_diurnal_plan_replays_one_day_of_the_backtest_trace_at_144x():
     assert len(plan.points) == 289  # 5-minute samples, both midnights included
     assert plan.compression == 144
     assert plan.duration == 600
-    night, evening = tick_at(plan, 4 * 3600 / 144), tick_at(plan, 20 * 3600 / 144)  # 04:00 and 20:00
+    night, evening = (
+        tick_at(plan, 4 * 3600 / 144),
+        tick_at(plan, 20 * 3600 / 144),
+    )  # 04:00 and 20:00
     assert night[0] < evening[0]
 
 
@@ -225,7 +234,10 @@ def test_replay_window_is_read_from_the_plan(tmp_path):
     [
         ({"kind": "ramp"}, "unknown kind 'ramp'"),
         ({"kind": "step", "start_users": 1}, "missing key 'step_users'"),
-        ({"kind": "stages", "stages": [{"until": 10, "users": 1}, {"until": 5, "users": 2}]}, "stage 2 ends at 5"),
+        (
+            {"kind": "stages", "stages": [{"until": 10, "users": 1}, {"until": 5, "users": 2}]},
+            "stage 2 ends at 5",
+        ),
         ({"kind": "stages", "stages": []}, "at least one stage"),
         ({"kind": "stages", "stages": [{"users": 1}]}, "malformed 'stages' plan"),
         (["not", "a", "mapping"], "must be a mapping"),
@@ -288,7 +300,9 @@ class FixedRunner:
 
 def frozen(shape_class, run_time: float, options: FixedOptions):
     """A shape whose clock reads `run_time` seconds."""
-    clocked = type("Frozen" + shape_class.__name__, (shape_class,), {"get_run_time": lambda self: run_time})
+    clocked = type(
+        "Frozen" + shape_class.__name__, (shape_class,), {"get_run_time": lambda self: run_time}
+    )
     shape = clocked()
     shape.runner = FixedRunner(options)
     return shape

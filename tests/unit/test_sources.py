@@ -1,4 +1,5 @@
-"""Request-rate history: CSV parsing, counters with resets, restarts and gaps, Prometheus range queries over HTTP."""
+"""Request-rate history: CSV parsing, counters with resets, restarts and gaps, Prometheus range
+queries over HTTP."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from forecasting import sources
-from forecasting.sources import (
+from serve_app.autoscaling import rate_history as sources
+from serve_app.autoscaling.rate_history import (
     PrometheusError,
     RateHistory,
     counter_increases,
@@ -33,7 +34,10 @@ def write(tmp_path, text):
 
 
 def test_csv_reads_iso_with_offsets_unix_and_naive(tmp_path):
-    path = write(tmp_path, "timestamp,rps\n2024-06-03T00:00:00+08:00,10\n1717344300,20\n2024-06-03T00:10:00,30\n")
+    path = write(
+        tmp_path,
+        "timestamp,rps\n2024-06-03T00:00:00+08:00,10\n1717344300,20\n2024-06-03T00:10:00,30\n",
+    )
     history = read_csv(path, timezone="Asia/Shanghai")  # the naive time is Shanghai local time
     assert history.timestamps.tolist() == [T0, T0 + 300, T0 + 600]
     assert history.rps.tolist() == [10.0, 20.0, 30.0]
@@ -49,7 +53,10 @@ def test_csv_rows_are_sorted_by_time(tmp_path):
     [
         ("time,value\n0,1\n", "the first line must be the header `timestamp,rps`"),
         ("timestamp,rps\n", "no rows after the header"),
-        ("timestamp,rps\n0,1\nyesterday,2\n", "trace.csv:3: timestamp 'yesterday' is neither unix seconds nor ISO 8601"),
+        (
+            "timestamp,rps\n0,1\nyesterday,2\n",
+            "trace.csv:3: timestamp 'yesterday' is neither unix seconds nor ISO 8601",
+        ),
         ("timestamp,rps\n0,1\n60,-4\n", "trace.csv:3: rps must be a non-negative number, got '-4'"),
         ("timestamp,rps\n0,1\n60,nan\n", "trace.csv:3: rps must be a non-negative number"),
         ("timestamp,rps\n0,1\n60\n", "trace.csv:3: expected `timestamp,rps`"),
@@ -85,10 +92,11 @@ def test_write_then_read_round_trips_and_keeps_the_offset(tmp_path):
 
 
 def test_bundled_trace_offset():
-    assert trace_utc_offset("forecasting/traces/diurnal_2w.csv") == "+08:00"
+    assert trace_utc_offset("lab/traces/diurnal_2w.csv") == "+08:00"
 
 
-# ------------------------------------------------------------------------------------------ counters
+# ------------------------------------------------------------------------------------------
+# counters
 
 
 @pytest.mark.parametrize(
@@ -105,11 +113,14 @@ def test_bundled_trace_offset():
     ],
 )
 def test_counter_increases(timestamps, values, expected):
-    assert counter_increases(timestamps, values, step_s=60, max_gap_s=300) == pytest.approx(expected)
+    assert counter_increases(timestamps, values, step_s=60, max_gap_s=300) == pytest.approx(
+        expected
+    )
 
 
 def test_rates_sum_series_and_survive_restarts():
-    # Replica A serves until t=120 and disappears; replica B appears at t=120 (a restart under a new worker id).
+    # Replica A serves until t=120 and disappears; replica B appears at t=120 (a restart under a new
+    # worker id).
     a = ([0, 60, 120], [0, 600, 1200])  # 10/s
     b = ([120, 180, 240], [0, 300, 600])  # 5/s from its second sample on
     history = rates_from_counters([a, b], step_s=60, max_gap_s=300)
@@ -117,11 +128,13 @@ def test_rates_sum_series_and_survive_restarts():
     assert history.rps.tolist() == pytest.approx([10.0, 10.0, 5.0, 5.0])
 
 
-# ------------------------------------------------------------------------------------------ Prometheus over HTTP
+# ------------------------------------------------------------------------------------------
+# Prometheus over HTTP
 
 
 class RangeQueries(BaseHTTPRequestHandler):
-    """A real HTTP server answering /api/v1/query_range with a counter per series, as Prometheus does."""
+    """A real HTTP server answering /api/v1/query_range with a counter per series, as Prometheus
+    does."""
 
     series: list[tuple[dict, callable]] = []
     requests: list[dict] = []
@@ -139,7 +152,9 @@ class RangeQueries(BaseHTTPRequestHandler):
         params = {k: v[0] for k, v in parse_qs(url.query).items()}
         RangeQueries.requests.append(params)
         if self.refuse:
-            self._send({"status": "error", "errorType": "bad_data", "error": "bad_data: parse error"}, 200)
+            self._send(
+                {"status": "error", "errorType": "bad_data", "error": "bad_data: parse error"}, 200
+            )
             return
         if url.path != "/api/v1/query_range":
             self.send_response(404)
@@ -174,8 +189,9 @@ def prometheus():
 
 
 def test_prometheus_history_with_reset_restart_and_outage(prometheus, monkeypatch):
-    # success counter of replica A: 2/s, reset at t=570 (the process restarted under the same labels);
-    # error counter: 1/s throughout; Prometheus saw nothing between 1200 and 1800 (an outage).
+    # success counter of replica A: 2/s, reset at t=570 (the process restarted under the same
+    # labels); error counter: 1/s throughout; Prometheus saw nothing between 1200 and 1800 (an
+    # outage).
     def success(t):
         if 1200 < t < 1800:
             return None
@@ -194,11 +210,13 @@ def test_prometheus_history_with_reset_restart_and_outage(prometheus, monkeypatc
     assert 'ray_model_request_total{model_name="m"}' == RangeQueries.requests[0]["query"]
     by_time = dict(zip(history.timestamps.tolist(), history.rps.tolist()))
     assert by_time[60] == pytest.approx(3.0)  # 2 + 1 per second
-    # The reset minute: success went 1080 -> 60; the 60 counted since the restart are kept (the 60 before it
-    # are lost, as with Prometheus's rate()): (60 + 60 errors) / 60 s = 2/s, never a negative rate.
+    # The reset minute: success went 1080 -> 60; the 60 counted since the restart are kept (the 60
+    # before it are lost, as with Prometheus's rate()): (60 + 60 errors) / 60 s = 2/s, never a
+    # negative rate.
     assert by_time[600] == pytest.approx(2.0)
     assert by_time[660] == pytest.approx(3.0)
-    # The outage is a gap, not zero traffic: no point between 1200 and 1800 (max gap is 5 steps = 300 s).
+    # The outage is a gap, not zero traffic: no point between 1200 and 1800 (max gap is 5 steps =
+    # 300 s).
     assert not any(1200 < t < 1860 for t in by_time)
     assert by_time[1860] == pytest.approx(3.0)
 

@@ -1,4 +1,5 @@
-"""`recserve stack`: rendered state, process command lines, PID bookkeeping (no process is started here)."""
+"""`recserve stack`: rendered state, process command lines, PID bookkeeping (no process is started
+here)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,33 @@ import sys
 import pytest
 import yaml
 
-from serve_app.alerting.alertmanager_config import DingTalkChannel, EmailChannel, ReceiverSettings, WebhookChannel
-from serve_app.stack import StackConfig, find_binary, main, process_specs, render_state, stack_status, stack_up
-from serve_app.stack_processes import StackError, read_record, stop_process
+from serve_app.monitoring.alerting.alertmanager_config import (
+    DingTalkChannel,
+    EmailChannel,
+    ReceiverSettings,
+    WebhookChannel,
+)
+from serve_app.monitoring.stack import (
+    StackConfig,
+    find_binary,
+    main,
+    process_specs,
+    render_state,
+    stack_status,
+    stack_up,
+)
+from serve_app.processes import StackError, read_record, stop_process
 
 
 def config(tmp_path, **overrides) -> StackConfig:
-    values = dict(state_dir=tmp_path / "state", ray_tmpdir=tmp_path / "raytmp", prometheus_port=19090,
-                  alertmanager_port=19093, scrape_interval="5s", receivers=ReceiverSettings())
+    values = dict(
+        state_dir=tmp_path / "state",
+        ray_tmpdir=tmp_path / "raytmp",
+        prometheus_port=19090,
+        alertmanager_port=19093,
+        scrape_interval="5s",
+        receivers=ReceiverSettings(),
+    )
     return StackConfig(**(values | overrides))
 
 
@@ -27,8 +47,12 @@ def test_render_state_writes_configs_that_point_at_each_other(tmp_path):
     prom = yaml.safe_load(paths["prometheus_config"].read_text())
     assert prom["global"]["scrape_interval"] == "5s"
     ray_job = next(job for job in prom["scrape_configs"] if job["job_name"] == "ray")
-    assert ray_job["file_sd_configs"][0]["files"] == [str(tmp_path / "raytmp" / "ray" / "prom_metrics_service_discovery.json")]
-    assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:19093"]
+    assert ray_job["file_sd_configs"][0]["files"] == [
+        str(tmp_path / "raytmp" / "ray" / "prom_metrics_service_discovery.json")
+    ]
+    assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "127.0.0.1:19093"
+    ]
     for rule_file in prom["rule_files"]:
         assert os.path.isabs(rule_file) and os.path.exists(rule_file)
     assert oct(os.stat(cfg.state_dir).st_mode & 0o777) == "0o700"
@@ -45,7 +69,9 @@ def test_extra_rule_files_are_copied_and_loaded(tmp_path):
 
 def test_smtp_password_goes_to_a_private_file(tmp_path):
     receivers = ReceiverSettings(
-        email=EmailChannel(to=["a@x.org"], **{"from": "b@x.org"}, smarthost="smtp.x.org:587", password="hunter2")
+        email=EmailChannel(
+            to=["a@x.org"], **{"from": "b@x.org"}, smarthost="smtp.x.org:587", password="hunter2"
+        )
     )
     paths = render_state(config(tmp_path, receivers=receivers))
     text = paths["alertmanager_config"].read_text()
@@ -69,21 +95,30 @@ def test_process_specs_bind_loopback_with_own_data_dirs(tmp_path):
 
 def test_dingtalk_robot_adds_the_bridge_with_secrets_in_its_environment(tmp_path):
     receivers = ReceiverSettings(
-        dingtalk=DingTalkChannel(url="https://oapi.dingtalk.com/robot/send?access_token=t", secret="SECs", bridge_port=19095),
+        dingtalk=DingTalkChannel(
+            url="https://oapi.dingtalk.com/robot/send?access_token=t",
+            secret="SECs",
+            bridge_port=19095,
+        ),
         webhook=WebhookChannel(url="http://127.0.0.1:1/x"),
     )
     cfg = config(tmp_path, receivers=receivers)
     (bridge, *_) = process_specs(cfg, render_state(cfg))
     assert bridge.name == "dingtalk"
-    assert bridge.argv[:3] == [sys.executable, "-m", "serve_app.alerting.dingtalk"]
-    assert "SECs" not in " ".join(bridge.argv)  # secrets travel in the environment, not in `ps` output
+    assert bridge.argv[:3] == [sys.executable, "-m", "serve_app.monitoring.alerting.dingtalk"]
+    assert "SECs" not in " ".join(
+        bridge.argv
+    )  # secrets travel in the environment, not in `ps` output
     assert bridge.env["RECSERVE_DINGTALK_SECRET"] == "SECs"
     assert bridge.ready_url == "http://127.0.0.1:19095/-/ready"
 
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"scrape_interval": "5 seconds"}, "Prometheus duration"), ({"prometheus_port": 70000}, "not a TCP port")],
+    [
+        ({"scrape_interval": "5 seconds"}, "Prometheus duration"),
+        ({"prometheus_port": 70000}, "not a TCP port"),
+    ],
 )
 def test_bad_stack_settings_are_refused(tmp_path, overrides, message):
     with pytest.raises((StackError, ValueError), match=message):
@@ -101,7 +136,13 @@ def test_missing_binary_names_the_install_command(monkeypatch):
 
 def _record(state_dir, name, pid, argv):
     (state_dir / "pids").mkdir(parents=True, exist_ok=True)
-    record = {"name": name, "pid": pid, "argv": argv, "ready_url": "http://127.0.0.1:1/-/ready", "log": "x"}
+    record = {
+        "name": name,
+        "pid": pid,
+        "argv": argv,
+        "ready_url": "http://127.0.0.1:1/-/ready",
+        "log": "x",
+    }
     (state_dir / "pids" / f"{name}.json").write_text(json.dumps(record))
 
 
@@ -144,7 +185,9 @@ def test_cli_render_writes_the_drop_in_files(tmp_path, capsys):
     ]
 
 
-def test_bad_receiver_settings_surface_as_a_stack_error_before_anything_starts(tmp_path, monkeypatch):
+def test_bad_receiver_settings_surface_as_a_stack_error_before_anything_starts(
+    tmp_path, monkeypatch
+):
     monkeypatch.setenv("RECSERVE_ALERT_EMAIL_TO", "oncall@example.com")  # but no SMTP server given
     monkeypatch.delenv("RECSERVE_SMTP_SMARTHOST", raising=False)
     with pytest.raises(StackError, match="RECSERVE_SMTP_SMARTHOST"):

@@ -1,0 +1,484 @@
+"""Walk-forward backtest: replay a trace against five scaling strategies and say what each one costs
+and misses.
+
+- `static_peak`: enough replicas for the trace's peak (over the replayed window and its warm-up), all the time.
+- `ray_default`: Ray Serve's own queue-length policy with Serve's defaults (target 2 ongoing requests per
+  replica, 30 s up delay, 600 s down delay).
+- `reactive`: our ForecastPolicy with thresholds only.
+- `predictive`: the same thresholds plus the forecast floor. Each replayed day is forecast by a Prophet
+  model fitted only on the trace before that day (walk-forward: no peeking).
+- `oracle`: at every moment exactly the replicas the true load needs, started start-up time in advance:
+  the lower bound of cost.
+
+The first `history_days` days are history only; every figure is over the replayed days.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lab.simulator import (
+    ForecastPolicyController,
+    LatencyCurve,
+    RayDefaultController,
+    Run,
+    ServiceModel,
+    SimConfig,
+    latency_quantile,
+    quiet_policy_logs,
+    service_for,
+    share_within,
+    simulate,
+)
+from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster, mape
+from serve_app.autoscaling.planner import replicas_for_rate
+from serve_app.autoscaling.rate_history import RateHistory, read_csv, trace_utc_offset
+
+STRATEGIES = ("static_peak", "ray_default", "reactive", "predictive", "oracle")
+SUMMARY_COLUMNS = (
+    "strategy",
+    "slo_attainment",
+    "p99_ms",
+    "replica_hours",
+    "cost",
+    "scale_events",
+    "underprovisioned_minutes",
+)
+DAY = 86400
+WARMUP_S = 3600
+
+
+@dataclass(frozen=True)
+class BacktestOptions:
+    """Everything `recserve backtest` takes."""
+
+    trace: Path
+    out: Path
+    replica_rps: float | None = None
+    slo_ms: float = 500.0
+    startup_s: int = 120
+    history_days: int = 7
+    price_per_replica_hour: float = 1.0
+    profile: str = "cpu"
+    timezone: str | None = None
+    headroom: float = 0.95
+    seed: int = 0
+    control_period_s: float = 1.0
+    workers: int = 2
+    min_replicas: int = 1
+    max_replicas: int | None = (
+        None  # None: half again static_peak's count, room to drain a backlog after a surge
+    )
+
+    def __post_init__(self):
+        if self.slo_ms <= 0:
+            raise ValueError(f"--slo-ms must be positive, got {self.slo_ms}")
+        if self.startup_s < 0:
+            raise ValueError(f"--startup-s must be >= 0, got {self.startup_s}")
+        if self.history_days < 0:
+            raise ValueError(f"--history-days must be >= 0, got {self.history_days}")
+        if self.replica_rps is not None and self.replica_rps <= 0:
+            raise ValueError(f"--replica-rps must be positive, got {self.replica_rps}")
+        if self.price_per_replica_hour < 0:
+            raise ValueError(
+                f"--price-per-replica-hour must be >= 0, got {self.price_per_replica_hour}"
+            )
+        if self.max_replicas is not None and self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"--max-replicas ({self.max_replicas}) must be >= min replicas ({self.min_replicas})"
+            )
+        if not 0 < self.headroom <= 1:
+            raise ValueError(f"--headroom must be in (0, 1], got {self.headroom}")
+        LatencyCurve.profile(self.profile)  # a missing profile fails now, not after the forecasts
+
+
+@dataclass
+class DayForecasts:
+    """One walk-forward forecast per replayed day (None where history was too short), for lookups
+    without peeking."""
+
+    day_starts: list[float]
+    forecasts: list[Forecast | None]
+    statuses: list[str]
+    lead_time_s: float
+
+    def lookup(self, now: float) -> tuple[float | None, float | None]:
+        """(upper bound at now + lead, fit time) from the forecast fitted at the start of now's day."""
+        i = int(np.searchsorted(self.day_starts, now, side="right")) - 1
+        if i < 0 or i >= len(self.forecasts) or self.forecasts[i] is None:
+            return None, None
+        forecast = self.forecasts[i]
+        return forecast.at(now + self.lead_time_s, "upper"), forecast.fitted_at
+
+
+@dataclass
+class BacktestResult:
+    """Per-strategy summary rows, the forecast error and where the files went."""
+
+    summary: list[dict[str, Any]]
+    mape_by_day: list[float | None]
+    mape_overall: float | None
+    capacity_rps: float
+    static_replicas: int
+    files: dict[str, Path] = field(default_factory=dict)
+    day_statuses: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup
+# --------------------------------------------------------------------------------------------------
+
+
+def service_and_capacity(options: BacktestOptions) -> tuple[ServiceModel, float]:
+    """The service model and the per-replica capacity at the SLO (from --replica-rps or the
+    profile)."""
+    return service_for(LatencyCurve.profile(options.profile), options.slo_ms, options.replica_rps)
+
+
+def forecaster_settings(options: BacktestOptions) -> ForecasterSettings:
+    """Forecaster settings for the trace's local time."""
+    zone = options.timezone or trace_utc_offset(options.trace) or "UTC"
+    return ForecasterSettings(timezone=zone)
+
+
+def walk_forward(
+    history: RateHistory,
+    day_starts: list[float],
+    settings: ForecasterSettings,
+    lead_time_s: float,
+    step_s: float,
+    seed: int = 0,
+) -> DayForecasts:
+    """Fit one forecaster per replayed day on the trace strictly before that day, forecast the day
+    (+ lead)."""
+    forecasts, statuses = [], []
+    for day, start in enumerate(day_starts):
+        # Prophet samples its interval with numpy's global generator: seed it so a backtest repeats
+        # exactly.
+        np.random.seed(seed + day)
+        past = history.between(-math.inf, start)
+        forecaster = RateForecaster(settings)
+        if len(past) < 2:
+            forecasts.append(None)
+            statuses.append("insufficient_history")
+            continue
+        outcome = forecaster.fit(past.timestamps, past.rps, now=start)
+        statuses.append(outcome.status)
+        if outcome.status != "ok":
+            forecasts.append(None)
+            continue
+        forecasts.append(forecaster.predict(start, DAY + lead_time_s + step_s, step_s))
+    return DayForecasts(day_starts, forecasts, statuses, lead_time_s)
+
+
+def policy_kwargs(
+    capacity: float,
+    options: BacktestOptions,
+    config: SimConfig,
+    predictive: bool,
+    lead_time_s: float,
+) -> dict[str, Any]:
+    """Our policy's YAML for the replay: thresholds from the capacity at the SLO, the forecast floor
+    if predictive."""
+    kwargs: dict[str, Any] = {
+        "deployment": "recognizer",
+        "model_name": "efficientnet_lite0",
+        "step_up": 2,
+        "step_down": 1,
+        "cooldown_up_s": 30,
+        "cooldown_down_s": 300,
+        "thresholds": {
+            # Scale up before a replica passes `headroom` of what it sustains within the SLO; the
+            # down threshold leaves a wide band so the reactive policy does not flap.
+            "qps": {"up": options.headroom * capacity, "down": 0.5 * capacity},
+            "p99_ms": {"up": options.slo_ms, "down": 0.4 * options.slo_ms},
+        },
+        "predictive": {"enabled": False},
+    }
+    if config.gpu_signal:
+        kwargs["thresholds"]["gpu_utilization"] = {"up": options.headroom, "down": 0.5}
+    if predictive:
+        kwargs["predictive"] = {
+            "enabled": True,
+            "replica_capacity_qps": capacity,
+            "headroom": options.headroom,
+            "lead_time_s": lead_time_s,
+            "startup_s": options.startup_s,
+            "max_forecast_age_s": 2 * DAY,
+        }
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------------
+# Running one strategy (in a worker process)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StrategyJob:
+    """Everything one strategy's replay needs, picklable for a worker process."""
+
+    name: str
+    rate: np.ndarray
+    arrivals: np.ndarray
+    model: ServiceModel
+    config: SimConfig
+    start_unix: float
+    schedule: np.ndarray | None = None
+    allocated: np.ndarray | None = None
+    kwargs: dict[str, Any] | None = None
+    forecasts: DayForecasts | None = None
+    initial_replicas: int = 1
+
+
+def run_job(job: StrategyJob) -> Run:
+    """Replay one strategy."""
+    quiet_policy_logs()
+    if job.schedule is not None:
+        run = simulate(
+            job.name,
+            job.rate,
+            job.arrivals,
+            job.model,
+            job.config,
+            job.start_unix,
+            schedule=job.schedule,
+        )
+        if job.allocated is not None:
+            run.allocated = job.allocated.astype(np.int32)
+        return run
+    if job.name == "ray_default":
+        controller = RayDefaultController(job.config)
+    else:
+        lookup = job.forecasts.lookup if job.forecasts is not None else None
+        controller = ForecastPolicyController(job.config, job.kwargs or {}, forecast=lookup)
+    return simulate(
+        job.name,
+        job.rate,
+        job.arrivals,
+        job.model,
+        job.config,
+        job.start_unix,
+        controller=controller,
+        initial_replicas=job.initial_replicas,
+    )
+
+
+def oracle_schedule(
+    rate: np.ndarray, capacity: float, startup_s: int, min_replicas: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ready, allocated): ready = what the true load needs; allocated also counts replicas starting
+    for later."""
+    need = np.array(
+        [max(min_replicas, replicas_for_rate(r, capacity)) for r in rate], dtype=np.int32
+    )
+    # Starting a replica startup_s before it is needed costs from then: allocated = max of need over
+    # [t, t + startup].
+    allocated = need.copy()
+    if startup_s > 0:
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        padded = np.concatenate([need, np.full(startup_s, need[-1], dtype=np.int32)])
+        allocated = (
+            sliding_window_view(padded, startup_s + 1).max(axis=1)[: len(need)].astype(np.int32)
+        )
+    return need, allocated
+
+
+# --------------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------------
+
+
+def summarize(
+    run: Run, rate: np.ndarray, window: slice, capacity: float, options: BacktestOptions
+) -> dict[str, Any]:
+    """One summary row over the replayed window."""
+    counts = run.arrivals[window]
+    lo, hi = run.lat_lo_ms[window], run.lat_hi_ms[window]
+    allocated = run.allocated[window]
+    replica_hours = float(allocated.sum()) / 3600.0
+    events = int(
+        np.count_nonzero(
+            np.diff(run.allocated[window.start - 1 if window.start else 0 : window.stop])
+        )
+    )
+    short = np.count_nonzero(run.ready[window] * capacity < rate[window])
+    return {
+        "strategy": run.name,
+        "slo_attainment": round(share_within(counts, lo, hi, options.slo_ms), 5),
+        "p99_ms": round(latency_quantile(counts, lo, hi, 0.99), 1),
+        "replica_hours": round(replica_hours, 1),
+        "cost": round(replica_hours * options.price_per_replica_hour, 2),
+        "scale_events": events,
+        "underprovisioned_minutes": round(float(short) / 60.0, 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# The backtest
+# --------------------------------------------------------------------------------------------------
+
+
+def run_backtest(options: BacktestOptions) -> BacktestResult:
+    """Replay the trace against every strategy and write summary.csv, timeline.csv and backtest.png."""
+    from lab.report import write_plot, write_summary, write_timeline
+
+    history = read_csv(options.trace)
+    step = history.require_regular()
+    first, last = float(history.timestamps[0]), float(history.timestamps[-1]) + step
+    replay_start = first + options.history_days * DAY
+    if replay_start >= last:
+        raise ValueError(
+            f"the trace covers {(last - first) / DAY:.2f} days but --history-days is {options.history_days}: "
+            f"nothing is left to replay; lower --history-days"
+        )
+    model, capacity = service_and_capacity(options)
+    lead_time_s = float(
+        options.startup_s + 60
+    )  # start-up plus a scrape and a few control periods of slack
+
+    # Per-second rate over the warm-up and the replayed window; the warm-up is simulated but not
+    # counted.
+    sim_start = max(first, replay_start - WARMUP_S)
+    seconds = int(round(last - sim_start))
+    step_index = ((sim_start + np.arange(seconds) - first) // step).astype(int)
+    rate = history.rps[np.clip(step_index, 0, len(history) - 1)]
+    arrivals = np.random.default_rng(options.seed).poisson(rate)
+    window = slice(int(round(replay_start - sim_start)), seconds)
+
+    # The warm-up hour is simulated too, so the static fleet must cover it as well as the replayed
+    # peak.
+    peak = float(rate.max())
+    static_n = max(options.min_replicas, replicas_for_rate(peak, capacity))
+    config = SimConfig(
+        slo_ms=options.slo_ms,
+        startup_s=options.startup_s,
+        control_period_s=options.control_period_s,
+        min_replicas=options.min_replicas,
+        max_replicas=options.max_replicas or math.ceil(1.5 * static_n),
+        gpu_signal=options.profile == "gpu",
+    )
+
+    day_starts = [replay_start + k * DAY for k in range(math.ceil((last - replay_start) / DAY))]
+    forecasts = walk_forward(
+        history, day_starts, forecaster_settings(options), lead_time_s, step, options.seed
+    )
+    mape_by_day = []
+    for start, forecast in zip(day_starts, forecasts.forecasts):
+        actual = history.between(start, start + DAY)
+        if forecast is None or len(actual) == 0:
+            mape_by_day.append(None)
+            continue
+        predicted = [forecast.at(t, "yhat") for t in actual.timestamps]
+        mape_by_day.append(round(mape(actual.rps, predicted), 2))
+    known = [m for m in mape_by_day if m is not None]
+    mape_overall = round(float(np.mean(known)), 2) if known else None
+
+    ready, allocated = oracle_schedule(rate, capacity, options.startup_s, options.min_replicas)
+    initial = int(ready[0])
+    jobs = [
+        StrategyJob(
+            "static_peak",
+            rate,
+            arrivals,
+            model,
+            config,
+            sim_start,
+            schedule=np.full(seconds, static_n, dtype=np.int32),
+        ),
+        StrategyJob(
+            "ray_default", rate, arrivals, model, config, sim_start, initial_replicas=initial
+        ),
+        StrategyJob(
+            "reactive",
+            rate,
+            arrivals,
+            model,
+            config,
+            sim_start,
+            kwargs=policy_kwargs(capacity, options, config, False, lead_time_s),
+            initial_replicas=initial,
+        ),
+        StrategyJob(
+            "predictive",
+            rate,
+            arrivals,
+            model,
+            config,
+            sim_start,
+            kwargs=policy_kwargs(capacity, options, config, True, lead_time_s),
+            forecasts=forecasts,
+            initial_replicas=initial,
+        ),
+        StrategyJob(
+            "oracle", rate, arrivals, model, config, sim_start, schedule=ready, allocated=allocated
+        ),
+    ]
+    workers = max(1, min(options.workers, os.cpu_count() or 1))
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            runs = list(pool.map(run_job, jobs))
+    else:
+        runs = [run_job(job) for job in jobs]
+
+    summary = [summarize(run, rate, window, capacity, options) for run in runs]
+    result = BacktestResult(
+        summary, mape_by_day, mape_overall, capacity, static_n, day_statuses=forecasts.statuses
+    )
+    options.out.mkdir(parents=True, exist_ok=True)
+    result.files["summary"] = write_summary(options.out / "summary.csv", summary)
+    result.files["timeline"] = write_timeline(
+        options.out / "timeline.csv",
+        history,
+        forecasts,
+        runs,
+        rate,
+        sim_start,
+        window,
+        step,
+        options.slo_ms,
+    )
+    result.files["plot"] = write_plot(
+        options.out / "backtest.png",
+        options.out / "timeline.csv",
+        summary,
+        options,
+        capacity,
+        mape_overall,
+    )
+    result.files["settings"] = _write_settings(
+        options.out / "settings.json", options, capacity, static_n, lead_time_s, result
+    )
+    return result
+
+
+def _write_settings(
+    path: Path,
+    options: BacktestOptions,
+    capacity: float,
+    static_n: int,
+    lead_time_s: float,
+    result: BacktestResult,
+) -> Path:
+    import json
+
+    payload = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "capacity_rps_per_replica": round(capacity, 2),
+        "static_peak_replicas": static_n,
+        "max_replicas": options.max_replicas or math.ceil(1.5 * static_n),
+        "lead_time_s": lead_time_s,
+        "mape_by_day": result.mape_by_day,
+        "mape_overall": result.mape_overall,
+        "forecast_status_by_day": result.day_statuses,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

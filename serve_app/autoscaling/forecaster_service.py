@@ -1,0 +1,490 @@
+"""The Forecaster deployment: refits Prophet on each model's request-rate history and publishes the
+forecast.
+
+One replica. On a schedule it pulls history from Prometheus (serve_app.autoscaling.rate_history),
+refits in a worker thread (the event loop and the autoscaling policy never wait for Prophet), saves
+the model JSON, and keeps these gauges current for the policy to read through Prometheus:
+
+- forecast_qps{model_name, bound}: the forecast at now + lead time (bound: yhat | upper), re-published every
+  `publish_interval_s` because "now + lead" moves;
+- forecast_peak_qps{model_name, bound}: the largest value over the rest of the horizon;
+- forecaster_last_fit_timestamp_seconds{model_name}: when the model in use was fitted (the policy ignores
+  forecasts older than its max_forecast_age_s, so a forecaster that stops fitting fades out by
+  itself);
+- forecaster_status{model_name, status}: 1 for the current status (ok | insufficient_history | error).
+
+Planned events (an announced promotion, a launch) come from `planned_events_file`, a YAML or JSON
+list of `{name, start, end, qps}` re-read at every publish, so operators edit it while the service
+runs. The published forecast at any time is the larger of Prophet's forecast and the qps of an event
+covering that time; with too little history for Prophet the events alone are published
+(`forecast_source: planned_only`).
+
+`status()` (also answered on GET when the deployment is routed) returns the same figures as a dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster
+from serve_app.autoscaling.planned_events import (
+    PlannedEvent,
+    PlannedEventsFile,
+    merge_forecast,
+    planned_qps,
+)
+from serve_app.autoscaling.rate_history import RateHistory, prometheus_rate_history
+from serve_app.monitoring.metrics import GAUGE, MetricSpec, default_backend
+from serve_app.validation import validation_problems
+
+logger = logging.getLogger("ray.serve")
+
+STATUSES = ("ok", "insufficient_history", "error")
+
+FORECAST_QPS = MetricSpec(
+    "forecast_qps",
+    GAUGE,
+    "Forecast requests per second at now + lead time (bound: yhat or upper).",
+    ("model_name", "bound"),
+)
+FORECAST_PEAK_QPS = MetricSpec(
+    "forecast_peak_qps",
+    GAUGE,
+    "Largest forecast requests per second over the rest of the horizon.",
+    ("model_name", "bound"),
+)
+FORECASTER_LAST_FIT = MetricSpec(
+    "forecaster_last_fit_timestamp_seconds",
+    GAUGE,
+    "Unix time of the fit behind the published forecast.",
+    ("model_name",),
+)
+FORECASTER_STATUS = MetricSpec(
+    "forecaster_status",
+    GAUGE,
+    "1 for the forecaster's current status per model (ok, insufficient_history, error).",
+    ("model_name", "status"),
+)
+FORECASTER_METRICS = (FORECAST_QPS, FORECAST_PEAK_QPS, FORECASTER_LAST_FIT, FORECASTER_STATUS)
+
+
+class ForecasterConfig(BaseModel):
+    """The `forecaster:` section of the application args."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(
+        ["efficientnet_lite0"], min_length=1, description="model_name labels to forecast."
+    )
+    prometheus_address: str | None = Field(
+        None,
+        description="Prometheus base URL; empty means the RAY_PROMETHEUS_HOST environment variable.",
+    )
+    refit_interval_s: float = Field(
+        3600.0, ge=60, description="Seconds between refits of each model."
+    )
+    retry_interval_s: float = Field(
+        300.0, ge=10, description="Seconds before retrying after an error or too little history."
+    )
+    history_days: float = Field(
+        14.0, gt=0, description="Days of request-rate history each fit reads."
+    )
+    history_step_s: float = Field(
+        300.0, ge=15, description="Resolution of that history in seconds."
+    )
+    horizon_h: float = Field(
+        24.0, gt=0, description="Hours forecast ahead (the seeds: the next 24 hours)."
+    )
+    forecast_step_s: float = Field(
+        300.0, ge=15, description="Spacing of forecast points in seconds."
+    )
+    lead_time_s: float = Field(
+        180.0,
+        ge=0,
+        description="forecast_qps is the forecast at now + this; keep it equal to the policy's lead_time_s.",
+    )
+    publish_interval_s: float = Field(
+        15.0, ge=1, description="Seconds between re-publishing the moving forecast gauges."
+    )
+    model_dir: str = Field(
+        "forecaster_models",
+        description="Directory for the fitted models' JSON (one file per model).",
+    )
+    timezone: str = Field(
+        "UTC", description="Local time zone of the traffic's daily pattern (IANA name or +08:00)."
+    )
+    interval_width: float = Field(
+        0.8, gt=0, lt=1, description="Width of the forecast interval; `upper` is its top."
+    )
+    holidays_country: str | None = Field(
+        None, description="Add this country's public holidays (e.g. CN)."
+    )
+    min_history_h: float = Field(
+        48.0, ge=24, description="Less history than this gives `insufficient_history`."
+    )
+    num_cpus: float = Field(
+        0.0,
+        ge=0,
+        description="CPUs the Forecaster replica asks Ray for. It refits once per refit_interval_s in a "
+        "worker thread, so by default it reserves none and leaves the node's CPUs to the recognizer replicas.",
+    )
+    planned_events_file: str | None = Field(
+        None,
+        description="YAML/JSON list of planned events `{name, start, end, qps[, models]}` (ISO-8601 times with an "
+        "offset), re-read at every publish; the forecast is raised to an event's qps while it covers the time.",
+    )
+
+    @model_validator(mode="after")
+    def _horizon_covers_lead(self) -> "ForecasterConfig":
+        if self.horizon_h * 3600 <= self.lead_time_s:
+            raise ValueError(
+                f"horizon_h ({self.horizon_h:g} h) must reach beyond lead_time_s ({self.lead_time_s:g} s)"
+            )
+        ForecasterSettings(timezone=self.timezone, interval_width=self.interval_width)
+        return self
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "ForecasterConfig":
+        """Validated config; ValueError listing every bad key with its value."""
+        try:
+            return cls.model_validate(raw or {})
+        except ValidationError as exc:
+            raise ValueError(
+                f"invalid forecaster config: {validation_problems(exc, 'forecaster')}"
+            ) from None
+
+    def settings(self) -> ForecasterSettings:
+        """Prophet settings for every model."""
+        return ForecasterSettings(
+            timezone=self.timezone,
+            interval_width=self.interval_width,
+            holidays_country=self.holidays_country,
+            min_history_s=self.min_history_h * 3600,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+HistorySource = Callable[
+    [str, float, float, float], RateHistory
+]  # (model, start, end, step) -> history
+
+
+def prometheus_history(address: str | None) -> HistorySource:
+    """History from Prometheus at `address` (or RAY_PROMETHEUS_HOST)."""
+
+    def read(model: str, start: float, end: float, step: float) -> RateHistory:
+        resolved = address or os.environ.get("RAY_PROMETHEUS_HOST")
+        if not resolved:
+            raise ValueError(
+                "no Prometheus address: set forecaster.prometheus_address or RAY_PROMETHEUS_HOST"
+            )
+        return prometheus_rate_history(resolved, model, start, end, step)
+
+    return read
+
+
+@dataclass
+class ModelState:
+    """What the forecaster knows about one model."""
+
+    status: str = "insufficient_history"
+    message: str = "not fitted yet"
+    forecast: Forecast | None = None
+    next_refit: float = 0.0
+    model_path: Path | None = None
+    planned_published: bool = (
+        False  # the gauges carry a planned-only value that must be cleared when it ends
+    )
+
+
+@dataclass
+class ForecastPublisher:
+    """The forecaster's work without Ray: refit (blocking), publish (cheap), status. The deployment
+    schedules it."""
+
+    config: ForecasterConfig
+    history: HistorySource
+    backend: Any = None
+    clock: Callable[[], float] = time.time
+    models: dict[str, ModelState] = field(default_factory=dict)
+    planned: PlannedEventsFile = field(init=False)
+
+    def __post_init__(self):
+        self.backend = self.backend or default_backend()
+        self.planned = PlannedEventsFile(self.config.planned_events_file)
+        self.models = {name: ModelState() for name in self.config.models}
+        Path(self.config.model_dir).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, model: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model)
+        return Path(self.config.model_dir) / f"{safe}.json"
+
+    def _horizon_s(self) -> float:
+        return self.config.horizon_h * 3600 + self.config.lead_time_s
+
+    def load_saved(self) -> None:
+        """Use models saved by an earlier run (a restarted forecaster publishes at once); bad files
+        are reported."""
+        now = self.clock()
+        for name, state in self.models.items():
+            path = self._path(name)
+            if not path.is_file():
+                continue
+            try:
+                forecaster = RateForecaster.from_json(path.read_text())
+                state.forecast = forecaster.predict(
+                    now, self._horizon_s(), self.config.forecast_step_s
+                )
+            except Exception as exc:  # a corrupt or foreign file must not stop the forecaster
+                state.status, state.message = "error", f"saved model {path} unusable: {exc}"
+                logger.warning("forecaster: %s", state.message)
+                continue
+            state.status, state.model_path = "ok", path
+            state.message = f"loaded the model saved at {path}"
+            fitted_at = forecaster.fitted_at or 0.0
+            state.next_refit = fitted_at + self.config.refit_interval_s
+
+    def due(self) -> list[str]:
+        """Models whose refit time has come."""
+        now = self.clock()
+        return [name for name, state in self.models.items() if now >= state.next_refit]
+
+    def refit(self, model: str) -> ModelState:
+        """Read history, fit, save, forecast the horizon. Blocking (seconds): call it from a worker
+        thread."""
+        state = self.models[model]
+        now = self.clock()
+        try:
+            history = self.history(
+                model, now - self.config.history_days * 86400, now, self.config.history_step_s
+            )
+            forecaster = RateForecaster(self.config.settings())
+            if len(history) == 0:
+                state.status, state.message = (
+                    "insufficient_history",
+                    "no request-rate history in Prometheus yet",
+                )
+            else:
+                outcome = forecaster.fit(history.timestamps, history.rps, now=now)
+                state.status, state.message = outcome.status, outcome.message
+                if outcome.status == "ok":
+                    state.forecast = forecaster.predict(
+                        now, self._horizon_s(), self.config.forecast_step_s
+                    )
+                    path = self._path(model)
+                    tmp = path.with_suffix(".json.tmp")
+                    tmp.write_text(forecaster.to_json())
+                    tmp.replace(path)  # readers never see half a file
+                    state.model_path = path
+        except (
+            Exception
+        ) as exc:  # Prometheus down, Prophet failing: keep the last good forecast, say why
+            state.status, state.message = "error", f"{type(exc).__name__}: {exc}"
+        ok = state.status == "ok"
+        state.next_refit = now + (
+            self.config.refit_interval_s if ok else self.config.retry_interval_s
+        )
+        log = logger.info if ok else logger.warning
+        log("forecaster: %s %s: %s", model, state.status, state.message)
+        return state
+
+    def published(self, model: str, events: list[PlannedEvent] | None = None) -> dict[str, Any]:
+        """The figures the gauges carry for one model right now: Prophet's forecast merged with
+        planned events."""
+        state = self.models[model]
+        events = self.planned.events if events is None else events
+        now = self.clock()
+        at = now + self.config.lead_time_s
+        values: dict[str, Any] = {
+            "status": state.status,
+            "message": state.message,
+            "forecast_source": None,
+            "forecast_qps": None,
+            "planned_qps": None,  # the planned events' figure at now + lead time, part of forecast_qps
+            "forecast_peak_qps": None,
+            "last_fit_timestamp": None,
+            "last_fit_age_s": None,
+            "next_refit_in_s": round(max(0.0, state.next_refit - now), 1),
+            "model_path": str(state.model_path) if state.model_path else None,
+            "planned_events": [
+                {
+                    "name": e.name,
+                    "start": e.start.isoformat(),
+                    "end": e.end.isoformat(),
+                    "qps": e.qps,
+                    "active": e.covers(now),
+                    "covers_lead_time": e.covers(at),
+                }
+                for e in events
+                if e.applies_to(model) and e.end.timestamp() > now
+            ],
+        }
+        f = state.forecast
+        yhat = upper = None
+        if f is not None:
+            yhat, upper = f.at(at, "yhat"), f.at(at, "upper")
+            values["last_fit_timestamp"] = f.fitted_at
+        planned = planned_qps(events, model, at)
+        values["planned_qps"] = planned
+        if (yhat is not None and upper is not None) or planned is not None:
+            values["forecast_qps"] = {
+                "yhat": round(merge_forecast(yhat, planned), 3),
+                "upper": round(merge_forecast(upper, planned), 3),
+            }
+        if planned is not None and (upper is None or planned > upper):
+            # The published figure is the plan, current as of this read: its age is zero, not the
+            # last fit's.
+            values["last_fit_timestamp"] = now
+        values["forecast_source"] = (
+            "prophet"
+            if f is not None and not self.planned.path
+            else "prophet+planned"
+            if f is not None
+            else "planned_only"
+            if self.planned.path
+            else None
+        )
+        if f is None and self.planned.path:
+            values["message"] = f"{state.message}; publishing planned events only"
+        peaks = {"yhat": [], "upper": []}
+        if f is not None:
+            rest = [i for i, t in enumerate(f.timestamps) if t >= now]
+            for bound in peaks:
+                peaks[bound] += [getattr(f, bound)[i] for i in rest]
+        horizon_end = now + self._horizon_s()
+        for e in events:
+            if (
+                e.applies_to(model)
+                and e.end.timestamp() > now
+                and e.start.timestamp() < horizon_end
+            ):
+                peaks["yhat"].append(e.qps)
+                peaks["upper"].append(e.qps)
+        if peaks["upper"]:
+            values["forecast_peak_qps"] = {bound: round(max(v), 3) for bound, v in peaks.items()}
+        if values["last_fit_timestamp"] is not None:
+            values["last_fit_age_s"] = round(now - values["last_fit_timestamp"], 1)
+        return values
+
+    def publish(self) -> None:
+        """Re-read the planned events, then set every gauge from the merged forecasts."""
+        events = self.planned.read()
+        for model in self.models:
+            values = self.published(model, events)
+            state = self.models[model]
+            for status in STATUSES:
+                self.backend.get(FORECASTER_STATUS).set(
+                    1.0 if values["status"] == status else 0.0,
+                    tags={"model_name": model, "status": status},
+                )
+            if values["forecast_qps"] is None and state.planned_published:
+                # The event it published has passed and nothing replaces it: gauges keep their last
+                # value, so say "no forecast" explicitly (fit time 0 is older than any
+                # max_forecast_age_s).
+                self.backend.get(FORECASTER_LAST_FIT).set(0.0, tags={"model_name": model})
+                for spec in (FORECAST_QPS, FORECAST_PEAK_QPS):
+                    for bound in ("yhat", "upper"):
+                        self.backend.get(spec).set(0.0, tags={"model_name": model, "bound": bound})
+            elif values["last_fit_timestamp"] is not None:
+                self.backend.get(FORECASTER_LAST_FIT).set(
+                    values["last_fit_timestamp"], tags={"model_name": model}
+                )
+            state.planned_published = values["planned_qps"] is not None
+            for spec, key in (
+                (FORECAST_QPS, "forecast_qps"),
+                (FORECAST_PEAK_QPS, "forecast_peak_qps"),
+            ):
+                if values[key] is not None:
+                    for bound in ("yhat", "upper"):
+                        self.backend.get(spec).set(
+                            values[key][bound], tags={"model_name": model, "bound": bound}
+                        )
+
+    def status(self) -> dict[str, Any]:
+        """Every model's figures plus the schedule, as plain JSON-able values."""
+        return {
+            "models": {model: self.published(model) for model in self.models},
+            "refit_interval_s": self.config.refit_interval_s,
+            "lead_time_s": self.config.lead_time_s,
+            "horizon_h": self.config.horizon_h,
+            "planned_events_file": str(self.planned.path) if self.planned.path else None,
+            "planned_events_error": self.planned.error,
+        }
+
+
+def _deployment_class():
+    """The Serve deployment, built on first use so this module imports without starting anything."""
+    from ray import serve
+
+    @serve.deployment(num_replicas=1, max_ongoing_requests=8)
+    class Forecaster:
+        """Refits on a schedule and publishes forecasts; one replica."""
+
+        def __init__(self, config: dict[str, Any]):
+            self.config = ForecasterConfig.from_dict(config)
+            self.publisher = ForecastPublisher(
+                self.config, prometheus_history(self.config.prometheus_address)
+            )
+            self.publisher.load_saved()
+            self._loop_task: asyncio.Task | None = None
+            self._fitting = False
+
+        def _ensure_loop(self) -> None:
+            if self._loop_task is None or self._loop_task.done():
+                if self._loop_task is not None and self._loop_task.exception():
+                    logger.error(
+                        "forecaster loop stopped, restarting", exc_info=self._loop_task.exception()
+                    )
+                self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+        async def _run(self) -> None:
+            while True:
+                try:
+                    self.publisher.publish()
+                    for model in self.publisher.due():
+                        # Prophet takes seconds of CPU: a worker thread keeps requests and health
+                        # checks answered.
+                        self._fitting = True
+                        try:
+                            await asyncio.to_thread(self.publisher.refit, model)
+                        finally:
+                            self._fitting = False
+                        self.publisher.publish()
+                except Exception:
+                    logger.exception("forecaster: publishing failed; retrying next interval")
+                await asyncio.sleep(self.config.publish_interval_s)
+
+        async def check_health(self) -> None:
+            # Serve calls this every few seconds on the replica's loop: a good place to (re)start
+            # the schedule.
+            self._ensure_loop()
+
+        async def status(self) -> dict[str, Any]:
+            """Forecasts, fit ages and statuses per model."""
+            self._ensure_loop()
+            return {**self.publisher.status(), "fitting": self._fitting}
+
+        async def __call__(self, request: Any = None) -> dict[str, Any]:
+            return await self.status()
+
+    return Forecaster
+
+
+def build_forecaster(config: dict[str, Any] | None):
+    """The bound Forecaster deployment for `serve_app.app` to include (validates the config first)."""
+    validated = ForecasterConfig.from_dict(
+        config
+    )  # fail at `serve run`, with the bad key named, not in a replica
+    return (
+        _deployment_class()
+        .options(name="Forecaster", ray_actor_options={"num_cpus": validated.num_cpus})
+        .bind(config or {})
+    )

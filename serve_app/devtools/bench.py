@@ -1,0 +1,514 @@
+"""`make bench`: where the time goes, measured side by side in one run on this machine.
+
+1. Runtimes in-process: torch eager and ONNX Runtime at batch sizes 1/4/8/16 (images/s, medians).
+2. The in-process pipeline: JPEG decode + crop + normalise + model, decode threads feeding one
+   inference thread, at the best batch size: the ceiling a server of the same runtime can reach.
+3. Served over HTTP (real `serve run`, real proxy): our application and a naive eager-torch
+   deployment, closed-loop at a concurrency that fills the batches; latency percentiles at a fixed
+   request rate; single-image latency at low load.
+
+Writes DIR/results.json and DIR/results.md, and the batch-latency curve the backtest simulator uses
+(lab/profiles/cpu.csv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import queue
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from serve_app.paths import REPO_ROOT
+
+ROOT = REPO_ROOT
+BATCH_SIZES = (1, 4, 8, 16)
+PORT = 18100
+
+
+def photos_jpeg() -> list[bytes]:
+    """Real photos (scikit-image's bundled set) as JPEG, the payload users send."""
+    from PIL import Image
+    from skimage import data
+
+    out = []
+    for arr in (
+        data.chelsea(),
+        data.coffee(),
+        data.rocket(),
+        data.astronaut(),
+        data.stereo_motorcycle()[0],
+    ):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def _median_rate(fn, images_per_call: int, seconds: float, repeats: int = 3) -> float:
+    """Median over `repeats` windows of images/s for calling fn() back to back."""
+    fn()
+    rates = []
+    for _ in range(repeats):
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            n += images_per_call
+        rates.append(n / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def bench_runtimes(seconds: float) -> dict:
+    """images/s of each runtime (1 intra-op thread, as a replica runs) at each batch size, and batch
+    latency."""
+    from serve_app.config import ModelConfig
+    from serve_app.serving.models import load_model
+    from serve_app.serving.runtimes import OnnxRuntime, TorchRuntime, export_onnx
+
+    loaded = load_model(ModelConfig(name="efficientnet_lite0"))
+    runtimes = {
+        "torch_eager": TorchRuntime(loaded.module, "cpu", "fp32", 1),
+        "onnxruntime": OnnxRuntime(export_onnx(loaded, "efficientnet_lite0"), 1),
+    }
+    rng = np.random.default_rng(0)
+    out: dict = {}
+    for name, rt in runtimes.items():
+        out[name] = {}
+        for bs in BATCH_SIZES:
+            x = rng.standard_normal((bs, 3, 224, 224)).astype(np.float32)
+            rate = _median_rate(lambda: rt.run(x), bs, seconds)
+            out[name][bs] = {
+                "images_per_s": round(rate, 1),
+                "batch_latency_ms": round(1000 * bs / rate, 2),
+            }
+            print(f"  runtime {name:12s} batch {bs:2d}: {rate:6.1f} img/s", flush=True)
+    return out
+
+
+def bench_pipeline(batch_size: int, seconds: float, decode_threads: int = 2) -> dict:
+    """images/s of decode + crop + normalise + ONNX Runtime in one process: decode threads feed one
+    inference thread."""
+    from serve_app.config import ModelConfig
+    from serve_app.serving.imaging import decode_and_crop, normalize_batch
+    from serve_app.serving.models import load_model
+    from serve_app.serving.runtimes import OnnxRuntime, export_onnx
+
+    loaded = load_model(ModelConfig(name="efficientnet_lite0"))
+    rt = OnnxRuntime(export_onnx(loaded, "efficientnet_lite0"), 1)
+    jpegs = photos_jpeg()
+    spec = loaded.preprocess
+    crops: queue.Queue = queue.Queue(maxsize=4 * batch_size)
+    stop = threading.Event()
+
+    def decoder(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            crop = decode_and_crop(jpegs[i % len(jpegs)], spec, 10**8)
+            i += 1
+            while not stop.is_set():
+                try:
+                    crops.put(crop, timeout=0.1)
+                    break
+                except queue.Full:
+                    pass
+
+    threads = [
+        threading.Thread(target=decoder, args=(k,), daemon=True) for k in range(decode_threads)
+    ]
+    for t in threads:
+        t.start()
+
+    def one_batch() -> None:
+        rt.run(normalize_batch([crops.get() for _ in range(batch_size)], spec))
+
+    rate = _median_rate(one_batch, batch_size, seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    print(f"  pipeline batch {batch_size}: {rate:.1f} img/s", flush=True)
+    return {
+        "batch_size": batch_size,
+        "decode_threads": decode_threads,
+        "images_per_s": round(rate, 1),
+    }
+
+
+# ---- served -------------------------------------------------------------------------------------
+
+
+def serve_config(variant: dict) -> dict:
+    """A Serve config with our application (fixed replicas) and the naive baseline side by side."""
+    model = {
+        "name": "efficientnet_lite0",
+        "num_threads": 1,
+        "decode_threads": 2,
+        "num_cpus": 0.5,
+        "max_batch_size": variant["max_batch_size"],
+        "batch_wait_timeout_s": variant["batch_wait_timeout_s"],
+        "max_ongoing_requests": 64,
+        "max_queued_requests": -1,
+        "num_replicas": variant["replicas"],
+    }
+    return {
+        "http_options": {"host": "127.0.0.1", "port": PORT},
+        "logging_config": {"encoding": "JSON", "log_level": "WARNING", "enable_access_log": False},
+        "applications": [
+            {
+                "name": "recognition",
+                "route_prefix": "/",
+                "import_path": "serve_app.app:build_app",
+                "args": {
+                    "models": [model],
+                    "ingress": {"num_replicas": variant["ingress_replicas"], "num_cpus": 0.25},
+                    "quality": {"enabled": True},
+                },
+            },
+            {
+                "name": "naive",
+                "route_prefix": "/naive",
+                "import_path": "serve_app.devtools.naive:build_naive",
+                "args": {},
+            },
+        ],
+    }
+
+
+class ServeProcess:
+    """`serve run` on a generated config, in its own process group, stopped by PID."""
+
+    def __init__(self, config: dict, haproxy: bool = False):
+        self.haproxy = haproxy
+        self.dir = Path(tempfile.mkdtemp(prefix="rs-bench-"))
+        self.config_path = self.dir / "serve_config.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = self.dir / "serve.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "ServeProcess":
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()  # a failed start must not leave Serve and its Ray behind
+            raise
+
+    def _start(self) -> "ServeProcess":
+        env = {**os.environ, "RAY_TMPDIR": str(self.dir), "RAY_AUTH_MODE": "token"}
+        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if self.haproxy else "0"
+        serve_bin = Path(sys.executable).parent / "serve"
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [str(serve_bin), "run", str(self.config_path)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        import requests
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve run exited; see {self.log_path}")
+            try:
+                ok = requests.get(f"http://127.0.0.1:{PORT}/readyz", timeout=2).status_code == 200
+                naive = (
+                    requests.get(f"http://127.0.0.1:{PORT}/naive/docs", timeout=2).status_code
+                    == 200
+                )
+                if ok and naive:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        raise RuntimeError(f"service not ready in 300 s; see {self.log_path}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _multipart(images: list[bytes]):
+    import aiohttp
+
+    form = aiohttp.FormData()
+    for i, img in enumerate(images):
+        form.add_field("file", img, filename=f"{i}.jpg", content_type="image/jpeg")
+    return form
+
+
+async def _closed_loop(
+    url: str, payloads: list, images_per_request: int, concurrency: int, seconds: float, raw: bool
+) -> dict:
+    """`concurrency` clients sending back to back for `seconds`: images/s and request latencies."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + seconds
+
+    async def client(k: int, session) -> None:
+        nonlocal errors
+        i = k
+        while time.perf_counter() < deadline:
+            body = payloads[i % len(payloads)]
+            i += 1
+            start = time.perf_counter()
+            if raw:
+                resp = await session.post(url, data=body[0], headers={"Content-Type": "image/jpeg"})
+            else:
+                resp = await session.post(url, data=_multipart(body))
+            await resp.read()
+            if resp.status == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(k, session) for k in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return {
+        "images_per_s": round(len(latencies) * images_per_request / elapsed, 1),
+        "requests_per_s": round(len(latencies) / elapsed, 1),
+        "errors": errors,
+        **_percentiles(latencies),
+    }
+
+
+async def _open_loop(url: str, payloads: list, rate: float, seconds: float) -> dict:
+    """Requests started at a fixed rate regardless of responses: latency percentiles under that
+    load."""
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(session, body: bytes) -> None:
+        nonlocal errors
+        start = time.perf_counter()
+        resp = await session.post(url, data=body, headers={"Content-Type": "image/jpeg"})
+        await resp.read()
+        if resp.status == 200:
+            latencies.append(time.perf_counter() - start)
+        else:
+            errors += 1
+
+    async with aiohttp.ClientSession() as session:
+        tasks, start = [], time.perf_counter()
+        for i in range(int(rate * seconds)):
+            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
+            tasks.append(asyncio.create_task(one(session, payloads[i % len(payloads)][0])))
+        await asyncio.gather(*tasks)
+    return {"rate_rps": rate, "errors": errors, **_percentiles(latencies)}
+
+
+def _percentiles(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "n": 0}
+    q = np.percentile(np.asarray(latencies) * 1000, [50, 95, 99])
+    return {
+        "p50_ms": round(float(q[0]), 1),
+        "p95_ms": round(float(q[1]), 1),
+        "p99_ms": round(float(q[2]), 1),
+        "n": len(latencies),
+    }
+
+
+def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: float) -> dict:
+    """Our application and the naive baseline, over real HTTP through Serve's proxy, in one Serve
+    instance."""
+    jpegs = photos_jpeg()
+    singles = [[j] for j in jpegs]
+    fours = [[jpegs[(i + k) % len(jpegs)] for k in range(4)] for i in range(len(jpegs))]
+    ours = f"http://127.0.0.1:{PORT}/v1/models/efficientnet_lite0/predict"
+    naive = f"http://127.0.0.1:{PORT}/naive/predict"
+    out: dict = {"variant": variant}
+    with ServeProcess(serve_config(variant), haproxy=variant["proxy"] == "haproxy"):
+        asyncio.run(
+            _closed_loop(ours, singles, 1, 4, 3, raw=True)
+        )  # warm the connections and caches
+        out["ours_1_image_requests"] = asyncio.run(
+            _closed_loop(ours, singles, 1, concurrency, seconds, raw=True)
+        )
+        print(f"  served ours (1 img/request):  {out['ours_1_image_requests']}", flush=True)
+        out["ours_4_image_requests"] = asyncio.run(
+            _closed_loop(ours, fours, 4, max(4, concurrency // 4), seconds, raw=False)
+        )
+        print(f"  served ours (4 img/request):  {out['ours_4_image_requests']}", flush=True)
+        out["naive_1_image_requests"] = asyncio.run(
+            _closed_loop(naive, singles, 1, concurrency, seconds, raw=True)
+        )
+        print(f"  served naive (1 img/request): {out['naive_1_image_requests']}", flush=True)
+        out["ours_fixed_rate"] = asyncio.run(_open_loop(ours, singles, fixed_rate, seconds))
+        print(f"  fixed rate {fixed_rate}/s: {out['ours_fixed_rate']}", flush=True)
+        out["ours_low_load"] = asyncio.run(_closed_loop(ours, singles, 1, 1, seconds / 2, raw=True))
+        print(f"  low load (1 client): {out['ours_low_load']}", flush=True)
+    return out
+
+
+def write_profile(runtimes: dict, path: Path) -> None:
+    """The batch-latency curve of the default runtime, for the backtest simulator."""
+    rows = ["batch_size,latency_ms"] + [
+        f"{bs},{v['batch_latency_ms']}" for bs, v in runtimes["onnxruntime"].items()
+    ]
+    path.write_text(
+        "# Measured by `make bench` (serve_app/devtools/bench.py): ONNX Runtime, 1 thread, EfficientNet-Lite0, this CPU.\n"
+        + "\n".join(rows)
+        + "\n"
+    )
+
+
+def render_markdown(results: dict) -> str:
+    rt = results["runtimes"]
+    lines = [
+        f"Machine: {results['machine']}",
+        "",
+        "| runtime | " + " | ".join(f"batch {b}" for b in BATCH_SIZES) + " |",
+        "|---|" + "---|" * len(BATCH_SIZES),
+    ]
+    for name, row in rt.items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{row[b]['images_per_s']} img/s" for b in BATCH_SIZES)
+            + " |"
+        )
+    p = results["pipeline"]
+    lines += [
+        "",
+        f"In-process pipeline (decode + crop + normalise + ONNX Runtime, batch {p['batch_size']}, {p['decode_threads']} decode threads): **{p['images_per_s']} img/s**",
+        "",
+    ]
+    for s in results["served"]:
+        v = s["variant"]
+        lines.append(
+            f"Served through {v['proxy']} proxy, {v['replicas']} recognizer replica(s), {v['ingress_replicas']} ingress replica(s), max batch {v['max_batch_size']}, wait {v['batch_wait_timeout_s'] * 1000:.0f} ms:"
+        )
+        lines.append("")
+        lines.append("| load | images/s | p50 ms | p95 ms | p99 ms | errors |")
+        lines.append("|---|---|---|---|---|---|")
+        for key in (
+            "ours_1_image_requests",
+            "ours_4_image_requests",
+            "naive_1_image_requests",
+            "ours_fixed_rate",
+            "ours_low_load",
+        ):
+            r = s[key]
+            lines.append(
+                f"| {key} | {r.get('images_per_s', '-')} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} |"
+            )
+        best = max(
+            s["ours_1_image_requests"]["images_per_s"], s["ours_4_image_requests"]["images_per_s"]
+        )
+        lines.append("")
+        lines.append(
+            f"Ratios: served (best) / in-process pipeline = {best / p['images_per_s']:.2f}; "
+            f"served 1-image / pipeline = {s['ours_1_image_requests']['images_per_s'] / p['images_per_s']:.2f}; "
+            f"ours / naive (1-image requests) = {s['ours_1_image_requests']['images_per_s'] / max(s['naive_1_image_requests']['images_per_s'], 0.1):.2f}; "
+            f"best / naive = {best / max(s['naive_1_image_requests']['images_per_s'], 0.1):.2f}"
+        )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serve_app.devtools.bench", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--out", default="docs/bench", help="folder for results.json and results.md"
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=15, help="length of each served measurement"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=32, help="closed-loop clients for served throughput"
+    )
+    parser.add_argument(
+        "--fixed-rate", type=float, default=20, help="requests/s of the latency-percentile run"
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="recognizer replica counts to measure",
+    )
+    parser.add_argument(
+        "--proxies",
+        nargs="+",
+        default=["python", "haproxy"],
+        choices=["python", "haproxy"],
+        help="Serve's HTTP proxy: its Python proxy, or HAProxy (RAY_SERVE_ENABLE_HA_PROXY=1)",
+    )
+    parser.add_argument("--skip-served", action="store_true", help="in-process measurements only")
+    parser.add_argument(
+        "--update-profile",
+        action="store_true",
+        help="also overwrite lab/profiles/cpu.csv, the backtest's default latency curve",
+    )
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "command": "python -m serve_app.devtools.bench "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print("runtimes (in-process):", flush=True)
+    results["runtimes"] = bench_runtimes(seconds=2.0)
+    best_bs = max(BATCH_SIZES, key=lambda b: results["runtimes"]["onnxruntime"][b]["images_per_s"])
+    print("pipeline (in-process):", flush=True)
+    results["pipeline"] = bench_pipeline(best_bs, seconds=4.0)
+    write_profile(results["runtimes"], out / "cpu_profile.csv")
+    if (
+        args.update_profile
+    ):  # opt-in: the backtest figures in docs/AUTOSCALING.md were made with the committed curve
+        write_profile(results["runtimes"], ROOT / "forecasting" / "profiles" / "cpu.csv")
+    results["served"] = []
+    if not args.skip_served:
+        for proxy in args.proxies:
+            for replicas in args.replicas:
+                variant = {
+                    "proxy": proxy,
+                    "replicas": replicas,
+                    "ingress_replicas": 1,
+                    "max_batch_size": 16,
+                    "batch_wait_timeout_s": 0.002,
+                }
+                print(f"served {variant}:", flush=True)
+                results["served"].append(
+                    bench_served(variant, args.seconds, args.concurrency, args.fixed_rate)
+                )
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(render_markdown(results) + "\n")
+    print(render_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
