@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh Debian machine with Python 3.11:
 #   make run   - install what is missing, start the whole stack on the embedded default model
-#   make test  - install what is missing, run the test suite
+#   make test  - install what is missing, check style (make lint), run the test suite
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -12,7 +12,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager chromium
 # Ray's CLI and dashboard need the cluster token; Ray writes it to ~/.ray/auth_token on first start.
 export RAY_AUTH_MODE := token
 
-.PHONY: run test unit integration bench stack stack-down loadtest loadtest-sim backtest traces install system-deps clean-cache config-doc
+.PHONY: run test lint unit integration bench stack stack-down loadtest loadtest-sim backtest traces install system-deps clean-cache config-doc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,13 @@ system-deps:
 run: install system-deps
 	$(BIN)/recserve up --config $(CONFIG)
 
-test: install system-deps
+test: install system-deps lint
 	$(BIN)/python -m pytest -q tests/unit tests/integration
+
+# ruff as configured in pyproject.toml: lint rules, then formatting (checked, nothing rewritten).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 unit: install
 	$(BIN)/python -m pytest -q tests/unit

@@ -1,16 +1,18 @@
-"""Walk-forward backtest: replay a trace against five scaling strategies and say what each one costs
-and misses.
+"""Walk-forward backtest: replay a trace against five scaling strategies and say what each one
+costs and misses.
 
-- `static_peak`: enough replicas for the trace's peak (over the replayed window and its warm-up), all the time.
-- `ray_default`: Ray Serve's own queue-length policy with Serve's defaults (target 2 ongoing requests per
-  replica, 30 s up delay, 600 s down delay).
+- `static_peak`: enough replicas for the trace's peak (over the replayed window and its warm-up),
+  all the time.
+- `ray_default`: Ray Serve's own queue-length policy with Serve's defaults (target 2 ongoing
+  requests per replica, 30 s up delay, 600 s down delay).
 - `reactive`: our ForecastPolicy with thresholds only.
-- `predictive`: the same thresholds plus the forecast floor. Each replayed day is forecast by a Prophet
-  model fitted only on the trace before that day (walk-forward: no peeking).
-- `oracle`: at every moment exactly the replicas the true load needs, started start-up time in advance:
-  the lower bound of cost.
+- `predictive`: the same thresholds plus the forecast floor. Each replayed day is forecast by a
+  Prophet model fitted only on the trace before that day (walk-forward: no peeking).
+- `oracle`: at every moment exactly the replicas the true load needs, started start-up time in
+  advance: the lower bound of cost.
 
-The first `history_days` days are history only; every figure is over the replayed days.
+The first `history_days` days are history only; every figure is over the replayed days. The
+backtest computes and returns; lab/report.py writes its files.
 """
 
 from __future__ import annotations
@@ -18,25 +20,15 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lab.simulator import (
-    ForecastPolicyController,
-    LatencyCurve,
-    RayDefaultController,
-    Run,
-    ServiceModel,
-    SimConfig,
-    latency_quantile,
-    quiet_policy_logs,
-    service_for,
-    share_within,
-    simulate,
-)
+from lab.controllers import ForecastPolicyController, RayDefaultController, quiet_policy_logs
+from lab.service_model import LatencyCurve, ServiceModel
+from lab.simulator import Run, SimConfig, latency_quantile, service_for, share_within, simulate
 from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster, mape
 from serve_app.autoscaling.planner import replicas_for_rate
 from serve_app.autoscaling.rate_history import RateHistory, read_csv, trace_utc_offset
@@ -73,9 +65,8 @@ class BacktestOptions:
     control_period_s: float = 1.0
     workers: int = 2
     min_replicas: int = 1
-    max_replicas: int | None = (
-        None  # None: half again static_peak's count, room to drain a backlog after a surge
-    )
+    # None: half again static_peak's count, room to drain a backlog after a surge.
+    max_replicas: int | None = None
 
     def __post_init__(self):
         if self.slo_ms <= 0:
@@ -92,11 +83,13 @@ class BacktestOptions:
             )
         if self.max_replicas is not None and self.max_replicas < self.min_replicas:
             raise ValueError(
-                f"--max-replicas ({self.max_replicas}) must be >= min replicas ({self.min_replicas})"
+                f"--max-replicas ({self.max_replicas}) must be >= min replicas "
+                f"({self.min_replicas})"
             )
         if not 0 < self.headroom <= 1:
             raise ValueError(f"--headroom must be in (0, 1], got {self.headroom}")
-        LatencyCurve.profile(self.profile)  # a missing profile fails now, not after the forecasts
+        # A missing profile fails now, not after the forecasts.
+        LatencyCurve.profile(self.profile)
 
 
 @dataclass
@@ -109,25 +102,39 @@ class DayForecasts:
     statuses: list[str]
     lead_time_s: float
 
-    def lookup(self, now: float) -> tuple[float | None, float | None]:
-        """(upper bound at now + lead, fit time) from the forecast fitted at the start of now's day."""
+    def of_day(self, now: float) -> Forecast | None:
+        """The forecast fitted at the start of now's day (None before the first replayed day)."""
         i = int(np.searchsorted(self.day_starts, now, side="right")) - 1
-        if i < 0 or i >= len(self.forecasts) or self.forecasts[i] is None:
+        return self.forecasts[i] if 0 <= i < len(self.forecasts) else None
+
+    def lookup(self, now: float) -> tuple[float | None, float | None]:
+        """(upper bound at now + lead, fit time) from the forecast fitted at the start of now's
+        day."""
+        forecast = self.of_day(now)
+        if forecast is None:
             return None, None
-        forecast = self.forecasts[i]
         return forecast.at(now + self.lead_time_s, "upper"), forecast.fitted_at
 
 
 @dataclass
 class BacktestResult:
-    """Per-strategy summary rows, the forecast error and where the files went."""
+    """Per-strategy summary rows, the forecast error, the fleet's sizing and the per-second replay
+    the timeline is drawn from."""
 
     summary: list[dict[str, Any]]
     mape_by_day: list[float | None]
     mape_overall: float | None
     capacity_rps: float
     static_replicas: int
-    files: dict[str, Path] = field(default_factory=dict)
+    max_replicas: int
+    lead_time_s: float
+    history: RateHistory
+    forecasts: DayForecasts
+    runs: list[Run]
+    rate: np.ndarray  # per simulated second, warm-up included
+    sim_start: float  # unix time of the first simulated second
+    window: slice  # the replayed seconds within the simulated span
+    step_s: float  # the trace's step
     day_statuses: list[str] = field(default_factory=list)
 
 
@@ -241,25 +248,13 @@ class StrategyJob:
 def run_job(job: StrategyJob) -> Run:
     """Replay one strategy."""
     quiet_policy_logs()
-    if job.schedule is not None:
-        run = simulate(
-            job.name,
-            job.rate,
-            job.arrivals,
-            job.model,
-            job.config,
-            job.start_unix,
-            schedule=job.schedule,
-        )
-        if job.allocated is not None:
-            run.allocated = job.allocated.astype(np.int32)
-        return run
-    if job.name == "ray_default":
+    controller = None
+    if job.schedule is None and job.name == "ray_default":
         controller = RayDefaultController(job.config)
-    else:
+    elif job.schedule is None:
         lookup = job.forecasts.lookup if job.forecasts is not None else None
         controller = ForecastPolicyController(job.config, job.kwargs or {}, forecast=lookup)
-    return simulate(
+    run = simulate(
         job.name,
         job.rate,
         job.arrivals,
@@ -267,8 +262,13 @@ def run_job(job: StrategyJob) -> Run:
         job.config,
         job.start_unix,
         controller=controller,
+        schedule=job.schedule,
         initial_replicas=job.initial_replicas,
     )
+    if job.allocated is not None:
+        # The oracle pays for replicas it starts ahead of need: more than the ready schedule.
+        run.allocated = job.allocated.astype(np.int32)
+    return run
 
 
 def oracle_schedule(
@@ -328,22 +328,19 @@ def summarize(
 
 
 def run_backtest(options: BacktestOptions) -> BacktestResult:
-    """Replay the trace against every strategy and write summary.csv, timeline.csv and backtest.png."""
-    from lab.report import write_plot, write_summary, write_timeline
-
+    """Replay the trace against every strategy and summarize each over the replayed days."""
     history = read_csv(options.trace)
     step = history.require_regular()
     first, last = float(history.timestamps[0]), float(history.timestamps[-1]) + step
     replay_start = first + options.history_days * DAY
     if replay_start >= last:
         raise ValueError(
-            f"the trace covers {(last - first) / DAY:.2f} days but --history-days is {options.history_days}: "
-            f"nothing is left to replay; lower --history-days"
+            f"the trace covers {(last - first) / DAY:.2f} days but --history-days is "
+            f"{options.history_days}: nothing is left to replay; lower --history-days"
         )
     model, capacity = service_and_capacity(options)
-    lead_time_s = float(
-        options.startup_s + 60
-    )  # start-up plus a scrape and a few control periods of slack
+    # Start-up plus a scrape and a few control periods of slack.
+    lead_time_s = float(options.startup_s + 60)
 
     # Per-second rate over the warm-up and the replayed window; the warm-up is simulated but not
     # counted.
@@ -358,12 +355,13 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     # peak.
     peak = float(rate.max())
     static_n = max(options.min_replicas, replicas_for_rate(peak, capacity))
+    max_replicas = options.max_replicas or math.ceil(1.5 * static_n)
     config = SimConfig(
         slo_ms=options.slo_ms,
         startup_s=options.startup_s,
         control_period_s=options.control_period_s,
         min_replicas=options.min_replicas,
-        max_replicas=options.max_replicas or math.ceil(1.5 * static_n),
+        max_replicas=max_replicas,
         gpu_signal=options.profile == "gpu",
     )
 
@@ -372,7 +370,7 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         history, day_starts, forecaster_settings(options), lead_time_s, step, options.seed
     )
     mape_by_day = []
-    for start, forecast in zip(day_starts, forecasts.forecasts):
+    for start, forecast in zip(day_starts, forecasts.forecasts, strict=True):
         actual = history.between(start, start + DAY)
         if forecast is None or len(actual) == 0:
             mape_by_day.append(None)
@@ -430,13 +428,14 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         runs = [run_job(job) for job in jobs]
 
     summary = [summarize(run, rate, window, capacity, options) for run in runs]
-    result = BacktestResult(
-        summary, mape_by_day, mape_overall, capacity, static_n, day_statuses=forecasts.statuses
-    )
-    options.out.mkdir(parents=True, exist_ok=True)
-    result.files["summary"] = write_summary(options.out / "summary.csv", summary)
-    result.files["timeline"] = write_timeline(
-        options.out / "timeline.csv",
+    return BacktestResult(
+        summary,
+        mape_by_day,
+        mape_overall,
+        capacity,
+        static_n,
+        max_replicas,
+        lead_time_s,
         history,
         forecasts,
         runs,
@@ -444,41 +443,5 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         sim_start,
         window,
         step,
-        options.slo_ms,
+        day_statuses=forecasts.statuses,
     )
-    result.files["plot"] = write_plot(
-        options.out / "backtest.png",
-        options.out / "timeline.csv",
-        summary,
-        options,
-        capacity,
-        mape_overall,
-    )
-    result.files["settings"] = _write_settings(
-        options.out / "settings.json", options, capacity, static_n, lead_time_s, result
-    )
-    return result
-
-
-def _write_settings(
-    path: Path,
-    options: BacktestOptions,
-    capacity: float,
-    static_n: int,
-    lead_time_s: float,
-    result: BacktestResult,
-) -> Path:
-    import json
-
-    payload = {
-        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
-        "capacity_rps_per_replica": round(capacity, 2),
-        "static_peak_replicas": static_n,
-        "max_replicas": options.max_replicas or math.ceil(1.5 * static_n),
-        "lead_time_s": lead_time_s,
-        "mape_by_day": result.mape_by_day,
-        "mape_overall": result.mape_overall,
-        "forecast_status_by_day": result.day_statuses,
-    }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path

@@ -1,5 +1,5 @@
-"""Command line: fit / forecast / backtest / plot / gen-traces (`recserve <command>` dispatches
-here)."""
+"""The lab's command line: fit / forecast / backtest / plot / gen-traces (`recserve <command>`
+dispatches here; `python -m lab.commands <command>` runs them without the dispatcher)."""
 
 from __future__ import annotations
 
@@ -57,11 +57,8 @@ def _fit_parser() -> argparse.ArgumentParser:
 def main_fit(argv: list[str] | None = None) -> int:
     """`recserve fit`: fit on a CSV or Prometheus history and save the model as JSON."""
     from serve_app.autoscaling.forecaster import ForecasterSettings, RateForecaster
-    from serve_app.autoscaling.rate_history import (
-        PrometheusError,
-        prometheus_rate_history,
-        read_csv,
-    )
+    from serve_app.autoscaling.rate_history import prometheus_rate_history, read_csv
+    from serve_app.monitoring.prometheus_api import PrometheusUnavailable
 
     args = _fit_parser().parse_args(argv)
     try:
@@ -79,7 +76,7 @@ def main_fit(argv: list[str] | None = None) -> int:
             )
         forecaster = RateForecaster(settings)
         outcome = forecaster.fit(history.timestamps, history.rps)
-    except (ValueError, PrometheusError) as exc:
+    except (ValueError, PrometheusUnavailable) as exc:
         return _fail(str(exc))
     print(f"{outcome.status}: {outcome.message}")
     if outcome.status != "ok":
@@ -149,7 +146,9 @@ def main_forecast(argv: list[str] | None = None) -> int:
             )
         header = ["timestamp", "yhat", "lower", "upper"] + (["replicas"] if args.capacity else [])
         rows = []
-        for t, y, lo, up in zip(forecast.timestamps, forecast.yhat, forecast.lower, forecast.upper):
+        for t, y, lo, up in zip(
+            forecast.timestamps, forecast.yhat, forecast.lower, forecast.upper, strict=True
+        ):
             row = [
                 datetime.fromtimestamp(t, timezone.utc).isoformat(),
                 f"{y:.2f}",
@@ -180,7 +179,8 @@ def main_forecast(argv: list[str] | None = None) -> int:
 def _backtest_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="recserve backtest",
-        description="Replay a `timestamp,rps` trace against static_peak, ray_default, reactive, predictive and oracle.",
+        description="Replay a `timestamp,rps` trace against static_peak, ray_default, reactive, "
+        "predictive and oracle.",
     )
     p.add_argument(
         "--trace", type=Path, required=True, help="CSV `timestamp,rps` at a regular step"
@@ -223,7 +223,8 @@ def _backtest_parser() -> argparse.ArgumentParser:
         "--headroom",
         type=float,
         default=0.95,
-        help="share of the per-replica capacity to plan for, in thresholds and the forecast floor (default 0.95)",
+        help="share of the per-replica capacity to plan for, in thresholds and the forecast "
+        "floor (default 0.95)",
     )
     p.add_argument(
         "--max-replicas",
@@ -248,6 +249,7 @@ def main_backtest(argv: list[str] | None = None) -> int:
     """`recserve backtest`: write DIR/summary.csv, DIR/timeline.csv and DIR/backtest.png, print the
     table."""
     from lab.backtest import BacktestOptions, run_backtest
+    from lab.report import write_backtest
 
     args = _backtest_parser().parse_args(argv)
     started = time.monotonic()
@@ -270,20 +272,19 @@ def main_backtest(argv: list[str] | None = None) -> int:
         result = run_backtest(options)
     except ValueError as exc:
         return _fail(str(exc))
+    files = write_backtest(result, options)
     print(format_summary(result.summary))
     if result.mape_overall is not None:
         days = ", ".join("-" if m is None else f"{m:.1f}" for m in result.mape_by_day)
         print(f"\nday-ahead forecast MAPE: {result.mape_overall:.1f}% (per replayed day: {days})")
     else:
-        print(
-            f"\nno forecast: {', '.join(sorted(set(result.day_statuses)))} (predictive ran reactive)"
-        )
+        statuses = ", ".join(sorted(set(result.day_statuses)))
+        print(f"\nno forecast: {statuses} (predictive ran reactive)")
     print(
-        f"capacity {result.capacity_rps:.1f} req/s per replica at the SLO; static_peak holds {result.static_replicas}"
+        f"capacity {result.capacity_rps:.1f} req/s per replica at the SLO; "
+        f"static_peak holds {result.static_replicas}"
     )
-    print(
-        f"wrote {', '.join(str(p) for p in result.files.values())} in {time.monotonic() - started:.0f}s"
-    )
+    print(f"wrote {', '.join(map(str, files.values()))} in {time.monotonic() - started:.0f}s")
     return 0
 
 
@@ -293,7 +294,7 @@ def format_summary(rows: list[dict]) -> str:
 
     cells = [list(SUMMARY_COLUMNS)] + [[str(row[c]) for c in SUMMARY_COLUMNS] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(SUMMARY_COLUMNS))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
 
 
 def main_plot(argv: list[str] | None = None) -> int:

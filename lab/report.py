@@ -1,18 +1,18 @@
-"""Backtest outputs: summary.csv, timeline.csv and a plot a person reads at a glance."""
+"""Backtest outputs: summary.csv, timeline.csv, settings.json and a plot a person reads at a
+glance."""
 
 from __future__ import annotations
 
 import csv
+import json
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from lab.backtest import BacktestOptions, DayForecasts
-    from lab.simulator import Run
-    from serve_app.autoscaling.rate_history import RateHistory
+from lab.backtest import STRATEGIES, SUMMARY_COLUMNS, BacktestOptions, BacktestResult
 
 COLORS = {
     "static_peak": "#7f7f7f",
@@ -23,10 +23,27 @@ COLORS = {
 }
 
 
+def write_backtest(result: BacktestResult, options: BacktestOptions) -> dict[str, Path]:
+    """Write every output of a backtest into `options.out`; returns {what: path}."""
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    return {
+        "summary": write_summary(out / "summary.csv", result.summary),
+        "timeline": write_timeline(out / "timeline.csv", result, options.slo_ms),
+        "plot": write_plot(
+            out / "backtest.png",
+            out / "timeline.csv",
+            result.summary,
+            options,
+            result.capacity_rps,
+            result.mape_overall,
+        ),
+        "settings": write_settings(out / "settings.json", result, options),
+    }
+
+
 def write_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
     """summary.csv: one row per strategy, columns in the documented order."""
-    from lab.backtest import SUMMARY_COLUMNS
-
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(SUMMARY_COLUMNS))
         writer.writeheader()
@@ -35,22 +52,13 @@ def write_summary(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def write_timeline(
-    path: Path,
-    history: "RateHistory",
-    forecasts: "DayForecasts",
-    runs: list["Run"],
-    rate: np.ndarray,
-    sim_start: float,
-    window: slice,
-    step_s: float,
-    slo_ms: float,
-) -> Path:
+def write_timeline(path: Path, result: BacktestResult, slo_ms: float) -> Path:
     """timeline.csv: per trace step of the replayed window, the load, the forecast and each
     strategy's replicas."""
-    step = int(step_s)
-    first = window.start
-    n_steps = (window.stop - first) // step
+    rate, runs, sim_start = result.rate, result.runs, result.sim_start
+    step = int(result.step_s)
+    first = result.window.start
+    n_steps = (result.window.stop - first) // step
     header = ["timestamp", "load_rps", "forecast_yhat", "forecast_upper"]
     for run in runs:
         header += [f"{run.name}_replicas", f"{run.name}_ready", f"{run.name}_slo_miss"]
@@ -60,8 +68,7 @@ def write_timeline(
         for k in range(n_steps):
             a, b = first + k * step, first + (k + 1) * step
             t = sim_start + a
-            i = int(np.searchsorted(forecasts.day_starts, t, side="right")) - 1
-            forecast = forecasts.forecasts[i] if 0 <= i < len(forecasts.forecasts) else None
+            forecast = result.forecasts.of_day(t)
             yhat = forecast.at(t, "yhat") if forecast else None
             upper = forecast.at(t, "upper") if forecast else None
             row = [
@@ -84,7 +91,7 @@ def write_plot(
     path: Path,
     timeline_path: Path,
     summary: list[dict[str, Any]],
-    options: "BacktestOptions",
+    options: BacktestOptions,
     capacity: float,
     mape_overall: float | None,
 ) -> Path:
@@ -136,14 +143,14 @@ def write_plot(
     top.grid(alpha=0.3)
 
     rows = {row["strategy"]: row for row in summary}
-    order = ["static_peak", "ray_default", "reactive", "predictive", "oracle"]
-    for name in order:
+    for name in STRATEGIES:
         column = f"{name}_replicas"
         if column not in frame:
             continue
         row = rows[name]
         label = (
-            f"{name}: {row['replica_hours']:.0f} replica-h, {row['slo_attainment'] * 100:.2f}% within SLO, "
+            f"{name}: {row['replica_hours']:.0f} replica-h, "
+            f"{row['slo_attainment'] * 100:.2f}% within SLO, "
             f"{row['underprovisioned_minutes']:.0f} min under-provisioned"
         )
         width = 1.8 if name == "predictive" else 1.0
@@ -167,12 +174,13 @@ def write_plot(
                 color=COLORS[name],
                 zorder=5,
             )
-    tallest = max(frame[f"{n}_replicas"].max() for n in order if f"{n}_replicas" in frame)
+    tallest = max(frame[f"{n}_replicas"].max() for n in STRATEGIES if f"{n}_replicas" in frame)
     bottom.set_ylim(0, tallest * 1.6)  # room for the legend above the lines
     bottom.set_ylabel("replicas")
     bottom.set_title(
-        f"replicas per strategy (x: a trace step where more than 1% of requests missed the {options.slo_ms:.0f} ms SLO); "
-        f"capacity {capacity:.0f} req/s per replica at the SLO, start-up {options.startup_s}s",
+        "replicas per strategy (x: a trace step where more than 1% of requests missed the "
+        f"{options.slo_ms:.0f} ms SLO); capacity {capacity:.0f} req/s per replica at the SLO, "
+        f"start-up {options.startup_s}s",
         fontsize=10,
     )
     bottom.legend(loc="upper left", fontsize=8, ncol=2)
@@ -191,6 +199,8 @@ def write_plot(
 def _plot_morning_ramp(ax, frame, when, capacity: float) -> None:
     """Zoom on the first replayed weekday morning: ready capacity of each adaptive strategy against
     the load."""
+    import matplotlib.dates as mdates
+
     mornings = [d for d in sorted(set(when.dt.normalize())) if d.day_of_week < 5]
     if not mornings:
         ax.set_visible(False)
@@ -222,17 +232,28 @@ def _plot_morning_ramp(ax, frame, when, capacity: float) -> None:
                     zorder=5,
                 )
     ax.set_title(
-        f"{mornings[0]:%a %m-%d} morning ramp: ready capacity against the load (triangles: ready capacity below the load)",
+        f"{mornings[0]:%a %m-%d} morning ramp: ready capacity against the load "
+        "(triangles: ready capacity below the load)",
         fontsize=10,
     )
     ax.set_ylabel("requests / s")
-    ax.xaxis.set_major_formatter(mdates_formatter())
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
 
 
-def mdates_formatter():
-    """Hour:minute ticks for the zoomed panel."""
-    import matplotlib.dates as mdates
-
-    return mdates.DateFormatter("%H:%M")
+def write_settings(path: Path, result: BacktestResult, options: BacktestOptions) -> Path:
+    """settings.json: every option, the fleet's sizing and the forecast error per day (what
+    `recserve plot` reads back)."""
+    payload = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "capacity_rps_per_replica": round(result.capacity_rps, 2),
+        "static_peak_replicas": result.static_replicas,
+        "max_replicas": result.max_replicas,
+        "lead_time_s": result.lead_time_s,
+        "mape_by_day": result.mape_by_day,
+        "mape_overall": result.mape_overall,
+        "forecast_status_by_day": result.day_statuses,
+    }
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path

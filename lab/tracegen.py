@@ -3,14 +3,15 @@
 The bundled traces in lab/traces/ come from `regenerate()` (`recserve gen-traces`), so they can be
 reproduced bit for bit and their shape is documented here rather than guessed from a plot:
 
-- `diurnal_2w.csv`: 14 days at 5-minute steps starting Monday 2024-06-03 00:00 Asia/Shanghai. Weekdays
-  sleep at about 10% of the peak around 04:00, ramp up from 07:00, peak in the late morning and the
-  afternoon with a lunch dip, have a second evening bump around 20:30 and fall off toward midnight.
-  Weekends are lower (about 60%) and start later. On top: a slow 3%/week growth, a day-to-day level
-  wobble (sd 3%), autocorrelated multiplicative noise (sd about 6%), and three unannounced spikes
-  (1.7-2.4x the current rate for 15-40 minutes with a 5-minute rise) that no forecast can know
-  about.
-- `step.csv`: 6 hours at 1-minute steps, flat at 200 rps, a step to 900 rps at 02:00, back down at 04:00.
+- `diurnal_2w.csv`: 14 days at 5-minute steps starting Monday 2024-06-03 00:00 Asia/Shanghai.
+  Weekdays sleep at about 10% of the peak around 04:00, ramp up from 07:00, peak in the late
+  morning and the afternoon with a lunch dip, have a second evening bump around 20:30 and fall off
+  toward midnight. Weekends are lower (about 60%) and start later. On top: a slow 3%/week growth, a
+  day-to-day level wobble (sd 3%), autocorrelated multiplicative noise (sd about 6%), and three
+  unannounced spikes (1.7-2.4x the current rate for 15-40 minutes with a 5-minute rise) that no
+  forecast can know about.
+- `step.csv`: 6 hours at 1-minute steps, flat at 200 rps, a step to 900 rps at 02:00, back down at
+  04:00.
 - `spike.csv`: 3 hours at 1-minute steps, 300 rps with a spike to 1500 rps at 01:30 for 10 minutes.
 """
 
@@ -103,7 +104,7 @@ def diurnal(
         into = t_days - day_offset
         ramp = np.clip(into / rise, 0, 1) * (into < minutes / 1440)
         rate *= 1 + (multiplier - 1) * ramp
-    return [(t, round(float(r), 2)) for t, r in zip(times, rate)]
+    return [(t, round(float(r), 2)) for t, r in zip(times, rate, strict=True)]
 
 
 def step(

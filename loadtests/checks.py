@@ -107,7 +107,8 @@ def _flat_length(data: Any) -> int:
 
 
 def infer_problem(body: Any, expected_images: int) -> str | None:
-    """What is wrong with an OIP v2 infer response body, or None when its tensors are well formed."""
+    """What is wrong with an OIP v2 infer response body, or None when its tensors are well
+    formed."""
     if not isinstance(body, Mapping):
         return f"body is {type(body).__name__}, expected a JSON object"
     outputs = body.get("outputs")

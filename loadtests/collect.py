@@ -1,19 +1,22 @@
-"""Fetch a load test's time series and run totals from Prometheus' HTTP API (the only network I/O of
-the report)."""
+"""Fetch a load test's time series and run totals from Prometheus (the only network I/O of the
+report), through the project's Prometheus client and PromQL builders."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import httpx
 import pandas as pd
 
+from serve_app.monitoring.prometheus_api import PrometheusClient, to_float
+from serve_app.monitoring.promql import (
+    REQUESTS,
+    latency_quantile,
+    matchers,
+    request_rate,
+)
+
 SERIES_COLUMNS = ["timestamp", "elapsed_s", "series", "label", "value"]
-
-
-class PrometheusUnavailable(RuntimeError):
-    """Prometheus did not answer, or answered with an error."""
 
 
 @dataclass(frozen=True)
@@ -24,11 +27,6 @@ class SeriesSpec:
     name: str
     query: str
     label: str = ""
-
-
-def quote_label(value: str) -> str:
-    """A PromQL string literal for a label value."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # A replica series not scraped for this long belongs to a replica (or a whole Serve instance) that
@@ -45,123 +43,63 @@ def fresh(selector: str) -> str:
 
 def series_specs(model: str, window: str, deployments: str = ".*") -> list[SeriesSpec]:
     """The series the report plots: load, latency, errors, shed, replicas and forecast."""
-    m = f"model_name={quote_label(model)}"
-    d = f"deployment=~{quote_label(deployments)}"
-    latency = f"sum by (le) (rate(ray_model_latency_seconds_bucket{{{m}}}[{window}]))"
+    # Serve's and the autoscaler's replica series, selected by deployment regex.
+    of_deployments = matchers(deployment="~" + deployments)
     return [
-        SeriesSpec("request_rate", f"sum(rate(ray_model_request_total{{{m}}}[{window}]))"),
-        SeriesSpec(
-            "success_rate", f'sum(rate(ray_model_request_total{{{m},status="success"}}[{window}]))'
-        ),
+        SeriesSpec("request_rate", request_rate(window, model_name=model)),
+        SeriesSpec("success_rate", request_rate(window, model_name=model, status="success")),
         SeriesSpec(
             "error_rate",
-            f'sum(rate(ray_model_request_total{{{m},status=~"client_error|server_error"}}[{window}]))',
+            request_rate(window, model_name=model, status="~client_error|server_error"),
         ),
         # The ingress counts every 503 it sheds as `rejected`; Serve's own proxy counters do not
         # exist when HAProxy fronts the application (the default of `recserve up`).
-        SeriesSpec(
-            "shed_rate", f'sum(rate(ray_model_request_total{{{m},status="rejected"}}[{window}]))'
-        ),
-        SeriesSpec("latency_p50_s", f"histogram_quantile(0.5, {latency})"),
-        SeriesSpec("latency_p99_s", f"histogram_quantile(0.99, {latency})"),
+        SeriesSpec("shed_rate", request_rate(window, model_name=model, status="rejected")),
+        SeriesSpec("latency_p50_s", latency_quantile(0.5, window, model_name=model)),
+        SeriesSpec("latency_p99_s", latency_quantile(0.99, window, model_name=model)),
         SeriesSpec(
             "target_replicas",
-            f"max by (deployment) {fresh(f'ray_autoscaler_target_replicas{{{d}}}')}",
+            f"max by (deployment) {fresh('ray_autoscaler_target_replicas' + of_deployments)}",
             "deployment",
         ),
         SeriesSpec(
             "serve_target_replicas",
-            f"max by (deployment) {fresh(f'ray_serve_autoscaling_target_replicas{{{d}}}')}",
+            "max by (deployment) "
+            + fresh("ray_serve_autoscaling_target_replicas" + of_deployments),
             "deployment",
         ),
         # Per replica 1 (healthy) or 0 (stopping) by default; the sum is the running count either
         # way.
         SeriesSpec(
             "running_replicas",
-            f"sum by (deployment) {fresh(f'ray_serve_deployment_replica_healthy{{{d}}}')}",
+            "sum by (deployment) " + fresh("ray_serve_deployment_replica_healthy" + of_deployments),
             "deployment",
         ),
-        SeriesSpec("forecast_qps", f"max by (bound) (ray_forecast_qps{{{m}}})", "bound"),
+        SeriesSpec(
+            "forecast_qps",
+            f"max by (bound) (ray_forecast_qps{matchers(model_name=model)})",
+            "bound",
+        ),
     ]
 
 
 def total_queries(model: str, run_seconds: float) -> dict[str, str]:
     """Instant queries, evaluated at the end of the run, for the summary's whole-run numbers."""
-    m = f"model_name={quote_label(model)}"
-    r = f"{max(1, math.ceil(run_seconds))}s"
-    latency = f"sum by (le) (increase(ray_model_latency_seconds_bucket{{{m}}}[{r}]))"
+    run = f"{max(1, math.ceil(run_seconds))}s"
     return {
-        "requests_by_status": f"sum by (status) (increase(ray_model_request_total{{{m}}}[{r}]))",
+        "requests_by_status": (
+            f"sum by (status) (increase({REQUESTS}{matchers(model_name=model)}[{run}]))"
+        ),
         # No `rejected` series means the ingress never shed: 0, not "no data".
-        "shed_http_503": f'sum(increase(ray_model_request_total{{{m},status="rejected"}}[{r}])) or vector(0)',
-        "latency_p50_s": f"histogram_quantile(0.5, {latency})",
-        "latency_p99_s": f"histogram_quantile(0.99, {latency})",
+        "shed_http_503": (
+            f"sum(increase({REQUESTS}{matchers(model_name=model, status='rejected')}[{run}]))"
+            " or vector(0)"
+        ),
+        # A quantile of the rates over the whole run is the quantile of its increases: the range
+        # divides every bucket alike.
+        "latency_p50_s": latency_quantile(0.5, run, model_name=model),
+        "latency_p99_s": latency_quantile(0.99, run, model_name=model),
     }
-
-
-@dataclass
-class PrometheusClient:
-    """Minimal client for /api/v1/query and /api/v1/query_range."""
-
-    base_url: str
-    timeout_s: float = 10.0
-    # Only tests replace the transport (httpx.MockTransport); by default httpx talks to the network.
-    transport: httpx.BaseTransport | None = None
-    _client: httpx.Client | None = field(default=None, init=False, repr=False)
-
-    def _get(self, path: str, params: dict) -> list[dict]:
-        if self._client is None:
-            self._client = httpx.Client(
-                base_url=self.base_url.rstrip("/"), timeout=self.timeout_s, transport=self.transport
-            )
-        try:
-            response = self._client.get(path, params=params)
-        except httpx.HTTPError as exc:
-            raise PrometheusUnavailable(f"{self.base_url} did not answer: {exc}") from exc
-        try:
-            payload = response.json()
-        except ValueError as exc:
-            raise PrometheusUnavailable(
-                f"{self.base_url}{path} answered HTTP {response.status_code} without JSON"
-            ) from exc
-        if response.status_code != 200 or payload.get("status") != "success":
-            raise PrometheusUnavailable(
-                f"{self.base_url}{path} answered HTTP {response.status_code}: {payload.get('error', payload)}"
-            )
-        return payload.get("data", {}).get("result", [])
-
-    def ready(self) -> bool:
-        """True when Prometheus answers a trivial query."""
-        try:
-            self._get("/api/v1/query", {"query": "1"})
-        except PrometheusUnavailable:
-            return False
-        return True
-
-    def query(self, promql: str, at: float) -> list[dict]:
-        """Instant vector at unix time `at`."""
-        return self._get("/api/v1/query", {"query": promql, "time": f"{at:.3f}"})
-
-    def query_range(self, promql: str, start: float, end: float, step_s: float) -> list[dict]:
-        """Range matrix between unix times `start` and `end`."""
-        return self._get(
-            "/api/v1/query_range",
-            {"query": promql, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"},
-        )
-
-    def close(self) -> None:
-        """Release the connection pool."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-
-def to_float(text) -> float:
-    """Prometheus sample value ("NaN", "+Inf" included) as a float."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def matrix_to_rows(spec: SeriesSpec, result: list[dict], run_start: float) -> list[dict]:
@@ -205,11 +143,12 @@ def collect_totals(
     """Whole-run numbers: scalars as floats, `requests_by_status` as {status: count}."""
     totals: dict[str, object] = {}
     for name, promql in queries.items():
-        result = client.query(promql, at)
         if name == "requests_by_status":
             totals[name] = {
-                item["metric"].get("status", ""): to_float(item["value"][1]) for item in result
+                item["metric"].get("status", ""): to_float(item["value"][1])
+                for item in client.query(promql, at)
             }
         else:
-            totals[name] = to_float(result[0]["value"][1]) if result else math.nan
+            value = client.value(promql, at)
+            totals[name] = math.nan if value is None else value
     return totals

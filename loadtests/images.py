@@ -90,7 +90,8 @@ def load_photos(long_side: int = DEFAULT_LONG_SIDE) -> tuple[SamplePhoto, ...]:
         path = folder / file_name
         if not path.is_file():
             raise FileNotFoundError(
-                f"{path} is missing; reinstall scikit-image (pip install --force-reinstall scikit-image)"
+                f"{path} is missing; reinstall scikit-image "
+                "(pip install --force-reinstall scikit-image)"
             )
         with Image.open(path) as source:
             pixels = np.asarray(source.convert("RGB"))

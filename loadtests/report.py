@@ -245,12 +245,13 @@ def render_summary(
         f"# Load test `{run.scenario}`",
         "",
         f"- target: {run.host}, model `{run.model}`",
-        f"- ran {run.duration_s:.0f} s, from {pd.Timestamp(run.start, unit='s'):%Y-%m-%d %H:%M:%S} UTC",
+        f"- ran {run.duration_s:.0f} s, "
+        f"from {pd.Timestamp(run.start, unit='s'):%Y-%m-%d %H:%M:%S} UTC",
         "",
         "## Client side (locust)",
         "",
-        f"- recognition requests: {client.recognition_requests}, failures: {client.recognition_failures}"
-        f" ({_pct(client.failure_ratio)})",
+        f"- recognition requests: {client.recognition_requests}, "
+        f"failures: {client.recognition_failures} ({_pct(client.failure_ratio)})",
         f"- shed (503): {client.shed} ({_pct(client.shed_ratio)} of all requests sent)",
         f"- feedback labels: {client.feedback_requests}, failures: {client.feedback_failures}",
         "",
@@ -259,14 +260,16 @@ def render_summary(
     ]
     for e in client.endpoints:
         lines.append(
-            f"| {e.name} | {e.requests} | {e.failures} | {_fmt(e.p50_ms, 0)} | {_fmt(e.p99_ms, 0)} | {_fmt(e.rps, 2)} |"
+            f"| {e.name} | {e.requests} | {e.failures} | {_fmt(e.p50_ms, 0)} "
+            f"| {_fmt(e.p99_ms, 0)} | {_fmt(e.rps, 2)} |"
         )
     lines += ["", "## Service side (Prometheus)", ""]
     if service is None:
         lines += [
             f"Series missing: {missing_reason or 'Prometheus was not queried'}.",
             "series.csv holds only its header and loadtest.png shows the locust side only;",
-            f"start Prometheus ({run.prometheus_url}) and run again to get latency, replicas and forecast.",
+            f"start Prometheus ({run.prometheus_url}) and run again to get latency, replicas "
+            "and forecast.",
         ]
         return "\n".join(lines) + "\n"
     statuses = ", ".join(
@@ -274,9 +277,11 @@ def render_summary(
     )
     lines += [
         f"- requests by status (model_request_total): {statuses or 'none recorded'}",
-        f'- shed by the service (HTTP 503, model_request_total{{status="rejected"}}): {_fmt(service.shed_http_503, 0)}',
-        f"- latency over the run (model_latency_seconds): p50 {_fmt(1000 * service.latency_p50_s, 0)} ms,"
-        f" p99 {_fmt(1000 * service.latency_p99_s, 0)} ms",
+        '- shed by the service (HTTP 503, model_request_total{status="rejected"}): '
+        f"{_fmt(service.shed_http_503, 0)}",
+        "- latency over the run (model_latency_seconds): "
+        f"p50 {_fmt(1000 * service.latency_p50_s, 0)} ms, "
+        f"p99 {_fmt(1000 * service.latency_p99_s, 0)} ms",
         f"- peak request rate: {_fmt(service.peak_request_rate, 2)} req/s",
         f"- forecast QPS (yhat) over the run: {_span(service.forecast_qps)}",
         "",

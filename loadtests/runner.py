@@ -22,6 +22,7 @@ import pandas as pd
 from loadtests import checks, collect, report
 from loadtests.schedule import available_scenarios, load_plan, parse_duration
 from loadtests.service import StartedService, is_ready, start_service
+from serve_app.monitoring.prometheus_api import PrometheusClient, PrometheusUnavailable
 
 DEFAULT_HOST = "http://127.0.0.1:8000"
 DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
@@ -33,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     """Arguments of `recserve loadtest`."""
     parser = argparse.ArgumentParser(
         prog="recserve loadtest",
-        description="Run a locust traffic scenario and report load, latency and replicas over time.",
+        description="Run a locust traffic scenario and report load, latency and replicas over "
+        "time.",
     )
     parser.add_argument(
         "scenario",
@@ -178,9 +180,10 @@ def write_report(
     out: Path,
     run: report.RunInfo,
     args: argparse.Namespace,
-    prometheus: collect.PrometheusClient | None = None,
+    prometheus: PrometheusClient | None = None,
 ) -> tuple[str, bool]:
-    """Collect the series (if Prometheus answers) and write series.csv, loadtest.png and summary.md."""
+    """Collect the series (if Prometheus answers) and write series.csv, loadtest.png and
+    summary.md."""
     stats_path = out / "locust_stats.csv"
     history = report.read_locust_history(out / "locust_stats_history.csv", run.start)
     if stats_path.is_file():
@@ -192,7 +195,7 @@ def write_report(
             )
         )
 
-    prometheus = prometheus or collect.PrometheusClient(args.prometheus)
+    prometheus = prometheus or PrometheusClient(args.prometheus)
     series = pd.DataFrame(columns=collect.SERIES_COLUMNS)
     service, missing = None, ""
     try:
@@ -209,7 +212,7 @@ def write_report(
                 prometheus, collect.total_queries(run.model, run.duration_s), run.end
             )
             service = report.summarize_service(series, totals, run)
-    except collect.PrometheusUnavailable as exc:
+    except PrometheusUnavailable as exc:
         missing, service = str(exc), None
     finally:
         prometheus.close()
@@ -246,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     if not is_ready(host):
         if args.host:
             print(
-                f"recserve loadtest: nothing answers {host}/readyz; start the service or fix --host",
+                f"recserve loadtest: nothing answers {host}/readyz; "
+                "start the service or fix --host",
                 file=sys.stderr,
             )
             return 2
-        prometheus_running = collect.PrometheusClient(args.prometheus).ready()
+        prometheus_running = PrometheusClient(args.prometheus).ready()
         print(
-            f"No service answers {host}/readyz: starting `recserve up --config {args.config}` (serve run"
+            f"No service answers {host}/readyz: "
+            f"starting `recserve up --config {args.config}` (serve run"
             + (")" if prometheus_running else f" + Prometheus/Alertmanager on {args.prometheus})")
             + f", log {out / 'serve.log'} ..."
         )
@@ -277,11 +282,13 @@ def main(argv: list[str] | None = None) -> int:
         command = locust_command(args, host, out, run_seconds)
         if args.web:
             print(
-                f"Locust web UI: http://127.0.0.1:{args.web_port} (scenario {args.scenario}); Ctrl-C here ends it."
+                f"Locust web UI: http://127.0.0.1:{args.web_port} (scenario {args.scenario}); "
+                "Ctrl-C here ends it."
             )
         else:
             print(
-                f"Running scenario {args.scenario} for {run_seconds:.0f} s against {host} (model {model}) ..."
+                f"Running scenario {args.scenario} for {run_seconds:.0f} s against {host} "
+                f"(model {model}) ..."
             )
         start = time.time()
         code = run_locust(command, locust_environment(args, model), out / "locust.log", args.web)

@@ -60,8 +60,8 @@ class StagePlan:
         for number, stage in enumerate(self.stages, start=1):
             if stage.until <= previous:
                 raise ValueError(
-                    f"stage {number} ends at {stage.until} s, not after the previous one ({previous} s): "
-                    "list stages in time order with increasing 'until'"
+                    f"stage {number} ends at {stage.until} s, not after the previous one "
+                    f"({previous} s): list stages in time order with increasing 'until'"
                 )
             if stage.users < 0 or stage.spawn_rate <= 0:
                 raise ValueError(
@@ -122,7 +122,8 @@ class ReplayPlan:
         return plan_time * self.compression
 
     def rps_at(self, plan_time: float) -> float:
-        """Trace rps at `plan_time`, linearly interpolated between samples and scaled by rps_scale."""
+        """Trace rps at `plan_time`, linearly interpolated between samples and scaled by
+        rps_scale."""
         return interpolate(self.points, self.trace_time(plan_time)) * self.rps_scale
 
     def at(self, plan_time: float) -> Tick:
@@ -172,7 +173,8 @@ def step_stages(
     start_users)."""
     if steps < 1 or step_seconds <= 0:
         raise ValueError(
-            f"step plan needs steps >= 1 and step_seconds > 0, got steps={steps}, step_seconds={step_seconds}"
+            "step plan needs steps >= 1 and step_seconds > 0, "
+            f"got steps={steps}, step_seconds={step_seconds}"
         )
     return tuple(
         Stage(
@@ -218,8 +220,9 @@ def trace_window(
     kept = tuple((t - begin, rps) for t, rps in points if begin <= t <= end)
     if len(kept) < 2:
         raise ValueError(
-            f"the window {begin:.0f}..{end:.0f} (unix s) holds {len(kept)} samples; the trace covers "
-            f"{first:.0f}..{last:.0f}: move window_start inside it or widen window_hours"
+            f"the window {begin:.0f}..{end:.0f} (unix s) holds {len(kept)} samples; "
+            f"the trace covers {first:.0f}..{last:.0f}: "
+            "move window_start inside it or widen window_hours"
         )
     return kept
 
@@ -230,7 +233,7 @@ def read_trace(
     """(seconds since the window start, rps) from a `timestamp,rps` CSV, read as the backtest reads
     it."""
     history = read_csv(path)
-    points = tuple(zip(history.timestamps.tolist(), history.rps.tolist()))
+    points = tuple(zip(history.timestamps.tolist(), history.rps.tolist(), strict=True))
     start = None if window_start is None else parse_timestamp(str(window_start), ZoneInfo("UTC"))
     return trace_window(points, start, window_hours)
 
@@ -244,7 +247,8 @@ def _require(spec: dict, key: str, source: str):
 def plan_from_dict(
     spec: dict, source: str = "plan", base_dir: Path = PLANS_DIR, users_per_rps: float = 1.0
 ) -> Plan:
-    """Build a plan from its YAML mapping; `users_per_rps` is used when a replay plan leaves it out."""
+    """Build a plan from its YAML mapping; `users_per_rps` is used when a replay plan leaves it
+    out."""
     if not isinstance(spec, dict):
         raise ValueError(
             f"{source}: a plan must be a mapping with a 'kind' key, got {type(spec).__name__}"
@@ -320,7 +324,8 @@ def resolve_plan_path(scenario: str) -> Path:
     named = PLANS_DIR / f"{scenario}.yaml"
     if not named.is_file():
         raise ValueError(
-            f"unknown scenario {scenario!r}; choose one of {available_scenarios()} or give a .yaml/.csv path"
+            f"unknown scenario {scenario!r}; "
+            f"choose one of {available_scenarios()} or give a .yaml/.csv path"
         )
     return named
 

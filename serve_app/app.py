@@ -6,6 +6,8 @@ import logging
 
 from ray.serve import Application
 
+from serve_app.autoscaling.deployment_policy import app_forecaster, autoscaling_options
+from serve_app.autoscaling.forecaster_config import ForecasterConfig
 from serve_app.config import AppConfig, ModelConfig, recognizer_deployment_name
 from serve_app.serving.ingress import Ingress
 from serve_app.serving.recognizer import Recognizer
@@ -25,9 +27,11 @@ def cluster_has_gpu() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
-def recognizer_options(m: ModelConfig, gpu_available: bool) -> dict:
+def recognizer_options(
+    m: ModelConfig, gpu_available: bool, forecaster: ForecasterConfig | None = None
+) -> dict:
     """Ray Serve options for one model's deployment: resources, queue bounds, replicas or
-    autoscaling."""
+    autoscaling (with the forecast policy's kwargs completed; invalid ones raise)."""
     use_gpu = m.device == "cuda" or (m.device == "auto" and gpu_available)
     env = {**MALLOC_ENV, "OMP_NUM_THREADS": str(m.num_threads)}
     options: dict = {
@@ -40,31 +44,21 @@ def recognizer_options(m: ModelConfig, gpu_available: bool) -> dict:
         "max_ongoing_requests": m.max_ongoing_requests,
         "max_queued_requests": m.max_queued_requests,
     }
-    if m.autoscaling_config:
-        options["autoscaling_config"] = m.autoscaling_config
+    autoscaling = autoscaling_options(m, forecaster)
+    if autoscaling is not None:
+        options["autoscaling_config"] = autoscaling
     else:
         options["num_replicas"] = m.num_replicas
     return options
 
 
-def check_policy_kwargs(m: ModelConfig) -> None:
-    """Validate our policy's kwargs at `serve run`, where a mistake stops start-up with the key
-    named.
+def deployment_options(cfg: AppConfig, gpu_available: bool) -> dict[str, dict]:
+    """Every model's Serve options by model name; invalid policy kwargs stop `serve run` here.
 
     (Inside the controller the policy never raises: it would hold the replica count instead.)
     """
-    policy = (m.autoscaling_config or {}).get("policy") or {}
-    if str(policy.get("policy_function", "")).startswith("serve_app.autoscaling.policy"):
-        from serve_app.autoscaling.policy import PolicyRules
-
-        PolicyRules.model_validate(policy.get("policy_kwargs") or {})
-
-
-def max_replicas(m: ModelConfig) -> int:
-    """The most replicas this model's deployment may run."""
-    if m.autoscaling_config:
-        return int(m.autoscaling_config.get("max_replicas", 1))
-    return m.num_replicas
+    forecaster = app_forecaster(cfg)
+    return {m.name: recognizer_options(m, gpu_available, forecaster) for m in cfg.models}
 
 
 def cpu_shortfall(cfg: AppConfig, cluster_cpus: float) -> str | None:
@@ -76,8 +70,8 @@ def cpu_shortfall(cfg: AppConfig, cluster_cpus: float) -> str | None:
     """
     parts = [
         (
-            f"{max_replicas(m)} x {recognizer_deployment_name(m.name)} at {m.num_cpus:g}",
-            max_replicas(m) * m.num_cpus,
+            f"{m.max_replicas()} x {recognizer_deployment_name(m.name)} at {m.num_cpus:g}",
+            m.max_replicas() * m.num_cpus,
         )
         for m in cfg.models
     ]
@@ -87,23 +81,23 @@ def cpu_shortfall(cfg: AppConfig, cluster_cpus: float) -> str | None:
             cfg.ingress.num_replicas * cfg.ingress.num_cpus,
         )
     )
-    if cfg.forecaster:
-        from serve_app.autoscaling.forecaster_service import ForecasterConfig
-
-        forecaster_cpus = ForecasterConfig.from_dict(cfg.forecaster).num_cpus
-        parts.append((f"Forecaster at {forecaster_cpus:g}", forecaster_cpus))
+    forecaster = app_forecaster(cfg)
+    if forecaster is not None:
+        parts.append((f"Forecaster at {forecaster.num_cpus:g}", forecaster.num_cpus))
     demand = sum(cpus for _, cpus in parts)
     if demand <= cluster_cpus + 1e-9:
         return None
     detail = " + ".join(text for text, cpus in parts if cpus > 0)
     return (
-        f"at max replicas the application asks for {demand:g} CPUs ({detail}) but the cluster has {cluster_cpus:g}: "
-        "replicas beyond that stay pending until nodes are added; lower num_cpus or max_replicas, or add nodes"
+        f"at max replicas the application asks for {demand:g} CPUs ({detail}) but the cluster has "
+        f"{cluster_cpus:g}: replicas beyond that stay pending until nodes are added; lower "
+        "num_cpus or max_replicas, or add nodes"
     )
 
 
 def warn_if_replicas_do_not_fit(cfg: AppConfig) -> None:
-    """One warning at start-up when max replicas cannot all be placed on the cluster as it is now."""
+    """One warning at start-up when max replicas cannot all be placed on the cluster as it is
+    now."""
     import ray
 
     if ray.is_initialized():
@@ -115,13 +109,11 @@ def warn_if_replicas_do_not_fit(cfg: AppConfig) -> None:
 def build_app(args: dict) -> Application:
     """Build the whole application from the `args` of configs/serve_config.yaml."""
     cfg = AppConfig.model_validate(args)
-    for m in cfg.models:
-        check_policy_kwargs(m)
+    options = deployment_options(cfg, cluster_has_gpu())
     warn_if_replicas_do_not_fit(cfg)
-    gpu = cluster_has_gpu()
     limits = cfg.limits.model_dump()
     recognizers = {
-        m.name: Recognizer.options(**recognizer_options(m, gpu)).bind(m.model_dump(), limits)
+        m.name: Recognizer.options(**options[m.name]).bind(m.model_dump(), limits)
         for m in cfg.models
     }
     quality = None
@@ -129,7 +121,7 @@ def build_app(args: dict) -> Application:
         from serve_app.quality.monitor import QualityMonitor
 
         quality = QualityMonitor.options(name="QualityMonitor", num_replicas=1).bind(
-            quality_settings(cfg)
+            **quality_settings(cfg)
         )
     forecaster = None
     if cfg.forecaster:
@@ -145,10 +137,10 @@ def build_app(args: dict) -> Application:
 
 
 def quality_settings(cfg: AppConfig) -> dict:
-    """The QualityMonitor's settings: the store bounds, windows, and each model's labels."""
+    """The QualityMonitor's arguments: the quality section, and each model's class names."""
     from serve_app.serving.models import load_labels
 
     return {
-        **cfg.quality.model_dump(exclude={"enabled"}),
+        "config": cfg.quality.model_dump(exclude={"enabled"}),
         "labels": {m.name: load_labels(m.labels) for m in cfg.models},
     }

@@ -9,9 +9,12 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "up": ("serve_app.launcher:main", "start the monitoring stack and `serve run` the application"),
+    "up": (
+        "serve_app.launcher:main",
+        "start the monitoring stack and `serve run` the application",
+    ),
     "stack": (
-        "serve_app.monitoring.stack:main",
+        "serve_app.monitoring.stack_cli:main",
         "start/stop/status of the local Prometheus + Alertmanager",
     ),
     "capacity": (

@@ -49,6 +49,75 @@ class PreprocessSpec(Section):
         return self
 
 
+class AutoscalingPolicySpec(Section):
+    """The policy Serve runs for the deployment instead of its own request-based one."""
+
+    policy_function: str = Field(
+        ...,
+        description="Import path `module:Class` of the policy. This service's forecast policy is "
+        "`serve_app.autoscaling.serve_policy:ForecastPolicy` (docs/AUTOSCALING.md).",
+    )
+    policy_kwargs: dict[str, Any] = Field(
+        {},
+        description="Keyword arguments Serve builds the policy with; for the forecast policy see "
+        "`policy_kwargs` below, checked when the application is built.",
+    )
+
+
+class AutoscalingSpec(Section):
+    """Ray Serve's `autoscaling_config` of one model's deployment, the keys this service uses.
+
+    Defaults are those of Ray's own `ray.serve.config.AutoscalingConfig`, so a key left out means
+    what it means to Serve.
+    """
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    initial_replicas: int | None = Field(
+        None, ge=0, description="Replicas at first deployment; empty means min_replicas."
+    )
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="How long Serve waits before acting on a scale-up decision."
+    )
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="How long Serve waits before acting on a scale-down decision."
+    )
+    metrics_interval_s: float = Field(
+        10.0, gt=0, description="How often replicas report their ongoing requests to Serve."
+    )
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Window over which Serve averages the ongoing requests."
+    )
+    target_ongoing_requests: float = Field(
+        2.0,
+        gt=0,
+        description="Ongoing requests per replica that Serve's own request-based policy aims at.",
+    )
+    policy: AutoscalingPolicySpec | None = Field(
+        None, description="A custom policy; empty means Serve's request-based policy."
+    )
+
+    @model_validator(mode="after")
+    def _replicas_ordered(self) -> "AutoscalingSpec":
+        initial = self.initial_replicas
+        if self.max_replicas < self.min_replicas or (
+            initial is not None and not self.min_replicas <= initial <= self.max_replicas
+        ):
+            raise ValueError(
+                "replicas must satisfy min_replicas <= initial_replicas <= max_replicas, got "
+                f"{self.min_replicas}, {initial}, {self.max_replicas}"
+            )
+        return self
+
+    def start_replicas(self) -> int:
+        """Replicas at first deployment: initial_replicas, else min_replicas (as Serve does)."""
+        return self.initial_replicas if self.initial_replicas is not None else self.min_replicas
+
+    def serve_options(self) -> dict[str, Any]:
+        """The `autoscaling_config` dict handed to Serve, every key written out."""
+        return self.model_dump(exclude_none=True)
+
+
 def recognizer_deployment_name(model_name: str) -> str:
     """Deployment name of a model's Recognizer (the `deployment` label of its metrics)."""
     return f"Recognizer_{model_name}"
@@ -64,18 +133,19 @@ class ModelConfig(Section):
     version: str = Field("1", description="Version reported in responses and metric labels.")
     architecture: str = Field(
         "efficientnet_lite0",
-        description="`efficientnet_lite0` (embedded weights) or any torchvision classification model name "
-        "(e.g. `resnet50`, `mobilenet_v3_large`).",
+        description="`efficientnet_lite0` (embedded weights) or any torchvision classification "
+        "model name (e.g. `resnet50`, `mobilenet_v3_large`).",
     )
     weights: str | None = Field(
         None,
-        description="Path to a local state-dict file (.pth/.pt). Empty means the embedded weights, which only "
-        "`efficientnet_lite0` has. Relative paths are resolved against the working directory.",
+        description="Path to a local state-dict file (.pth/.pt). Empty means the embedded "
+        "weights, which only `efficientnet_lite0` has. Relative paths are resolved against the "
+        "working directory.",
     )
     labels: str = Field(
         "imagenet",
-        description="`imagenet` (the 1,000 ImageNet class names that ship with torchvision) or a path to a "
-        "text file with one label per line, in class-id order.",
+        description="`imagenet` (the 1,000 ImageNet class names that ship with torchvision) or a "
+        "path to a text file with one label per line, in class-id order.",
     )
     preprocess: PreprocessSpec | None = Field(
         None,
@@ -89,8 +159,8 @@ class ModelConfig(Section):
     )
     runtime: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",
-        description="`auto`: ONNX Runtime on CPU when its outputs agree with torch on real photos, torch "
-        "otherwise and on CUDA.",
+        description="`auto`: ONNX Runtime on CPU when its outputs agree with torch on real "
+        "photos, torch otherwise and on CUDA.",
     )
     num_threads: int = Field(
         1, ge=1, le=64, description="Intra-op threads of the model runtime in each replica."
@@ -107,7 +177,8 @@ class ModelConfig(Section):
         0.002,
         ge=0,
         le=5,
-        description="How long a batch waits to fill before it runs anyway (raise it on GPU, where batching pays).",
+        description="How long a batch waits to fill before it runs anyway (raise it on GPU, where "
+        "batching pays).",
     )
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests one replica holds at once (Ray Serve)."
@@ -115,16 +186,21 @@ class ModelConfig(Section):
     max_queued_requests: int = Field(
         256,
         ge=-1,
-        description="Requests waiting for a replica beyond which new ones are shed with 503 (-1: unbounded).",
+        description="Requests waiting for a replica beyond which new ones are shed with 503 (-1: "
+        "unbounded).",
     )
     num_replicas: int = Field(
         1, ge=1, description="Fixed replica count, used when `autoscaling_config` is empty."
     )
-    autoscaling_config: dict[str, Any] | None = Field(
-        None,
-        description="Ray Serve autoscaling_config, passed through as written (min/max_replicas, delays, and "
-        "`policy: {policy_function: serve_app.autoscaling.policy:ForecastPolicy, policy_kwargs: {...}}`).",
+    autoscaling_config: AutoscalingSpec | None = Field(
+        None, description="Ray Serve autoscaling; empty means `num_replicas` fixed replicas."
     )
+
+    def max_replicas(self) -> int:
+        """The most replicas this model's deployment may run."""
+        if self.autoscaling_config is not None:
+            return self.autoscaling_config.max_replicas
+        return self.num_replicas
 
     @field_validator("name")
     @classmethod
@@ -185,13 +261,48 @@ class QualityConfig(Section):
     window_seconds: float = Field(
         3600, gt=0, description="Time window: labelled predictions of the last T seconds."
     )
+    store_evicted_ids_max: int = Field(
+        200_000,
+        ge=1,
+        description="Evicted request ids remembered, so late feedback is answered 410 (expired) "
+        "rather than 404 (unknown).",
+    )
     reference_size: int = Field(
         1000,
         ge=10,
-        description="Predictions after start that form the reference distribution for drift (PSI).",
+        description="Predictions after start that form the drift (PSI) reference distribution.",
     )
     drift_window_size: int = Field(
         1000, ge=10, description="Most recent predictions compared with the reference."
+    )
+    drift_bins: int = Field(
+        20,
+        ge=2,
+        description="PSI bins: the reference's most frequent (bins - 1) classes each get one, "
+        "all other classes share the last.",
+    )
+    drift_epsilon: float = Field(
+        0.5,
+        gt=0,
+        description="Pseudo-count added to every PSI bin, so an empty bin gives a large but "
+        "finite term instead of ln(0).",
+    )
+    drift_reference: dict[str, dict[int, float]] = Field(
+        default_factory=dict,
+        description="Per model, a fixed drift reference {class id: count} (e.g. top-1 counts on "
+        "a validation set) instead of its first `reference_size` predictions.",
+    )
+    refresh_interval_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often the quality gauges are exported again (time windows decay even "
+        "without traffic).",
+    )
+    feedback_grace_s: float = Field(
+        0.5,
+        gt=0,
+        description="How long feedback for a request id not seen yet waits for its prediction, "
+        "which the ingress sends a few milliseconds after answering.",
     )
 
 
@@ -208,7 +319,8 @@ class AppConfig(Section):
     )
     forecaster: dict[str, Any] | None = Field(
         None,
-        description="Forecaster deployment settings (see docs/AUTOSCALING.md); empty: no forecaster.",
+        description="Forecaster deployment settings (see docs/AUTOSCALING.md); empty: no "
+        "forecaster.",
     )
 
     @model_validator(mode="after")

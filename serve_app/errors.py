@@ -1,7 +1,8 @@
-"""Typed domain errors. Each carries its HTTP status and a stable machine-readable code.
+"""Typed domain errors, each with its HTTP status and a stable machine-readable code, and the one
+builder of error replies.
 
-The ingress maps them to `{"error": {"code": ..., "message": ...}}` in one place, so a handler only
-raises; it never builds an error response itself.
+Every error reply of the service has the shape `{"error": {"code": ..., "message": ...}}` and is
+built here: a handler only raises, and the exception handlers answer with `to_response()`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
-
-    def to_json(self) -> dict:
-        return error_body(self.code, self.message)
 
     def to_response(self) -> JSONResponse:
         """This error as the HTTP reply the client gets."""
@@ -70,20 +68,6 @@ class ModelNotFound(ServiceError):
 
     status = 404
     code = "model_not_found"
-
-
-class PredictionNotFound(ServiceError):
-    """404: feedback names a request id the service never issued (or no longer remembers at all)."""
-
-    status = 404
-    code = "prediction_not_found"
-
-
-class PredictionExpired(ServiceError):
-    """410: feedback names a prediction that was evicted from the bounded store."""
-
-    status = 410
-    code = "prediction_expired"
 
 
 class PayloadTooLarge(ServiceError):

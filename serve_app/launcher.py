@@ -9,16 +9,21 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from serve_app.config import load_config
+from serve_app.monitoring.stack import stack_down, stack_up
+from serve_app.monitoring.stack_config import StackConfig, StackError
+from serve_app.processes import StopStep, start_process
+
+# serve run shuts Serve and the local Ray it started down on Ctrl-C, however long that takes.
+SERVE_STOP = (StopStep(signal.SIGINT, None),)
 
 
 def _serve_port(config_path: Path) -> int:
-    import yaml
-
     doc = yaml.safe_load(config_path.read_text())
     return int((doc.get("http_options") or {}).get("port", 8000))
 
@@ -32,10 +37,12 @@ def print_urls(
         "",
         "recognition-serve is starting (the model loads and warms up in ~30 s):",
         f"  API docs (OpenAPI)   {base}/docs",
-        f"  predict              curl -F file=@photo.jpg {base}/v1/models/efficientnet_lite0/predict",
+        f"  predict              curl -F file=@photo.jpg "
+        f"{base}/v1/models/efficientnet_lite0/predict",
         f"  readiness            {base}/readyz",
         f"  live dashboard       {base}/dashboard",
-        f"  Ray dashboard        http://127.0.0.1:{dashboard_port}   (token: `ray get-auth-token`, or ~/.ray/auth_token)",
+        f"  Ray dashboard        http://127.0.0.1:{dashboard_port}   "
+        "(token: `ray get-auth-token`, or ~/.ray/auth_token)",
     ]
     if prometheus:
         lines.append(f"  Prometheus           {prometheus}")
@@ -46,6 +53,7 @@ def print_urls(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of `recserve up`: the stack (unless --no-stack), then `serve run` to Ctrl-C."""
     parser = argparse.ArgumentParser(prog="recserve up", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=Path("configs/serve_config.yaml"))
     parser.add_argument(
@@ -56,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--python-proxy",
         action="store_true",
-        help="use Serve's Python HTTP proxy instead of HAProxy (HAProxy: ~5x less proxy CPU, docs/PERFORMANCE.md)",
+        help="use Serve's Python HTTP proxy instead of HAProxy "
+        "(HAProxy: ~5x less proxy CPU, docs/PERFORMANCE.md)",
     )
     args = parser.parse_args(argv)
 
@@ -69,37 +78,37 @@ def main(argv: list[str] | None = None) -> int:
     started_stack = None
     prometheus = alertmanager = None
     if not args.no_stack:
-        import serve_app.monitoring.stack as stack
-
         if shutil.which("prometheus") is None:
             print(
-                "prometheus is not installed (make run installs it); serving without the monitoring stack",
+                "prometheus is not installed (make run installs it); "
+                "serving without the monitoring stack",
                 file=sys.stderr,
             )
         else:
-            cfg = stack.StackConfig(
+            cfg = StackConfig(
                 prometheus_port=args.prometheus_port, alertmanager_port=args.alertmanager_port
             )
             try:
-                stack.stack_up(cfg)
+                stack_up(cfg)
                 started_stack = cfg
                 prometheus, alertmanager = cfg.prometheus_url, cfg.alertmanager_url
                 # Ray's dashboard and our autoscaling policy read Prometheus from this variable.
                 env["RAY_PROMETHEUS_HOST"] = prometheus
                 env["RECSERVE_PROMETHEUS_URL"] = prometheus
-            except stack.StackError as exc:
+            except StackError as exc:
                 print(f"monitoring stack not started: {exc}", file=sys.stderr)
 
     print_urls(_serve_port(args.config), prometheus, alertmanager, dashboard_port=8265)
     serve_bin = Path(sys.executable).parent / "serve"
-    proc = subprocess.Popen([str(serve_bin), "run", str(args.config)], env=env)
+    # In this command's own process group, with its output on this terminal: a Ctrl-C there reaches
+    # serve run directly, and whoever stops this command's group stops serve run with it.
+    serve = start_process(
+        "serve run", [str(serve_bin), "run", str(args.config)], env=env, own_group=False
+    )
     try:
-        return proc.wait()
+        return serve.process.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait()
+        return serve.stop(SERVE_STOP)
     finally:
         if started_stack is not None:
-            import serve_app.monitoring.stack as stack
-
-            stack.stack_down(started_stack.state_dir)
+            stack_down(started_stack.state_dir)

@@ -39,9 +39,8 @@ class ForecasterSettings:
     changepoint_prior_scale: float = 0.05
     daily_fourier_order: int = 10
     weekly: bool | None = None  # None: on once the history covers a full week
-    weekend_daily: bool | None = (
-        None  # None: on once the history has both weekdays and weekend days
-    )
+    # None: on once the history has both weekdays and weekend days
+    weekend_daily: bool | None = None
     holidays_country: str | None = None
     min_history_s: float = 2 * 86400
     min_points: int = 48
@@ -50,7 +49,8 @@ class ForecasterSettings:
         zone_of(self.timezone)
         if not 0 < self.interval_width < 1:
             raise ValueError(
-                f"interval_width must be in (0, 1), e.g. 0.8 for an 80% interval, got {self.interval_width!r}"
+                "interval_width must be in (0, 1), e.g. 0.8 for an 80% interval, got "
+                f"{self.interval_width!r}"
             )
         if self.growth not in ("flat", "linear"):
             raise ValueError(f"growth must be 'flat' or 'linear', got {self.growth!r}")
@@ -58,7 +58,8 @@ class ForecasterSettings:
             raise ValueError(f"daily_fourier_order must be >= 1, got {self.daily_fourier_order!r}")
         if self.min_history_s < 86400:
             raise ValueError(
-                f"min_history_s must be at least one day (86400) for a daily pattern, got {self.min_history_s!r}"
+                "min_history_s must be at least one day (86400) for a daily pattern, got "
+                f"{self.min_history_s!r}"
             )
 
 
@@ -112,17 +113,20 @@ def validate_history(timestamps: Sequence[float], rps: Sequence[float]) -> None:
     if (steps <= 0).any():
         i = int(np.flatnonzero(steps <= 0)[0])
         raise ValueError(
-            f"timestamps must increase strictly: index {i + 1} ({ts[i + 1]:.0f}) follows {ts[i]:.0f}; sort them and drop duplicates"
+            f"timestamps must increase strictly: index {i + 1} ({ts[i + 1]:.0f}) follows "
+            f"{ts[i]:.0f}; sort them and drop duplicates"
         )
     bad = np.flatnonzero(~np.isfinite(ys))
     if bad.size:
         raise ValueError(
-            f"rps at index {bad[0]} is not a finite number ({rps[bad[0]]!r}); leave gaps out instead of NaN"
+            f"rps at index {bad[0]} is not a finite number ({rps[bad[0]]!r}); leave gaps out "
+            "instead of NaN"
         )
     negative = np.flatnonzero(ys < 0)
     if negative.size:
         raise ValueError(
-            f"rps at index {negative[0]} is negative ({ys[negative[0]]:g}): a request rate cannot be"
+            f"rps at index {negative[0]} is negative ({ys[negative[0]]:g}): "
+            "a request rate cannot be"
         )
 
 
@@ -233,8 +237,9 @@ class RateForecaster:
             self._model = None
             return FitOutcome(
                 "insufficient_history",
-                f"{span / 3600:.1f} h and {len(timestamps)} points of history; a forecast needs at least "
-                f"{self.settings.min_history_s / 3600:.0f} h and {self.settings.min_points} points",
+                f"{span / 3600:.1f} h and {len(timestamps)} points of history; a forecast needs "
+                f"at least {self.settings.min_history_s / 3600:.0f} h and "
+                f"{self.settings.min_points} points",
                 len(timestamps),
                 span,
             )
@@ -269,11 +274,13 @@ class RateForecaster:
         model)."""
         if self._model is None:
             raise ValueError(
-                "the forecaster has no model: fit() it on enough history (or load() one) before predicting"
+                "the forecaster has no model: fit() it on enough history (or load() one) before "
+                "predicting"
             )
         if not (horizon_s > 0 and step_s > 0 and math.isfinite(start)):
             raise ValueError(
-                f"need a finite start and positive horizon and step, got {start!r}, {horizon_s!r}, {step_s!r}"
+                f"need a finite start and positive horizon and step, got {start!r}, {horizon_s!r}, "
+                f"{step_s!r}"
             )
         timestamps = [start + i * step_s for i in range(int(horizon_s // step_s) + 1)]
         with warnings.catch_warnings():
@@ -291,7 +298,8 @@ class RateForecaster:
     # ------------------------------------------------------------------ persistence
 
     def to_json(self) -> str:
-        """The fitted model as JSON (prophet.serialize) with our settings and the library versions."""
+        """The fitted model as JSON (prophet.serialize) with our settings and the library
+        versions."""
         if self._model is None:
             raise ValueError("refusing to save an unfitted forecaster: fit() it first")
         import prophet

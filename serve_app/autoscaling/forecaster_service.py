@@ -5,13 +5,14 @@ One replica. On a schedule it pulls history from Prometheus (serve_app.autoscali
 refits in a worker thread (the event loop and the autoscaling policy never wait for Prophet), saves
 the model JSON, and keeps these gauges current for the policy to read through Prometheus:
 
-- forecast_qps{model_name, bound}: the forecast at now + lead time (bound: yhat | upper), re-published every
-  `publish_interval_s` because "now + lead" moves;
+- forecast_qps{model_name, bound}: the forecast at now + lead time (bound: yhat | upper),
+  re-published every `publish_interval_s` because "now + lead" moves;
 - forecast_peak_qps{model_name, bound}: the largest value over the rest of the horizon;
-- forecaster_last_fit_timestamp_seconds{model_name}: when the model in use was fitted (the policy ignores
-  forecasts older than its max_forecast_age_s, so a forecaster that stops fitting fades out by
-  itself);
-- forecaster_status{model_name, status}: 1 for the current status (ok | insufficient_history | error).
+- forecaster_last_fit_timestamp_seconds{model_name}: when the model in use was fitted (the policy
+  ignores forecasts older than its max_forecast_age_s, so a forecaster that stops fitting fades out
+  by itself);
+- forecaster_status{model_name, status}: 1 for the current status (ok | insufficient_history |
+  error).
 
 Planned events (an announced promotion, a launch) come from `planned_events_file`, a YAML or JSON
 list of `{name, start, end, qps}` re-read at every publish, so operators edit it while the service
@@ -32,9 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster
+from serve_app.autoscaling.forecast_metrics import (
+    FORECAST_PEAK_QPS,
+    FORECAST_QPS,
+    FORECASTER_LAST_FIT,
+    FORECASTER_STATUS,
+)
+from serve_app.autoscaling.forecaster import Forecast, RateForecaster
+from serve_app.autoscaling.forecaster_config import ForecasterConfig
 from serve_app.autoscaling.planned_events import (
     PlannedEvent,
     PlannedEventsFile,
@@ -42,139 +48,15 @@ from serve_app.autoscaling.planned_events import (
     planned_qps,
 )
 from serve_app.autoscaling.rate_history import RateHistory, prometheus_rate_history
-from serve_app.monitoring.metrics import GAUGE, MetricSpec, default_backend
-from serve_app.validation import validation_problems
+from serve_app.monitoring.metric_backends import default_backend
 
 logger = logging.getLogger("ray.serve")
 
 STATUSES = ("ok", "insufficient_history", "error")
 
-FORECAST_QPS = MetricSpec(
-    "forecast_qps",
-    GAUGE,
-    "Forecast requests per second at now + lead time (bound: yhat or upper).",
-    ("model_name", "bound"),
-)
-FORECAST_PEAK_QPS = MetricSpec(
-    "forecast_peak_qps",
-    GAUGE,
-    "Largest forecast requests per second over the rest of the horizon.",
-    ("model_name", "bound"),
-)
-FORECASTER_LAST_FIT = MetricSpec(
-    "forecaster_last_fit_timestamp_seconds",
-    GAUGE,
-    "Unix time of the fit behind the published forecast.",
-    ("model_name",),
-)
-FORECASTER_STATUS = MetricSpec(
-    "forecaster_status",
-    GAUGE,
-    "1 for the forecaster's current status per model (ok, insufficient_history, error).",
-    ("model_name", "status"),
-)
-FORECASTER_METRICS = (FORECAST_QPS, FORECAST_PEAK_QPS, FORECASTER_LAST_FIT, FORECASTER_STATUS)
 
-
-class ForecasterConfig(BaseModel):
-    """The `forecaster:` section of the application args."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    models: list[str] = Field(
-        ["efficientnet_lite0"], min_length=1, description="model_name labels to forecast."
-    )
-    prometheus_address: str | None = Field(
-        None,
-        description="Prometheus base URL; empty means the RAY_PROMETHEUS_HOST environment variable.",
-    )
-    refit_interval_s: float = Field(
-        3600.0, ge=60, description="Seconds between refits of each model."
-    )
-    retry_interval_s: float = Field(
-        300.0, ge=10, description="Seconds before retrying after an error or too little history."
-    )
-    history_days: float = Field(
-        14.0, gt=0, description="Days of request-rate history each fit reads."
-    )
-    history_step_s: float = Field(
-        300.0, ge=15, description="Resolution of that history in seconds."
-    )
-    horizon_h: float = Field(
-        24.0, gt=0, description="Hours forecast ahead (the seeds: the next 24 hours)."
-    )
-    forecast_step_s: float = Field(
-        300.0, ge=15, description="Spacing of forecast points in seconds."
-    )
-    lead_time_s: float = Field(
-        180.0,
-        ge=0,
-        description="forecast_qps is the forecast at now + this; keep it equal to the policy's lead_time_s.",
-    )
-    publish_interval_s: float = Field(
-        15.0, ge=1, description="Seconds between re-publishing the moving forecast gauges."
-    )
-    model_dir: str = Field(
-        "forecaster_models",
-        description="Directory for the fitted models' JSON (one file per model).",
-    )
-    timezone: str = Field(
-        "UTC", description="Local time zone of the traffic's daily pattern (IANA name or +08:00)."
-    )
-    interval_width: float = Field(
-        0.8, gt=0, lt=1, description="Width of the forecast interval; `upper` is its top."
-    )
-    holidays_country: str | None = Field(
-        None, description="Add this country's public holidays (e.g. CN)."
-    )
-    min_history_h: float = Field(
-        48.0, ge=24, description="Less history than this gives `insufficient_history`."
-    )
-    num_cpus: float = Field(
-        0.0,
-        ge=0,
-        description="CPUs the Forecaster replica asks Ray for. It refits once per refit_interval_s in a "
-        "worker thread, so by default it reserves none and leaves the node's CPUs to the recognizer replicas.",
-    )
-    planned_events_file: str | None = Field(
-        None,
-        description="YAML/JSON list of planned events `{name, start, end, qps[, models]}` (ISO-8601 times with an "
-        "offset), re-read at every publish; the forecast is raised to an event's qps while it covers the time.",
-    )
-
-    @model_validator(mode="after")
-    def _horizon_covers_lead(self) -> "ForecasterConfig":
-        if self.horizon_h * 3600 <= self.lead_time_s:
-            raise ValueError(
-                f"horizon_h ({self.horizon_h:g} h) must reach beyond lead_time_s ({self.lead_time_s:g} s)"
-            )
-        ForecasterSettings(timezone=self.timezone, interval_width=self.interval_width)
-        return self
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "ForecasterConfig":
-        """Validated config; ValueError listing every bad key with its value."""
-        try:
-            return cls.model_validate(raw or {})
-        except ValidationError as exc:
-            raise ValueError(
-                f"invalid forecaster config: {validation_problems(exc, 'forecaster')}"
-            ) from None
-
-    def settings(self) -> ForecasterSettings:
-        """Prophet settings for every model."""
-        return ForecasterSettings(
-            timezone=self.timezone,
-            interval_width=self.interval_width,
-            holidays_country=self.holidays_country,
-            min_history_s=self.min_history_h * 3600,
-        )
-
-
-# --------------------------------------------------------------------------------------------------
-HistorySource = Callable[
-    [str, float, float, float], RateHistory
-]  # (model, start, end, step) -> history
+# (model, start, end, step) -> history
+HistorySource = Callable[[str, float, float, float], RateHistory]
 
 
 def prometheus_history(address: str | None) -> HistorySource:
@@ -200,9 +82,8 @@ class ModelState:
     forecast: Forecast | None = None
     next_refit: float = 0.0
     model_path: Path | None = None
-    planned_published: bool = (
-        False  # the gauges carry a planned-only value that must be cleared when it ends
-    )
+    # the gauges carry a planned-only value that must be cleared when it ends
+    planned_published: bool = False
 
 
 @dataclass
@@ -284,9 +165,8 @@ class ForecastPublisher:
                     tmp.write_text(forecaster.to_json())
                     tmp.replace(path)  # readers never see half a file
                     state.model_path = path
-        except (
-            Exception
-        ) as exc:  # Prometheus down, Prophet failing: keep the last good forecast, say why
+        except Exception as exc:
+            # Prometheus down, Prophet failing: keep the last good forecast, say why
             state.status, state.message = "error", f"{type(exc).__name__}: {exc}"
         ok = state.status == "ok"
         state.next_refit = now + (
@@ -308,7 +188,8 @@ class ForecastPublisher:
             "message": state.message,
             "forecast_source": None,
             "forecast_qps": None,
-            "planned_qps": None,  # the planned events' figure at now + lead time, part of forecast_qps
+            # the planned events' figure at now + lead time, part of forecast_qps
+            "planned_qps": None,
             "forecast_peak_qps": None,
             "last_fit_timestamp": None,
             "last_fit_age_s": None,
@@ -479,7 +360,8 @@ def _deployment_class():
 
 
 def build_forecaster(config: dict[str, Any] | None):
-    """The bound Forecaster deployment for `serve_app.app` to include (validates the config first)."""
+    """The bound Forecaster deployment for `serve_app.app` to include (validates the config
+    first)."""
     validated = ForecasterConfig.from_dict(
         config
     )  # fail at `serve run`, with the bad key named, not in a replica

@@ -94,7 +94,8 @@ def planned_qps(events: list[PlannedEvent], model: str, when: float) -> float | 
 
 
 def merge_forecast(prophet: float | None, planned: float | None) -> float | None:
-    """The published value: the larger of Prophet's forecast and the planned qps, whichever exist."""
+    """The published value: the larger of Prophet's forecast and the planned qps, whichever
+    exist."""
     present = [v for v in (prophet, planned) if v is not None]
     return max(present) if present else None
 
@@ -127,7 +128,8 @@ class PlannedEventsFile:
             return self.events
         except OSError as exc:
             self._problem(
-                f"planned events file {self.path} unreadable ({exc}); keeping {len(self.events)} event(s)"
+                f"planned events file {self.path} unreadable ({exc}); keeping {len(self.events)} "
+                "event(s)"
             )
             return self.events
         if text == self._last_text:
@@ -137,7 +139,8 @@ class PlannedEventsFile:
             self.events = parse_planned_events(text)
         except ValueError as exc:
             self._problem(
-                f"planned events file {self.path} ignored: {exc}; keeping the last good {len(self.events)} event(s)"
+                f"planned events file {self.path} ignored: {exc}; keeping the last good "
+                f"{len(self.events)} event(s)"
             )
             return self.events
         self.error = self._last_problem = None

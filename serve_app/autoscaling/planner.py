@@ -16,11 +16,13 @@ def check_capacity(capacity_qps: float, headroom: float) -> None:
     """Raise ValueError unless capacity is positive and headroom is in (0, 1]."""
     if not math.isfinite(capacity_qps) or capacity_qps <= 0:
         raise ValueError(
-            f"per-replica capacity must be a positive QPS, got {capacity_qps!r} (measure it with `recserve capacity`)"
+            f"per-replica capacity must be a positive QPS, got {capacity_qps!r} (measure it with "
+            "`recserve capacity`)"
         )
     if not math.isfinite(headroom) or not 0 < headroom <= 1:
         raise ValueError(
-            f"headroom must be in (0, 1] (0.8 keeps each replica at <= 80% of its capacity), got {headroom!r}"
+            "headroom must be in (0, 1] (0.8 keeps each replica at <= 80% of its capacity), got "
+            f"{headroom!r}"
         )
 
 
@@ -29,8 +31,9 @@ def check_lead_time(lead_time_s: float, startup_s: float) -> None:
     arrive late)."""
     if lead_time_s < startup_s:
         raise ValueError(
-            f"lead time {lead_time_s:g}s is shorter than the replica start-up time {startup_s:g}s: replicas "
-            f"would be ready after the load they were planned for; set lead_time_s >= {startup_s:g}"
+            f"lead time {lead_time_s:g}s is shorter than the replica start-up time {startup_s:g}s: "
+            "replicas would be ready after the load they were planned for; set lead_time_s >= "
+            f"{startup_s:g}"
         )
 
 

@@ -1,34 +1,32 @@
-"""Request-rate history: from Prometheus range queries over HTTP, or from a `timestamp,rps` CSV.
+"""Request-rate history: from Prometheus range queries, or from a `timestamp,rps` CSV.
 
-The only module in `forecasting` that does I/O. Prometheus history is read as the raw request
-counters, series by series, so this module (and its tests) decide what a counter reset, a replica
-restart or a gap means rather than leaving it to a PromQL expression:
+Prometheus history is read through `PrometheusClient` as the raw request counters, series by series,
+so this module (and its tests) decide what a counter reset, a replica restart or a gap means rather
+than leaving it to a PromQL expression:
 
 - a counter that goes down was reset (its process restarted): the increase is its new value, as
   Prometheus's own rate() counts it;
-- a series that appears (a new replica or a new status label) contributes from its second sample on;
-- a step at which no series has a sample is a gap: it stays out of the history (unknown is not zero), and
-  no increase is attributed across a gap longer than `max_gap_s`.
+- a series that appears (a new replica or a new status label) contributes from its second sample
+  on;
+- a step at which no series has a sample is a gap: it stays out of the history (unknown is not
+  zero), and no increase is attributed across a gap longer than `max_gap_s`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import math
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from itertools import pairwise
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from serve_app.autoscaling.zones import zone_of
-
-# Prometheus refuses range queries of more than 11,000 points per series; stay well below.
-MAX_POINTS_PER_QUERY = 10_000
+from serve_app.monitoring.prometheus_api import PrometheusClient
+from serve_app.monitoring.promql import REQUESTS, matchers
 
 
 @dataclass(frozen=True)
@@ -58,7 +56,8 @@ class RateHistory:
             i = int(irregular[0])
             raise ValueError(
                 f"the trace must have a regular step ({step:g}s) but rows {i + 2} and {i + 3} are "
-                f"{steps[i]:g}s apart; fill the gap (e.g. with the neighbouring rates) before replaying"
+                f"{steps[i]:g}s apart; fill the gap (e.g. with the neighbouring rates) before "
+                "replaying"
             )
         return step
 
@@ -84,7 +83,8 @@ def parse_timestamp(text: str, zone: tzinfo) -> float:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(
-            f"timestamp {text!r} is neither unix seconds nor ISO 8601 (e.g. 2024-06-03T09:00:00+08:00)"
+            f"timestamp {text!r} is neither unix seconds nor ISO 8601 (e.g. "
+            "2024-06-03T09:00:00+08:00)"
         ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=zone)
@@ -170,7 +170,7 @@ def write_csv(path: str | Path, history: RateHistory, timezone: str = "UTC") -> 
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["timestamp", "rps"])
-        for t, r in zip(history.timestamps, history.rps):
+        for t, r in zip(history.timestamps, history.rps, strict=True):
             writer.writerow([datetime.fromtimestamp(float(t), zone).isoformat(), f"{float(r):.6g}"])
     return path
 
@@ -186,7 +186,8 @@ def counter_increases(
     """Increase of one counter per step (keyed by the step's end), with resets and gaps handled
     (module doc)."""
     out: dict[float, float] = {}
-    for (t0, v0), (t1, v1) in zip(zip(timestamps, values), list(zip(timestamps, values))[1:]):
+    samples = zip(timestamps, values, strict=False)
+    for (t0, v0), (t1, v1) in pairwise(samples):
         span = t1 - t0
         if span <= 0 or span > max_gap_s or not (math.isfinite(v0) and math.isfinite(v1)):
             continue
@@ -218,58 +219,6 @@ def rates_from_counters(
 # --------------------------------------------------------------------------------------------------
 
 
-class PrometheusError(RuntimeError):
-    """Prometheus could not be reached or refused the query."""
-
-
-def _query_url(address: str) -> str:
-    address = address.rstrip("/")
-    if not address.startswith(("http://", "https://")):
-        address = f"http://{address}"
-    return f"{address}/api/v1/query_range"
-
-
-def query_range(
-    address: str, query: str, start: float, end: float, step_s: float, timeout_s: float = 30.0
-) -> list[dict]:
-    """The raw `result` list of a matrix range query, split into chunks Prometheus accepts."""
-    if end <= start:
-        raise ValueError(f"end ({end}) must be after start ({start})")
-    if step_s <= 0:
-        raise ValueError(f"step must be positive, got {step_s}")
-    url = _query_url(address)
-    chunk = MAX_POINTS_PER_QUERY * step_s
-    merged: dict[str, dict] = {}
-    chunk_start = start
-    while chunk_start <= end:
-        chunk_end = min(end, chunk_start + chunk - step_s)
-        params = urllib.parse.urlencode(
-            {"query": query, "start": chunk_start, "end": chunk_end, "step": step_s}
-        )
-        try:
-            with urllib.request.urlopen(f"{url}?{params}", timeout=timeout_s) as response:
-                body = json.load(response)
-        except (OSError, ValueError) as exc:
-            raise PrometheusError(
-                f"Prometheus at {address} did not answer the range query: {exc}"
-            ) from exc
-        if not isinstance(body, dict) or body.get("status") != "success":
-            error = body.get("error") if isinstance(body, dict) else body
-            raise PrometheusError(f"Prometheus refused the range query {query!r}: {error}")
-        data = body.get("data") or {}
-        if data.get("resultType") != "matrix":
-            raise PrometheusError(
-                f"expected a matrix from {query!r}, got {data.get('resultType')!r}"
-            )
-        for item in data.get("result", []):
-            key = json.dumps(item.get("metric", {}), sort_keys=True)
-            merged.setdefault(key, {"metric": item.get("metric", {}), "values": []})[
-                "values"
-            ].extend(item.get("values", []))
-        chunk_start = chunk_end + step_s
-    return list(merged.values())
-
-
 def prometheus_rate_history(
     address: str,
     model_name: str,
@@ -279,12 +228,17 @@ def prometheus_rate_history(
     max_gap_s: float | None = None,
     timeout_s: float = 30.0,
 ) -> RateHistory:
-    """Requests per second of one model from its `ray_model_request_total` counters, resets and gaps
-    handled."""
-    model = model_name.replace("\\", "\\\\").replace('"', '\\"')
-    result = query_range(
-        address, f'ray_model_request_total{{model_name="{model}"}}', start, end, step_s, timeout_s
-    )
+    """Requests per second of one model from its request counters, resets and gaps handled.
+
+    Raises PrometheusUnavailable when Prometheus cannot answer.
+    """
+    client = PrometheusClient(address, timeout_s=timeout_s)
+    try:
+        result = client.query_range_chunked(
+            REQUESTS + matchers(model_name=model_name), start, end, step_s
+        )
+    finally:
+        client.close()
     series = []
     for item in result:
         points = sorted((float(t), float(v)) for t, v in item["values"])

@@ -4,8 +4,9 @@
 Serve instantiates it once per deployment and calls it with an AutoscalingContext every control
 period. It turns the context and cached Prometheus queries (PrometheusQueryMixin: fetched in a
 background thread, never blocking the controller) into `Signals`, calls the pure
-`serve_app.autoscaling.policy.decide`, exports the decision as metrics, logs each change with its
-reason, and never raises into the controller.
+`serve_app.autoscaling.decide.decide`, exports the decision as metrics, logs each change with its
+reason, and never raises into the controller. The YAML names it through
+`serve_app.autoscaling.serve_policy` (that module says why).
 """
 
 from __future__ import annotations
@@ -17,17 +18,16 @@ from typing import Any
 
 from ray.serve.autoscaling_policy import PrometheusQueryMixin
 
-from serve_app.autoscaling.policy import (
-    QUERY_NAMES,
-    STATE_KEY,
-    Decision,
-    PolicyRules,
-    Signals,
-    decide,
-    default_queries,
-)
+from serve_app.autoscaling.decide import decide
+from serve_app.autoscaling.queries import default_queries
+from serve_app.autoscaling.rules import QUERY_NAMES, PolicyRules
+from serve_app.autoscaling.signals import Decision, Signals
 
 logger = logging.getLogger("ray.serve")
+
+# The policy's own entry in the policy-state dict Ray hands back every period (Ray keeps its own
+# keys beside it).
+STATE_KEY = "forecast_policy"
 
 
 class _DecisionMetrics:
@@ -70,8 +70,7 @@ class _DecisionMetrics:
 
 
 class ForecastPolicy(PrometheusQueryMixin):
-    """Ray Serve class-based policy: `policy_function: serve_app.autoscaling.policy:ForecastPolicy`
-    with `policy_kwargs`.
+    """Ray Serve class-based policy, instantiated with `policy_kwargs` (see `PolicyRules`).
 
     Ray instantiates it once per deployment and calls it with an AutoscalingContext every control
     period.
@@ -79,28 +78,33 @@ class ForecastPolicy(PrometheusQueryMixin):
 
     def __init__(self, **policy_kwargs: Any):
         self.config_error: str | None = None
+        self.rules: PolicyRules | None = None
+        self.queries: dict[str, str] = {}
         try:
             self.rules = PolicyRules.from_kwargs(policy_kwargs)
         except ValueError as exc:
             # Raising here would fail inside the controller; hold replicas and say why on every call
             # instead.
             self.config_error = str(exc)
-            self.rules = PolicyRules()
             logger.error(
                 "%s; the deployment keeps its current replicas until the config is fixed", exc
             )
-        self.queries = default_queries(self.rules)
-        address = self.rules.prometheus_address or os.environ.get("RAY_PROMETHEUS_HOST")
-        super().__init__(
-            prometheus_address=address,
-            prometheus_queries=list(self.queries.values()),
-            fetch_interval_s=self.rules.fetch_interval_s,
-            cache_ttl_s=self.rules.cache_ttl_s,
-        )
+        if self.rules is None:
+            super().__init__()  # nothing to fetch: invalid rules only ever hold
+        else:
+            self.queries = default_queries(self.rules)
+            address = self.rules.prometheus_address or os.environ.get("RAY_PROMETHEUS_HOST")
+            super().__init__(
+                prometheus_address=address,
+                prometheus_queries=list(self.queries.values()),
+                fetch_interval_s=self.rules.fetch_interval_s,
+                cache_ttl_s=self.rules.cache_ttl_s,
+            )
         self._metrics = _DecisionMetrics()
 
     def read_prometheus(self) -> dict[str, float] | None:
-        """Latest cached value per signal name; None when Prometheus is unset, unreachable or stale."""
+        """Latest cached value per signal name; None when Prometheus is unset, unreachable or
+        stale."""
         metrics = self.prometheus_metrics
         if metrics is None:
             return None
@@ -125,10 +129,11 @@ class ForecastPolicy(PrometheusQueryMixin):
         all_state = dict(ctx.policy_state or {})
         own = dict(all_state.get(STATE_KEY) or {})
         now = ctx.current_time if ctx.current_time is not None else time.time()
-        deployment = self.rules.deployment or getattr(ctx, "deployment_name", "") or ""
+        named = self.rules.deployment if self.rules is not None else ""
+        deployment = named or getattr(ctx, "deployment_name", "") or ""
         signals = None
         try:
-            if self.config_error:
+            if self.rules is None:
                 decision = Decision(
                     ctx.target_num_replicas,
                     own,

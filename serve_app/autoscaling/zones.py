@@ -23,5 +23,6 @@ def zone_of(name: str) -> tzinfo:
         return ZoneInfo(text)
     except Exception:
         raise ValueError(
-            f"unknown time zone {name!r}: use an IANA name such as Asia/Shanghai, UTC, or an offset like +08:00"
+            f"unknown time zone {name!r}: use an IANA name such as Asia/Shanghai, UTC, or an "
+            "offset like +08:00"
         ) from None

@@ -15,47 +15,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import json
 import os
 import platform
 import queue
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from serve_app.devtools.loadgen import closed_loop, open_loop, photos_jpeg
 from serve_app.paths import REPO_ROOT
+from serve_app.processes import StartedProcess, StopStep, http_ok, start_process
 
-ROOT = REPO_ROOT
 BATCH_SIZES = (1, 4, 8, 16)
 PORT = 18100
-
-
-def photos_jpeg() -> list[bytes]:
-    """Real photos (scikit-image's bundled set) as JPEG, the payload users send."""
-    from PIL import Image
-    from skimage import data
-
-    out = []
-    for arr in (
-        data.chelsea(),
-        data.coffee(),
-        data.rocket(),
-        data.astronaut(),
-        data.stereo_motorcycle()[0],
-    ):
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
+BASE_URL = f"http://127.0.0.1:{PORT}"
+READY_TIMEOUT_S = 300.0
+# Ctrl-C first (serve run then shuts Serve and its local Ray down), then whatever is left of the
+# process group it leads.
+SERVE_STOP = (StopStep(signal.SIGINT, 60.0), StopStep(signal.SIGKILL, 10.0, whole_group=True))
+# The batch-latency curve the backtest simulator replays by default.
+SIMULATOR_PROFILE = REPO_ROOT / "lab" / "profiles" / "cpu.csv"
 
 
 def _median_rate(fn, images_per_call: int, seconds: float, repeats: int = 3) -> float:
@@ -89,7 +77,7 @@ def bench_runtimes(seconds: float) -> dict:
         out[name] = {}
         for bs in BATCH_SIZES:
             x = rng.standard_normal((bs, 3, 224, 224)).astype(np.float32)
-            rate = _median_rate(lambda: rt.run(x), bs, seconds)
+            rate = _median_rate(partial(rt.run, x), bs, seconds)
             out[name][bs] = {
                 "images_per_s": round(rate, 1),
                 "batch_latency_ms": round(1000 * bs / rate, 2),
@@ -195,146 +183,41 @@ class ServeProcess:
         self.config_path = self.dir / "serve_config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = self.dir / "serve.log"
-        self.proc: subprocess.Popen | None = None
+        self.serve: StartedProcess | None = None
 
     def __enter__(self) -> "ServeProcess":
+        env = {
+            "RAY_TMPDIR": str(self.dir),
+            "RAY_AUTH_MODE": "token",
+            "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.haproxy else "0",
+        }
+        serve_bin = Path(sys.executable).parent / "serve"
+        self.serve = start_process(
+            "serve run",
+            [str(serve_bin), "run", str(self.config_path)],
+            self.log_path,
+            env=env,
+            cwd=REPO_ROOT,
+        )
         try:
-            return self._start()
+            self.serve.wait_ready(
+                both_applications_answer,
+                READY_TIMEOUT_S,
+                ready_check=f"{BASE_URL}/readyz and {BASE_URL}/naive/docs answering 200",
+            )
         except BaseException:
             self.__exit__()  # a failed start must not leave Serve and its Ray behind
             raise
-
-    def _start(self) -> "ServeProcess":
-        env = {**os.environ, "RAY_TMPDIR": str(self.dir), "RAY_AUTH_MODE": "token"}
-        env["RAY_SERVE_ENABLE_HA_PROXY"] = "1" if self.haproxy else "0"
-        serve_bin = Path(sys.executable).parent / "serve"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [str(serve_bin), "run", str(self.config_path)],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        import requests
-
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve run exited; see {self.log_path}")
-            try:
-                ok = requests.get(f"http://127.0.0.1:{PORT}/readyz", timeout=2).status_code == 200
-                naive = (
-                    requests.get(f"http://127.0.0.1:{PORT}/naive/docs", timeout=2).status_code
-                    == 200
-                )
-                if ok and naive:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        raise RuntimeError(f"service not ready in 300 s; see {self.log_path}")
+        return self
 
     def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.proc:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if self.serve is not None:
+            self.serve.stop(SERVE_STOP)
 
 
-def _multipart(images: list[bytes]):
-    import aiohttp
-
-    form = aiohttp.FormData()
-    for i, img in enumerate(images):
-        form.add_field("file", img, filename=f"{i}.jpg", content_type="image/jpeg")
-    return form
-
-
-async def _closed_loop(
-    url: str, payloads: list, images_per_request: int, concurrency: int, seconds: float, raw: bool
-) -> dict:
-    """`concurrency` clients sending back to back for `seconds`: images/s and request latencies."""
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-
-    async def client(k: int, session) -> None:
-        nonlocal errors
-        i = k
-        while time.perf_counter() < deadline:
-            body = payloads[i % len(payloads)]
-            i += 1
-            start = time.perf_counter()
-            if raw:
-                resp = await session.post(url, data=body[0], headers={"Content-Type": "image/jpeg"})
-            else:
-                resp = await session.post(url, data=_multipart(body))
-            await resp.read()
-            if resp.status == 200:
-                latencies.append(time.perf_counter() - start)
-            else:
-                errors += 1
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        started = time.perf_counter()
-        await asyncio.gather(*(client(k, session) for k in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {
-        "images_per_s": round(len(latencies) * images_per_request / elapsed, 1),
-        "requests_per_s": round(len(latencies) / elapsed, 1),
-        "errors": errors,
-        **_percentiles(latencies),
-    }
-
-
-async def _open_loop(url: str, payloads: list, rate: float, seconds: float) -> dict:
-    """Requests started at a fixed rate regardless of responses: latency percentiles under that
-    load."""
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(session, body: bytes) -> None:
-        nonlocal errors
-        start = time.perf_counter()
-        resp = await session.post(url, data=body, headers={"Content-Type": "image/jpeg"})
-        await resp.read()
-        if resp.status == 200:
-            latencies.append(time.perf_counter() - start)
-        else:
-            errors += 1
-
-    async with aiohttp.ClientSession() as session:
-        tasks, start = [], time.perf_counter()
-        for i in range(int(rate * seconds)):
-            await asyncio.sleep(max(0.0, start + i / rate - time.perf_counter()))
-            tasks.append(asyncio.create_task(one(session, payloads[i % len(payloads)][0])))
-        await asyncio.gather(*tasks)
-    return {"rate_rps": rate, "errors": errors, **_percentiles(latencies)}
-
-
-def _percentiles(latencies: list[float]) -> dict:
-    if not latencies:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "n": 0}
-    q = np.percentile(np.asarray(latencies) * 1000, [50, 95, 99])
-    return {
-        "p50_ms": round(float(q[0]), 1),
-        "p95_ms": round(float(q[1]), 1),
-        "p99_ms": round(float(q[2]), 1),
-        "n": len(latencies),
-    }
+def both_applications_answer() -> bool:
+    """Our application is ready and the naive baseline serves its routes."""
+    return http_ok(f"{BASE_URL}/readyz") and http_ok(f"{BASE_URL}/naive/docs")
 
 
 def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: float) -> dict:
@@ -343,28 +226,26 @@ def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: fl
     jpegs = photos_jpeg()
     singles = [[j] for j in jpegs]
     fours = [[jpegs[(i + k) % len(jpegs)] for k in range(4)] for i in range(len(jpegs))]
-    ours = f"http://127.0.0.1:{PORT}/v1/models/efficientnet_lite0/predict"
-    naive = f"http://127.0.0.1:{PORT}/naive/predict"
+    ours = f"{BASE_URL}/v1/models/efficientnet_lite0/predict"
+    naive = f"{BASE_URL}/naive/predict"
     out: dict = {"variant": variant}
     with ServeProcess(serve_config(variant), haproxy=variant["proxy"] == "haproxy"):
-        asyncio.run(
-            _closed_loop(ours, singles, 1, 4, 3, raw=True)
-        )  # warm the connections and caches
+        asyncio.run(closed_loop(ours, singles, 1, 4, 3, raw=True))  # warm connections and caches
         out["ours_1_image_requests"] = asyncio.run(
-            _closed_loop(ours, singles, 1, concurrency, seconds, raw=True)
+            closed_loop(ours, singles, 1, concurrency, seconds, raw=True)
         )
         print(f"  served ours (1 img/request):  {out['ours_1_image_requests']}", flush=True)
         out["ours_4_image_requests"] = asyncio.run(
-            _closed_loop(ours, fours, 4, max(4, concurrency // 4), seconds, raw=False)
+            closed_loop(ours, fours, 4, max(4, concurrency // 4), seconds, raw=False)
         )
         print(f"  served ours (4 img/request):  {out['ours_4_image_requests']}", flush=True)
         out["naive_1_image_requests"] = asyncio.run(
-            _closed_loop(naive, singles, 1, concurrency, seconds, raw=True)
+            closed_loop(naive, singles, 1, concurrency, seconds, raw=True)
         )
         print(f"  served naive (1 img/request): {out['naive_1_image_requests']}", flush=True)
-        out["ours_fixed_rate"] = asyncio.run(_open_loop(ours, singles, fixed_rate, seconds))
+        out["ours_fixed_rate"] = asyncio.run(open_loop(ours, singles, fixed_rate, seconds))
         print(f"  fixed rate {fixed_rate}/s: {out['ours_fixed_rate']}", flush=True)
-        out["ours_low_load"] = asyncio.run(_closed_loop(ours, singles, 1, 1, seconds / 2, raw=True))
+        out["ours_low_load"] = asyncio.run(closed_loop(ours, singles, 1, 1, seconds / 2, raw=True))
         print(f"  low load (1 client): {out['ours_low_load']}", flush=True)
     return out
 
@@ -375,66 +256,76 @@ def write_profile(runtimes: dict, path: Path) -> None:
         f"{bs},{v['batch_latency_ms']}" for bs, v in runtimes["onnxruntime"].items()
     ]
     path.write_text(
-        "# Measured by `make bench` (serve_app/devtools/bench.py): ONNX Runtime, 1 thread, EfficientNet-Lite0, this CPU.\n"
-        + "\n".join(rows)
-        + "\n"
+        "# Measured by `make bench` (serve_app/devtools/bench.py): ONNX Runtime, 1 thread, "
+        "EfficientNet-Lite0, this CPU.\n" + "\n".join(rows) + "\n"
     )
 
 
+SERVED_LOADS = (
+    "ours_1_image_requests",
+    "ours_4_image_requests",
+    "naive_1_image_requests",
+    "ours_fixed_rate",
+    "ours_low_load",
+)
+
+
+def _served_markdown(served: dict, pipeline_rate: float) -> list[str]:
+    """One served variant: its settings, a table of its loads and its ratios to the others."""
+    v = served["variant"]
+    lines = [
+        f"Served through {v['proxy']} proxy, {v['replicas']} recognizer replica(s), "
+        f"{v['ingress_replicas']} ingress replica(s), max batch {v['max_batch_size']}, "
+        f"wait {v['batch_wait_timeout_s'] * 1000:.0f} ms:",
+        "",
+        "| load | images/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in SERVED_LOADS:
+        r = served[key]
+        lines.append(
+            f"| {key} | {r.get('images_per_s', '-')} | {r['p50_ms']} | {r['p95_ms']} "
+            f"| {r['p99_ms']} | {r['errors']} |"
+        )
+    single = served["ours_1_image_requests"]["images_per_s"]
+    best = max(single, served["ours_4_image_requests"]["images_per_s"])
+    naive = max(served["naive_1_image_requests"]["images_per_s"], 0.1)
+    lines += [
+        "",
+        f"Ratios: served (best) / in-process pipeline = {best / pipeline_rate:.2f}; "
+        f"served 1-image / pipeline = {single / pipeline_rate:.2f}; "
+        f"ours / naive (1-image requests) = {single / naive:.2f}; "
+        f"best / naive = {best / naive:.2f}",
+        "",
+    ]
+    return lines
+
+
 def render_markdown(results: dict) -> str:
-    rt = results["runtimes"]
+    """The results as the Markdown of DIR/results.md."""
     lines = [
         f"Machine: {results['machine']}",
         "",
         "| runtime | " + " | ".join(f"batch {b}" for b in BATCH_SIZES) + " |",
         "|---|" + "---|" * len(BATCH_SIZES),
     ]
-    for name, row in rt.items():
-        lines.append(
-            f"| {name} | "
-            + " | ".join(f"{row[b]['images_per_s']} img/s" for b in BATCH_SIZES)
-            + " |"
-        )
+    for name, row in results["runtimes"].items():
+        rates = " | ".join(f"{row[b]['images_per_s']} img/s" for b in BATCH_SIZES)
+        lines.append(f"| {name} | {rates} |")
     p = results["pipeline"]
     lines += [
         "",
-        f"In-process pipeline (decode + crop + normalise + ONNX Runtime, batch {p['batch_size']}, {p['decode_threads']} decode threads): **{p['images_per_s']} img/s**",
+        f"In-process pipeline (decode + crop + normalise + ONNX Runtime, batch {p['batch_size']}, "
+        f"{p['decode_threads']} decode threads): **{p['images_per_s']} img/s**",
         "",
     ]
-    for s in results["served"]:
-        v = s["variant"]
-        lines.append(
-            f"Served through {v['proxy']} proxy, {v['replicas']} recognizer replica(s), {v['ingress_replicas']} ingress replica(s), max batch {v['max_batch_size']}, wait {v['batch_wait_timeout_s'] * 1000:.0f} ms:"
-        )
-        lines.append("")
-        lines.append("| load | images/s | p50 ms | p95 ms | p99 ms | errors |")
-        lines.append("|---|---|---|---|---|---|")
-        for key in (
-            "ours_1_image_requests",
-            "ours_4_image_requests",
-            "naive_1_image_requests",
-            "ours_fixed_rate",
-            "ours_low_load",
-        ):
-            r = s[key]
-            lines.append(
-                f"| {key} | {r.get('images_per_s', '-')} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['errors']} |"
-            )
-        best = max(
-            s["ours_1_image_requests"]["images_per_s"], s["ours_4_image_requests"]["images_per_s"]
-        )
-        lines.append("")
-        lines.append(
-            f"Ratios: served (best) / in-process pipeline = {best / p['images_per_s']:.2f}; "
-            f"served 1-image / pipeline = {s['ours_1_image_requests']['images_per_s'] / p['images_per_s']:.2f}; "
-            f"ours / naive (1-image requests) = {s['ours_1_image_requests']['images_per_s'] / max(s['naive_1_image_requests']['images_per_s'], 0.1):.2f}; "
-            f"best / naive = {best / max(s['naive_1_image_requests']['images_per_s'], 0.1):.2f}"
-        )
-        lines.append("")
+    for served in results["served"]:
+        lines += _served_markdown(served, p["images_per_s"])
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `make bench` argument parser."""
     parser = argparse.ArgumentParser(
         prog="python -m serve_app.devtools.bench", description=__doc__.splitlines()[0]
     )
@@ -470,13 +361,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also overwrite lab/profiles/cpu.csv, the backtest's default latency curve",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `make bench`: measure, then write DIR/results.json and DIR/results.md."""
+    args = build_parser().parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    processor = platform.processor() or platform.machine()
     results: dict = {
         "command": "python -m serve_app.devtools.bench "
         + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "machine": f"{processor}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     print("runtimes (in-process):", flush=True)
@@ -485,10 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     print("pipeline (in-process):", flush=True)
     results["pipeline"] = bench_pipeline(best_bs, seconds=4.0)
     write_profile(results["runtimes"], out / "cpu_profile.csv")
-    if (
-        args.update_profile
-    ):  # opt-in: the backtest figures in docs/AUTOSCALING.md were made with the committed curve
-        write_profile(results["runtimes"], ROOT / "forecasting" / "profiles" / "cpu.csv")
+    # Opt-in: the backtest figures in docs/AUTOSCALING.md were made with the committed curve.
+    if args.update_profile:
+        write_profile(results["runtimes"], SIMULATOR_PROFILE)
     results["served"] = []
     if not args.skip_served:
         for proxy in args.proxies:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 
-from serve_app.devtools.bench import _open_loop, photos_jpeg
+from serve_app.devtools.loadgen import open_loop, photos_jpeg
 
 
 def capacity_from_steps(steps: list[dict], slo_ms: float, replicas: int) -> float | None:
@@ -31,6 +31,7 @@ def capacity_from_steps(steps: list[dict], slo_ms: float, replicas: int) -> floa
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of `recserve capacity`: step the load up until the SLO breaks; print results."""
     parser = argparse.ArgumentParser(prog="recserve capacity", description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="the running service")
     parser.add_argument("--model", default="efficientnet_lite0")
@@ -57,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     steps = []
     rate = args.start_rps
     while rate <= args.max_rps:
-        step = asyncio.run(_open_loop(url, payloads, rate, args.step_seconds))
+        step = asyncio.run(open_loop(url, payloads, rate, args.step_seconds))
         steps.append(step)
         print(
-            f"  {rate:6.1f} req/s: p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, errors {step['errors']}",
+            f"  {rate:6.1f} req/s: p50 {step['p50_ms']} ms, p99 {step['p99_ms']} ms, "
+            f"errors {step['errors']}",
             flush=True,
         )
         if step["errors"] or step["p99_ms"] is None or step["p99_ms"] > args.slo_ms:
@@ -84,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(
         f"\nper-replica capacity at p99 <= {args.slo_ms:.0f} ms: {capacity:.1f} req/s\n"
-        f"set policy_kwargs.predictive.replica_capacity_qps: {capacity:.1f} (and --replica-rps for backtests)"
+        f"set policy_kwargs.predictive.replica_capacity_qps: {capacity:.1f} "
+        "(and --replica-rps for backtests)"
     )
     return 0

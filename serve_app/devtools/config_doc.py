@@ -1,15 +1,17 @@
-"""`recserve config-doc`: docs/CONFIG.md generated from the pydantic models in serve_app/config.py."""
+"""`recserve config-doc`: docs/CONFIG.md generated from the pydantic models of the application's
+args (serve_app/config.py, the forecaster section and the policy's rules)."""
 
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
-from serve_app.autoscaling.forecaster_service import ForecasterConfig
-from serve_app.autoscaling.policy import (
+from serve_app.autoscaling.forecaster_config import ForecasterConfig
+from serve_app.autoscaling.rules import (
     PolicyRules,
     PredictiveRules,
     Threshold,
@@ -18,6 +20,8 @@ from serve_app.autoscaling.policy import (
 )
 from serve_app.config import (
     AppConfig,
+    AutoscalingPolicySpec,
+    AutoscalingSpec,
     IngressConfig,
     LimitsConfig,
     ModelConfig,
@@ -29,6 +33,8 @@ SECTIONS = [
     ("args", AppConfig),
     ("args.models[]", ModelConfig),
     ("args.models[].preprocess", PreprocessSpec),
+    ("args.models[].autoscaling_config", AutoscalingSpec),
+    ("args.models[].autoscaling_config.policy", AutoscalingPolicySpec),
     ("args.limits", LimitsConfig),
     ("args.ingress", IngressConfig),
     ("args.quality", QualityConfig),
@@ -45,7 +51,7 @@ def _type_name(annotation) -> str:
     if get_origin(annotation) is Literal:
         return " / ".join(f"`{a}`" for a in get_args(annotation))
     text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "").replace("serve_app.config.", "")
+    return re.sub(r"\b(?:\w+\.)+(\w+)", r"\1", text)  # `serve_app.config.X` reads `X`
 
 
 def _default(field) -> str:
@@ -76,9 +82,12 @@ def render() -> str:
     head = [
         "# Configuration",
         "",
-        "Generated from `serve_app/config.py` by `recserve config-doc` (`make config-doc`); do not edit by hand.",
-        "Everything below lives under `applications[].args` of `configs/serve_config.yaml`. The rest of that",
-        "file (`http_options`, `logging_config`, ...) is Ray Serve's own schema. Unknown keys are errors.",
+        "Generated from `serve_app/config.py` by `recserve config-doc` (`make config-doc`); "
+        "do not edit by hand.",
+        "Everything below lives under `applications[].args` of `configs/serve_config.yaml`. "
+        "The rest of that",
+        "file (`http_options`, `logging_config`, ...) is Ray Serve's own schema. "
+        "Unknown keys are errors.",
         "",
         "",
     ]

@@ -19,19 +19,22 @@ naive_api = FastAPI(title="naive baseline")
 @serve.deployment(ray_actor_options={"num_cpus": 0.5})
 @serve.ingress(naive_api)
 class NaiveRecognizer:
+    """Decode, preprocess and eager torch inference, one request at a time."""
+
     def __init__(self, num_threads: int = 1):
         self.loaded = load_model(ModelConfig(name="efficientnet_lite0"))
         self.runtime = TorchRuntime(self.loaded.module, "cpu", "fp32", num_threads)
 
     @naive_api.post("/predict")
     async def predict(self, request: Request) -> dict:
+        """The five most probable classes of the JPEG in the request body."""
         crop = decode_and_crop(await request.body(), self.loaded.preprocess, 10**8)
         probs = self.runtime.run(normalize_batch([crop], self.loaded.preprocess))[0]
         ids, scores = top_k(probs, 5)
         return {
             "top_k": [
                 {"label": self.loaded.labels[i], "class_id": i, "score": s}
-                for i, s in zip(ids, scores)
+                for i, s in zip(ids, scores, strict=True)
             ]
         }
 

@@ -18,13 +18,19 @@ import httpx
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
+from serve_app.errors import error_response
 from serve_app.monitoring.dashboard_panels import all_exprs, panels_document
+from serve_app.monitoring.prometheus_api import (
+    DEFAULT_TIMEOUT_S,
+    MAX_POINTS_PER_QUERY,
+    answered_without_json,
+    base_url,
+    did_not_answer,
+)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 MAX_RANGE_S = 7 * 24 * 3600
-MAX_POINTS = 11_000  # Prometheus refuses more points per series
-PROMETHEUS_TIMEOUT_S = 10.0
 
 # name -> (path under static/, media type); nothing else under static/ is served.
 STATIC_FILES = {
@@ -37,16 +43,11 @@ STATIC_FILES = {
 
 def prometheus_url() -> str:
     """Where Prometheus answers, from the environment."""
-    url = (
+    return base_url(
         os.environ.get("RECSERVE_PROMETHEUS_URL")
         or os.environ.get("RAY_PROMETHEUS_HOST")
         or DEFAULT_PROMETHEUS_URL
     )
-    return url.rstrip("/")
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 def check_range(start: float, end: float, step: float) -> str | None:
@@ -61,9 +62,10 @@ def check_range(start: float, end: float, step: float) -> str | None:
         return f"range {end - start:.0f} s exceeds {MAX_RANGE_S} s (7 days)"
     if step <= 0:
         return f"step must be positive, got {step}"
-    if (end - start) / step > MAX_POINTS:
+    if (end - start) / step > MAX_POINTS_PER_QUERY:
         return (
-            f"{(end - start) / step:.0f} points per series exceed {MAX_POINTS}; use a larger step"
+            f"{(end - start) / step:.0f} points per series exceed {MAX_POINTS_PER_QUERY}; "
+            "use a larger step"
         )
     return None
 
@@ -71,10 +73,13 @@ def check_range(start: float, end: float, step: float) -> str | None:
 def make_router(
     prometheus: str | None = None, transport: httpx.AsyncBaseTransport | None = None
 ) -> APIRouter:
-    """The /dashboard routes; `prometheus` fixes the address (default: from the environment at each
-    request)."""
+    """The /dashboard routes; `prometheus` fixes the address (default: from the environment at
+    each request)."""
     router = APIRouter(tags=["dashboard"])
     allowed = frozenset(all_exprs())
+
+    def address() -> str:
+        return base_url(prometheus) if prometheus else prometheus_url()
 
     @router.get("/dashboard", include_in_schema=False)
     async def page() -> FileResponse:
@@ -93,7 +98,7 @@ def make_router(
     async def static(name: str):
         entry = STATIC_FILES.get(name)
         if entry is None:
-            return _error(404, "not_found", f"no static file {name!r}")
+            return error_response(404, "not_found", f"no static file {name!r}")
         path, media_type = entry
         return FileResponse(
             STATIC_DIR / path, media_type=media_type, headers={"Cache-Control": "no-cache"}
@@ -101,7 +106,7 @@ def make_router(
 
     @router.get("/dashboard/api/panels", summary="The dashboard's panels and their PromQL")
     async def panels() -> dict:
-        return {**panels_document(), "prometheus": prometheus or prometheus_url()}
+        return {**panels_document(), "prometheus": address()}
 
     @router.get(
         "/dashboard/api/query_range", summary="A panel query over a time range, from Prometheus"
@@ -115,38 +120,35 @@ def make_router(
         step: float = Query(..., description="Seconds between points."),
     ):
         if query not in allowed:
-            return _error(
+            return error_response(
                 422,
                 "unknown_query",
                 "query must be one of the panel expressions from /dashboard/api/panels",
             )
         problem = check_range(start, end, step)
         if problem:
-            return _error(422, "bad_range", problem)
-        base = prometheus or prometheus_url()
+            return error_response(422, "bad_range", problem)
+        base = address()
+        url = f"{base}/api/v1/query_range"
         params = {"query": query, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
         try:
-            async with httpx.AsyncClient(
-                timeout=PROMETHEUS_TIMEOUT_S, transport=transport
-            ) as client:
-                response = await client.get(f"{base}/api/v1/query_range", params=params)
+            async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT_S, transport=transport) as client:
+                response = await client.get(url, params=params)
         except httpx.HTTPError as exc:
-            return _error(
+            return error_response(
                 503,
                 "prometheus_unavailable",
-                f"Prometheus at {base} is unreachable ({type(exc).__name__}); start it with `recserve stack up` "
+                f"{did_not_answer(base, exc)}; start it with `recserve stack up` "
                 "or point RECSERVE_PROMETHEUS_URL at yours",
             )
         try:
             body = response.json()
         except ValueError:
-            return _error(
-                502,
-                "prometheus_bad_answer",
-                f"Prometheus at {base} answered {response.status_code} without JSON",
+            return error_response(
+                502, "prometheus_bad_answer", answered_without_json(url, response.status_code)
             )
-        # Prometheus' own errors (400 bad_data, 422 execution, 503 timeout) pass through as it sent
-        # them.
+        # Prometheus' own errors (400 bad_data, 422 execution, 503 timeout) pass through as it
+        # sent them.
         return JSONResponse(body, status_code=response.status_code)
 
     return router

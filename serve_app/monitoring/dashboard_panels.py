@@ -2,7 +2,8 @@
 from them.
 
 Queries read the recording rules of configs/prometheus/recording_rules.yml where one exists, so
-the page, Grafana, alerts and the autoscaler see the same numbers.
+the page, Grafana, alerts and the autoscaler see the same numbers; our raw series are named by
+promql.py.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from serve_app.monitoring import metrics as m
+from serve_app.monitoring.promql import exported
 from serve_app.paths import CONFIGS_DIR
 
 GRAFANA_DASHBOARD_FILE = CONFIGS_DIR / "grafana" / "dashboards" / "recognition-serve.json"
@@ -46,17 +49,20 @@ class Row:
     panels: tuple[Panel, ...] = field(default_factory=tuple)
 
 
-def _quality(metric: str, title: str) -> Panel:
+def _per_window(spec: m.MetricSpec) -> Query:
+    """One quality gauge per model version and window."""
+    return Query(
+        f"max by (model_name, model_version, window) ({exported(spec)})",
+        "{{model_name}} v{{model_version}} {{window}}",
+    )
+
+
+def _quality(panel_id: str, spec: m.MetricSpec, title: str) -> Panel:
     return Panel(
-        id=metric,
+        id=panel_id,
         title=title,
         unit="percentunit",
-        queries=(
-            Query(
-                f"max by (model_name, model_version, window) (ray_model_{metric})",
-                "{{model_name}} v{{model_version}} {{window}}",
-            ),
-        ),
+        queries=(_per_window(spec),),
         description=f"{title} of labelled predictions (feedback joined to predictions) per window.",
     )
 
@@ -71,28 +77,27 @@ ROWS: tuple[Row, ...] = (
                 title="Accuracy",
                 unit="percentunit",
                 queries=(
-                    Query(
-                        "max by (model_name, model_version, window) (ray_model_accuracy)",
-                        "{{model_name}} v{{model_version}} {{window}}",
-                    ),
+                    _per_window(m.MODEL_ACCURACY),
                     Query("model_name:model_accuracy:baseline", "{{model_name}} baseline"),
                 ),
-                description="Accuracy per window and its alerting baseline; the alert fires 5 points below it.",
+                description="Accuracy per window and its alerting baseline; the alert fires "
+                "5 points below it.",
             ),
-            _quality("precision", "Precision (macro)"),
-            _quality("recall", "Recall (macro)"),
-            _quality("f1", "F1 (macro)"),
+            _quality("precision", m.MODEL_PRECISION, "Precision (macro)"),
+            _quality("recall", m.MODEL_RECALL, "Recall (macro)"),
+            _quality("f1", m.MODEL_F1, "F1 (macro)"),
             Panel(
                 id="drift",
                 title="Prediction drift (PSI)",
                 unit="short",
                 queries=(
                     Query(
-                        "max by (model_name, model_version) (ray_model_prediction_drift_psi)",
+                        f"max by (model_name, model_version) ({exported(m.PREDICTION_DRIFT_PSI)})",
                         "{{model_name}} v{{model_version}}",
                     ),
                 ),
-                description="Population stability index of predicted classes against the reference; above 0.2 is a shift.",
+                description="Population stability index of predicted classes against the "
+                "reference; above 0.2 is a shift.",
             ),
         ),
     ),
@@ -107,7 +112,8 @@ ROWS: tuple[Row, ...] = (
                 queries=(
                     Query("NodeAddress_gpu:gpu_utilization:avg1m", "{{NodeAddress}} GPU {{gpu}}"),
                 ),
-                description="Per GPU, 1-minute mean. Alert above 85% for 5 minutes. Empty on machines without a GPU.",
+                description="Per GPU, 1-minute mean. Alert above 85% for 5 minutes. Empty on "
+                "machines without a GPU.",
             ),
             Panel(
                 id="gpu_memory",
@@ -118,7 +124,8 @@ ROWS: tuple[Row, ...] = (
                         "NodeAddress_gpu:gpu_memory_used_ratio:avg1m", "{{NodeAddress}} GPU {{gpu}}"
                     ),
                 ),
-                description="Used / total per GPU. Warning above 80% (degrade traffic), critical above 90%.",
+                description="Used / total per GPU. Warning above 80% (degrade traffic), critical "
+                "above 90%.",
             ),
             Panel(
                 id="gpu_temperature",
@@ -138,10 +145,12 @@ ROWS: tuple[Row, ...] = (
                 unit="bytes",
                 queries=(
                     Query(
-                        "sum by (deployment) (ray_process_resident_memory_bytes)", "{{deployment}}"
+                        f"sum by (deployment) ({exported(m.PROCESS_RESIDENT_MEMORY_BYTES)})",
+                        "{{deployment}}",
                     ),
                 ),
-                description="Resident memory of all replicas of a deployment: a steady climb is a leak.",
+                description="Resident memory of all replicas of a deployment: a steady climb is "
+                "a leak.",
             ),
         ),
     ),
@@ -158,7 +167,8 @@ ROWS: tuple[Row, ...] = (
                     Query("model_name:model_latency_seconds:p95_1m", "{{model_name}} p95"),
                     Query("model_name:model_latency_seconds:p99_1m", "{{model_name}} p99"),
                 ),
-                description="End-to-end latency inside the service over 1 minute. Alert: p99 above 500 ms for 5 minutes.",
+                description="End-to-end latency inside the service over 1 minute. Alert: p99 "
+                "above 500 ms for 5 minutes.",
             ),
             Panel(
                 id="qps_latency",
@@ -173,7 +183,8 @@ ROWS: tuple[Row, ...] = (
                         axis="right",
                     ),
                 ),
-                description="Requests per second (left) and p99 latency (right): latency rising with QPS means too few replicas.",
+                description="Requests per second (left) and p99 latency (right): latency rising "
+                "with QPS means too few replicas.",
             ),
             Panel(
                 id="node_latency",
@@ -189,7 +200,8 @@ ROWS: tuple[Row, ...] = (
                         "{{NodeAddress}} {{model_name}} inference",
                     ),
                 ),
-                description="Latency distribution per hardware node: one slow node points at its GPU or storage.",
+                description="Latency distribution per hardware node: one slow node points at its "
+                "GPU or storage.",
             ),
             Panel(
                 id="requests_by_status",
@@ -204,7 +216,8 @@ ROWS: tuple[Row, ...] = (
                 title="Error ratio",
                 unit="percentunit",
                 queries=(Query("model_name:model_errors:ratio_rate5m", "{{model_name}}"),),
-                description="Server errors and rejected (shed) requests over all requests, 5 minutes.",
+                description="Server errors and rejected (shed) requests over all requests, "
+                "5 minutes.",
             ),
             Panel(
                 id="batch_size",
@@ -252,7 +265,8 @@ ROWS: tuple[Row, ...] = (
                         "{{deployment}} last 24 h",
                     ),
                 ),
-                description="Replica-hours spent: the mean replica count over the window times its length in hours.",
+                description="Replica-hours spent: the mean replica count over the window times "
+                "its length in hours.",
             ),
             Panel(
                 id="forecast",
@@ -269,7 +283,8 @@ ROWS: tuple[Row, ...] = (
                         "{{model_name}} forecast upper",
                     ),
                 ),
-                description="The forecast lines show the QPS expected one lead time ahead of the actual line.",
+                description="The forecast lines show the QPS expected one lead time ahead of the "
+                "actual line.",
             ),
             Panel(
                 id="autoscaler_decisions",
@@ -375,7 +390,8 @@ def grafana_dashboard() -> dict:
     return {
         "uid": "recserve-overview",
         "title": "recognition-serve",
-        "description": "Classification quality, system load, service quality and resource cost of recognition-serve.",
+        "description": "Classification quality, system load, service quality and resource cost "
+        "of recognition-serve.",
         "tags": ["recognition-serve", "ray-serve"],
         "timezone": "browser",
         "schemaVersion": 39,

@@ -7,7 +7,6 @@ field skip that value, never the whole reading, and never raise.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -15,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, List, Optional, Sequence, Tuple
 
 import serve_app.monitoring.metrics as m
+from serve_app.monitoring.metric_backends import ray_worker_running
+from serve_app.monitoring.metric_groups import ResourceMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,8 @@ def assigned_visible_devices() -> Tuple[Optional[str], str]:
     CUDA_VISIBLE_DEVICES untouched for a worker without GPUs, so on a GPU node a CPU replica
     would otherwise report every GPU of the node as its own. Outside Ray: CUDA_VISIBLE_DEVICES.
     """
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
+    if ray_worker_running():
+        ray = sys.modules["ray"]
         ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
         return ",".join(str(i) for i in ids), "GPUs Ray assigned to this replica"
     return os.environ.get("CUDA_VISIBLE_DEVICES"), "CUDA_VISIBLE_DEVICES"
@@ -153,7 +154,8 @@ class GpuProbe:
         self._indices = self._resolve_indices(visible, count)
         if not self._indices:
             self._mark_unavailable(
-                f"{self._visible_source} {self._visible!r} match none of the {count} GPUs NVML lists"
+                f"{self._visible_source} {self._visible!r} match none of the {count} GPUs "
+                "NVML lists"
             )
             return False
         logger.info("GPU metrics from NVML for GPU index(es) %s", self._indices)
@@ -186,10 +188,10 @@ class GpuProbe:
                 indices.append(matches[0])
         return indices
 
-    def _field(self, index: int, what: str, call: Any) -> Any:
+    def _field(self, index: int, what: str, call: Any, *args: Any) -> Any:
         """One NVML call; an NVMLError skips this value (logged once per GPU and field)."""
         try:
-            return call()
+            return call(*args)
         except self._nvml.NVMLError as exc:
             self._log_once(
                 (index, what, type(exc).__name__),
@@ -205,23 +207,23 @@ class GpuProbe:
         nvml = self._nvml
         readings = []
         for index in self._indices or []:
-            handle = self._field(index, "handle", lambda: nvml.nvmlDeviceGetHandleByIndex(index))
+            handle = self._field(index, "handle", nvml.nvmlDeviceGetHandleByIndex, index)
             if handle is None:
                 continue
-            name = self._field(index, "name", lambda: _decode(nvml.nvmlDeviceGetName(handle)))
-            util = self._field(
-                index, "utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(handle)
-            )
-            mem = self._field(index, "memory", lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
+            name = self._field(index, "name", nvml.nvmlDeviceGetName, handle)
+            util = self._field(index, "utilization", nvml.nvmlDeviceGetUtilizationRates, handle)
+            mem = self._field(index, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
             temp = self._field(
                 index,
                 "temperature",
-                lambda: nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU),
+                nvml.nvmlDeviceGetTemperature,
+                handle,
+                nvml.NVML_TEMPERATURE_GPU,
             )
             readings.append(
                 GpuReading(
                     index=index,
-                    name=name,
+                    name=None if name is None else _decode(name),
                     # NVML reports percent of the last sample period; the metric is a ratio
                     utilization_ratio=None if util is None else util.gpu / 100.0,
                     memory_used_bytes=None if mem is None else int(mem.used),
@@ -284,11 +286,11 @@ class ResourceMetricsReporter:
         self,
         gpu_probe: Optional[GpuProbe] = None,
         process_probe: Optional[ProcessProbe] = None,
-        resource_metrics: Optional[m.ResourceMetrics] = None,
+        resource_metrics: Optional[ResourceMetrics] = None,
     ):
         self.gpu_probe = gpu_probe or GpuProbe()
         self.process_probe = process_probe or ProcessProbe()
-        self.metrics = resource_metrics or m.ResourceMetrics()
+        self.metrics = resource_metrics or ResourceMetrics()
         self._failures_logged: set = set()
 
     def report(self) -> ResourceReadings:
@@ -317,12 +319,3 @@ class ResourceMetricsReporter:
                 self._failures_logged.add(kind)
                 logger.exception("resource metrics report failed (%s); will keep trying", kind)
             return None
-
-    async def run_forever(self, interval_s: float = 5.0) -> None:
-        """Report every ``interval_s`` seconds until cancelled (run it as a background task)."""
-        if interval_s <= 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s}")
-        while True:
-            # NVML calls block for a few ms; keep them off the replica's event loop
-            await asyncio.to_thread(self.report_safely)
-            await asyncio.sleep(interval_s)

@@ -16,6 +16,7 @@ import httpx
 
 # Prometheus refuses a range query of more than 11,000 points per series.
 MAX_POINTS_PER_QUERY = 11_000
+DEFAULT_TIMEOUT_S = 10.0
 
 
 class PrometheusUnavailable(RuntimeError):
@@ -28,6 +29,16 @@ def base_url(address: str) -> str:
     if not address.startswith(("http://", "https://")):
         address = f"http://{address}"
     return address
+
+
+def did_not_answer(url: str, exc: Exception) -> str:
+    """What to say when the request to Prometheus at `url` failed before any answer."""
+    return f"Prometheus at {url} did not answer: {exc}"
+
+
+def answered_without_json(url: str, status: int) -> str:
+    """What to say when Prometheus (or a proxy before it) answered `url` with something else."""
+    return f"Prometheus at {url} answered HTTP {status} without JSON"
 
 
 def to_float(text) -> float:
@@ -43,7 +54,7 @@ class PrometheusClient:
     """Instant and range queries against one Prometheus; reuses one connection pool."""
 
     address: str
-    timeout_s: float = 10.0
+    timeout_s: float = DEFAULT_TIMEOUT_S
     # Only tests replace the transport (httpx.MockTransport); by default httpx talks to the network.
     transport: httpx.BaseTransport | None = None
     _client: httpx.Client | None = field(default=None, init=False, repr=False)
@@ -61,12 +72,12 @@ class PrometheusClient:
         try:
             response = self._client.get(path, params=params)
         except httpx.HTTPError as exc:
-            raise PrometheusUnavailable(f"Prometheus at {self.url} did not answer: {exc}") from exc
+            raise PrometheusUnavailable(did_not_answer(self.url, exc)) from exc
         try:
             payload = response.json()
         except ValueError as exc:
             raise PrometheusUnavailable(
-                f"Prometheus at {self.url}{path} answered HTTP {response.status_code} without JSON"
+                answered_without_json(f"{self.url}{path}", response.status_code)
             ) from exc
         if (
             response.status_code != 200

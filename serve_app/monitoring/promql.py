@@ -21,6 +21,7 @@ def exported(spec: m.MetricSpec, suffix: str = "") -> str:
 
 REQUESTS = exported(m.REQUEST_TOTAL)
 LATENCY_BUCKETS = exported(m.LATENCY_SECONDS, "_bucket")
+STAGE_BUCKETS = exported(m.STAGE_SECONDS, "_bucket")
 
 
 def quote_label(value: str) -> str:
@@ -46,17 +47,42 @@ def _by(labels: Iterable[str]) -> str:
     return f" by ({', '.join(labels)})" if labels else ""
 
 
+def summed_rate(
+    series: str,
+    window: str = "1m",
+    by: Iterable[str] = (),
+    offset: str | None = None,
+    **labels: str | None,
+) -> str:
+    """`sum [by (...)] (rate(series{...}[window] [offset d]))`: per-second rate over replicas."""
+    shift = f" offset {offset}" if offset else ""
+    return f"sum{_by(by)} (rate({series}{matchers(**labels)}[{window}]{shift}))"
+
+
 def request_rate(window: str = "1m", by: Iterable[str] = (), **labels: str | None) -> str:
     """Requests per second answered by the ingress: `sum [by (...)] (rate(requests[window]))`."""
-    return f"sum{_by(by)} (rate({REQUESTS}{matchers(**labels)}[{window}]))"
+    return summed_rate(REQUESTS, window, by, **labels)
+
+
+def bucket_quantile(
+    quantile: float | str,
+    buckets: str,
+    window: str = "1m",
+    by: Iterable[str] = (),
+    **labels: str | None,
+) -> str:
+    """A quantile of a histogram's `_bucket` series, summed over replicas; a str quantile is kept
+    as written (`"0.50"`)."""
+    phi = quantile if isinstance(quantile, str) else f"{quantile:g}"
+    groups = ", ".join([*by, "le"])
+    return (
+        f"histogram_quantile({phi}, sum by ({groups}) "
+        f"(rate({buckets}{matchers(**labels)}[{window}])))"
+    )
 
 
 def latency_quantile(
     quantile: float, window: str = "1m", by: Iterable[str] = (), **labels: str | None
 ) -> str:
     """End-to-end latency quantile in seconds from the histogram, summed over replicas."""
-    groups = ", ".join([*by, "le"])
-    return (
-        f"histogram_quantile({quantile:g}, sum by ({groups}) "
-        f"(rate({LATENCY_BUCKETS}{matchers(**labels)}[{window}])))"
-    )
+    return bucket_quantile(quantile, LATENCY_BUCKETS, window, by, **labels)

@@ -49,7 +49,8 @@ def decode_and_crop(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.nd
         raise InvalidImage(f"the image has no pixels ({width}x{height})")
     if width * height > max_pixels:
         raise PayloadTooLarge(
-            f"the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}"
+            f"the image is {width}x{height} = {width * height} pixels, "
+            f"over the limit of {max_pixels}"
         )
     try:
         # JPEG can decode at 1/2, 1/4 or 1/8 scale for almost nothing; draft keeps the result at
@@ -64,7 +65,8 @@ def decode_and_crop(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.nd
 
 
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """Resize the shorter side to `spec.resize` (bilinear) and take the centre `spec.crop` square."""
+    """Resize the shorter side to `spec.resize` (bilinear), then take the centre `spec.crop`
+    square."""
     width, height = img.size
     scale = spec.resize / min(width, height)
     new_w, new_h = max(spec.crop, round(width * scale)), max(spec.crop, round(height * scale))
@@ -75,7 +77,8 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
 
 
 def normalize_batch(crops: list[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """Stack uint8 HWC crops into a float32 NCHW batch scaled to [0, 1] and normalised by mean/std."""
+    """Stack uint8 HWC crops into a float32 NCHW batch, scaled to [0, 1] and normalised by
+    mean/std."""
     batch = np.stack(crops).astype(np.float32)
     scale = np.asarray(spec.std, dtype=np.float32) * 255.0
     offset = np.asarray(spec.mean, dtype=np.float32) * 255.0

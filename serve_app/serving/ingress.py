@@ -1,20 +1,14 @@
-"""The HTTP front: REST /v1 and Open Inference Protocol /v2 routes, request parsing, error mapping.
+"""The HTTP front: the REST /v1 and Open Inference Protocol /v2 routes of every served model.
 
-Every error becomes `{"error": {"code": ..., "message": ...}}` here and nowhere else. The ingress
-checks what it can without decoding (sizes, counts, content types, OIP structure) and hands the
-encoded images to the model's Recognizer, which decodes them beside its inference thread.
+A route parses the request (request_parsing, protocol), hands the encoded images to the model's
+Recognizer, which decodes them beside its inference thread, and shapes the reply. Handlers only
+raise typed errors; the exception handlers below turn them into the one error reply of errors.py.
 """
 
 import asyncio
-import base64
-import binascii
-import json
-import logging
 import time
 import uuid
-from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -26,168 +20,84 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import serve_app.serving.protocol as protocol
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.errors import (
-    BadRequest,
     ModelNotFound,
     NotReady,
     Overloaded,
-    PayloadTooLarge,
     ServiceError,
     UnprocessableEntity,
-    UnsupportedMediaType,
+    error_response,
 )
 from serve_app.monitoring.dashboard import router as dashboard_router
-from serve_app.monitoring.metrics import (
-    STATUS_CLIENT_ERROR,
-    STATUS_REJECTED,
-    STATUS_SERVER_ERROR,
-    STATUS_SUCCESS,
-    ServiceMetrics,
-)
-from serve_app.serving.logs import log_request
+from serve_app.monitoring.metric_groups import ServiceMetrics
+from serve_app.monitoring.metrics import STATUS_SUCCESS
+from serve_app.quality.feedback import parse_feedback
+from serve_app.serving.logs import log_request, outcome_of, request_logger
 from serve_app.serving.models import default_preprocess, load_labels
+from serve_app.serving.prediction_sender import PredictionSender
+from serve_app.serving.request_parsing import (
+    check_image_count,
+    decode_json,
+    images_from_request,
+    parse_top_k,
+    read_body,
+)
 
-log = logging.getLogger("ray.serve")
+log = request_logger()
 
-# Serve's proxy gives every request an id (the client's X-Request-Id when it sends one), logs it,
-# and returns it in this header; we use the same id for predictions and feedback so one id ties them
-# all.
-REQUEST_ID_HEADER = "X-Request-Id"
+SERVICE_NAME = "recognition-serve"
+SERVICE_VERSION = "0.1.0"
 READY_TIMEOUT_S = 2.0
-RECORD_FLUSH_INTERVAL_S = 0.02
-MAX_PENDING_RECORDS = 10_000
+# Codes for the errors Starlette raises itself (unknown route, wrong method).
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 api = FastAPI(
-    title="recognition-serve",
-    version="0.1.0",
-    description="Image recognition on Ray Serve. REST under /v1, Open Inference Protocol v2 under /v2.",
+    title=SERVICE_NAME,
+    version=SERVICE_VERSION,
+    description="Image recognition on Ray Serve. "
+    "REST under /v1, Open Inference Protocol v2 under /v2.",
 )
 
 # /dashboard: live charts from Prometheus, proxied here so the page needs no CORS.
 api.include_router(dashboard_router)
 
 
-def _error_response(err: ServiceError) -> JSONResponse:
-    return JSONResponse(err.to_json(), status_code=err.status, headers=err.headers)
-
-
 @api.exception_handler(ServiceError)
 async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
-    return _error_response(err)
+    return err.to_response()
 
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
     details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-    return _error_response(UnprocessableEntity(f"invalid request: {details}"))
+    return UnprocessableEntity(f"invalid request: {details}").to_response()
 
 
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
-    return JSONResponse(
-        {"error": {"code": code, "message": str(err.detail)}}, status_code=err.status_code
-    )
+    code = HTTP_ERROR_CODES.get(err.status_code, "http_error")
+    return error_response(err.status_code, code, str(err.detail))
 
 
 @api.exception_handler(Exception)
 async def _unexpected_error(_: Request, err: Exception) -> JSONResponse:
     log.exception("unexpected error")
-    return JSONResponse(
-        {"error": {"code": "internal_error", "message": "internal error"}}, status_code=500
-    )
+    return ServiceError("internal error").to_response()
 
 
 def current_request_id() -> str:
-    """The id Serve assigned to the request being handled (a fresh uuid outside a request)."""
+    """The id Serve assigned to the request being handled (a fresh uuid outside a request).
+
+    Serve's proxy takes the client's X-Request-Id when it sends one, logs it and returns it in that
+    header; predictions and feedback use the same id, so one id ties them all.
+    """
     from ray.serve.context import _get_serve_request_context
 
     return _get_serve_request_context().request_id or uuid.uuid4().hex
 
 
-def _status_label(status_code: int, err: ServiceError | None) -> str:
-    if isinstance(err, (Overloaded, NotReady)):
-        return STATUS_REJECTED
-    if status_code < 400:
-        return STATUS_SUCCESS
-    return STATUS_CLIENT_ERROR if status_code < 500 else STATUS_SERVER_ERROR
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) past `limit` bytes without reading the rest."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise PayloadTooLarge(
-                    f"the body is {int(declared)} bytes, over the limit of {limit}"
-                )
-        except ValueError:
-            raise BadRequest(f"Content-Length {declared!r} is not a number") from None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    # Starlette's form() and json() re-read the cached body instead of the consumed stream.
-    request._body = body
-    return body
-
-
-def _b64(value: Any, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise BadRequest(f"{where} must be a base64 string")
-    if value.startswith("data:") and "," in value:  # data URLs from browsers
-        value = value.split(",", 1)[1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest(f"{where} is not valid base64") from None
-
-
-async def images_from_request(request: Request, body: bytes) -> tuple[list[bytes], dict]:
-    """Encoded images and extra fields from a multipart upload, a raw image body, or JSON with
-    base64."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if not body:
-        raise BadRequest(
-            "empty body: send an image (multipart `file`, raw image/*, or JSON base64 `images`)"
-        )
-    if content_type == "multipart/form-data":
-        try:
-            form = await request.form()
-        except Exception as exc:
-            raise BadRequest(f"malformed multipart body: {exc}") from None
-        images, fields = [], {}
-        for key, value in form.multi_items():
-            if hasattr(value, "read"):
-                images.append(await value.read())
-            else:
-                fields[key] = value
-        if not images:
-            raise BadRequest(
-                "the multipart body has no file parts: upload the image as a file field `file`"
-            )
-        return images, fields
-    if content_type == "application/json":
-        try:
-            doc = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise BadRequest('the JSON body must be an object like {"images": ["<base64>"]}')
-        raw = doc.get("images", [doc["image"]] if "image" in doc else None)
-        if not isinstance(raw, list) or not raw:
-            raise BadRequest('the JSON body needs "images": a non-empty list of base64 strings')
-        images = [_b64(v, f"images[{i}]") for i, v in enumerate(raw)]
-        return images, {k: v for k, v in doc.items() if k not in ("images", "image")}
-    if content_type.startswith("image/") or content_type == "application/octet-stream":
-        return [body], {}
-    raise UnsupportedMediaType(
-        f"content type {content_type or '(none)'!r} is not accepted: use multipart/form-data, image/*, "
-        f"application/octet-stream or application/json"
-    )
+def readiness_reply(document: dict, ready: bool) -> JSONResponse:
+    """A readiness document, answered 503 while not ready so probes and load balancers wait."""
+    return JSONResponse(document, status_code=200 if ready else 503)
 
 
 @serve.deployment
@@ -215,8 +125,11 @@ class Ingress:
         self.metrics = {m.name: ServiceMetrics(m.name, m.version) for m in self.config.models}
         self._unknown_metrics = ServiceMetrics("unknown", "")
         self._infos: dict[str, dict] = {}
-        self._pending_records: list[dict] = []
-        self._flusher: asyncio.Task | None = None
+        self.prediction_sender = (
+            PredictionSender(quality, {m.name: m.version for m in self.config.models})
+            if quality is not None
+            else None
+        )
 
     # ---- helpers -------------------------------------------------------------------------------
 
@@ -228,22 +141,13 @@ class Ingress:
                 f"no model named {name!r}; served models: {sorted(self.models)}"
             ) from None
 
-    def _top_k(self, raw: Any) -> int:
-        limits = self.config.limits
-        if raw is None or raw == "":
-            return limits.default_top_k
-        try:
-            k = int(raw)
-        except (TypeError, ValueError):
-            raise UnprocessableEntity(f"top_k must be an integer, got {raw!r}") from None
-        if not 1 <= k <= limits.max_top_k:
-            raise UnprocessableEntity(f"top_k must be between 1 and {limits.max_top_k}, got {k}")
-        return k
-
-    def _check_count(self, n: int) -> None:
-        limit = self.config.limits.max_images_per_request
-        if n > limit:
-            raise PayloadTooLarge(f"{n} images in one request, over the limit of {limit}")
+    def _quality_monitor(self) -> DeploymentHandle:
+        """The QualityMonitor's handle; 422 when this deployment does not track quality."""
+        if self.quality is None:
+            raise UnprocessableEntity(
+                "quality tracking is disabled in this deployment (quality.enabled: false)"
+            )
+        return self.quality
 
     async def _recognize(self, name: str, images: list, k: int) -> dict:
         """Run the model's Recognizer on encoded images or preprocessed arrays; map its errors and
@@ -260,45 +164,9 @@ class Ingress:
         return result
 
     def _record(self, request_id: str, name: str, predictions: list[dict]) -> None:
-        """Queue top-1 predictions for the QualityMonitor; sent in small batches off the request
-        path."""
-        if self.quality is None:
-            return
-        version = self.models[name].version
-        self._pending_records.extend(
-            {
-                "request_id": request_id,
-                "index": i,
-                "model_name": name,
-                "model_version": version,
-                "class_id": p["class_ids"][0],
-                "score": p["scores"][0],
-            }
-            for i, p in enumerate(predictions)
-        )
-        overflow = len(self._pending_records) - MAX_PENDING_RECORDS
-        if overflow > 0:
-            # Only when the monitor is unreachable for long: say what is dropped rather than grow
-            # forever.
-            del self._pending_records[:overflow]
-            log.warning(
-                "quality monitor unreachable: dropped %d oldest predictions from the send queue",
-                overflow,
-            )
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_records())
-
-    async def _flush_records(self) -> None:
-        # One call per short interval instead of one per request: the monitor hop costs CPU on both
-        # sides. Loops until nothing is pending, so records queued during a send are not left
-        # behind.
-        while self._pending_records:
-            await asyncio.sleep(RECORD_FLUSH_INTERVAL_S)
-            batch, self._pending_records = self._pending_records, []
-            try:
-                await self.quality.record.remote(batch)
-            except Exception:
-                log.exception("sending %d predictions to the quality monitor failed", len(batch))
+        """Pass the predictions on for quality tracking, when this deployment tracks quality."""
+        if self.prediction_sender is not None:
+            self.prediction_sender.send(request_id, name, predictions)
 
     async def _measured(self, name: str, request_id: str, handler) -> Response:
         """Run a predict/infer handler with request counting, latency, in-flight and the access log
@@ -311,21 +179,12 @@ class Ingress:
             try:
                 response, batch_sizes = await handler()
             except ServiceError as e:
-                err, response = e, _error_response(e)
+                err, response = e, e.to_response()
             except Exception:
                 log.exception("request %s failed", request_id)
-                err = None
-                response = JSONResponse(
-                    {
-                        "error": {
-                            "code": "internal_error",
-                            "message": f"internal error (request {request_id})",
-                        }
-                    },
-                    status_code=500,
-                )
+                response = ServiceError(f"internal error (request {request_id})").to_response()
         latency = time.perf_counter() - started
-        status = _status_label(response.status_code, err)
+        status = outcome_of(response.status_code)
         metrics.count_request(status)
         if status == STATUS_SUCCESS:
             metrics.observe_latency(latency)
@@ -363,13 +222,13 @@ class Ingress:
                 return False
 
         names = list(self.models)
-        return dict(zip(names, await asyncio.gather(*(one(n) for n in names))))
+        return dict(zip(names, await asyncio.gather(*(one(n) for n in names)), strict=True))
 
     @api.get("/readyz", summary="Ready when every model has a loaded, warmed-up replica")
     async def readyz(self) -> JSONResponse:
         ready = await self._readiness()
         ok = all(ready.values())
-        return JSONResponse({"ready": ok, "models": ready}, status_code=200 if ok else 503)
+        return readiness_reply({"ready": ok, "models": ready}, ok)
 
     @api.get(
         "/v1/models", summary="Served models: names, versions, input spec, labels count, device"
@@ -404,8 +263,9 @@ class Ingress:
             self._model(name)
             body = await read_body(request, self.config.limits.max_body_bytes)
             images, fields = await images_from_request(request, body)
-            k = self._top_k(request.query_params.get("top_k", fields.get("top_k")))
-            self._check_count(len(images))
+            limits = self.config.limits
+            k = parse_top_k(request.query_params.get("top_k", fields.get("top_k")), limits)
+            check_image_count(len(images), limits.max_images_per_request)
             self.metrics[name].observe_images_per_request(len(images))
             sent = time.perf_counter()
             result = await self._recognize(name, images, k)
@@ -426,7 +286,7 @@ class Ingress:
                         "index": i,
                         "top_k": [
                             {"label": labels[c], "class_id": c, "score": round(s, 6)}
-                            for c, s in zip(p["class_ids"], p["scores"])
+                            for c, s in zip(p["class_ids"], p["scores"], strict=True)
                         ],
                     }
                     for i, p in enumerate(result["predictions"])
@@ -442,37 +302,10 @@ class Ingress:
         summary="True labels for earlier predictions (one, or a batch under `items`)",
     )
     async def feedback(self, request: Request) -> JSONResponse:
-        if self.quality is None:
-            raise UnprocessableEntity(
-                "quality tracking is disabled in this deployment (quality.enabled: false)"
-            )
+        quality = self._quality_monitor()
         body = await read_body(request, self.config.limits.max_body_bytes)
-        try:
-            doc = json.loads(body) if body else None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
-        single = isinstance(doc, dict) and "items" not in doc
-        items = [doc] if single else (doc.get("items") if isinstance(doc, dict) else doc)
-        if not isinstance(items, list) or not items:
-            raise BadRequest(
-                'send {"request_id": "...", "label": "tabby" | 281, "index": 0} or {"items": [...]}'
-            )
-        for i, item in enumerate(items):
-            if (
-                not isinstance(item, dict)
-                or not isinstance(item.get("request_id"), str)
-                or "label" not in item
-            ):
-                raise BadRequest(
-                    f"items[{i}] needs a string request_id and a label (name or class id)"
-                )
-            if not isinstance(item.get("label"), (str, int)) or isinstance(item.get("label"), bool):
-                raise UnprocessableEntity(
-                    f"items[{i}].label must be a label name or an integer class id"
-                )
-            if not isinstance(item.get("index", 0), int) or item.get("index", 0) < 0:
-                raise UnprocessableEntity(f"items[{i}].index must be a non-negative integer")
-        results = await self.quality.feedback.remote(items)
+        items, single = parse_feedback(decode_json(body))
+        results = await quality.feedback.remote(items)
         if single:
             r = results[0]
             return JSONResponse(r, status_code=r.get("http_status", 200))
@@ -483,11 +316,7 @@ class Ingress:
     )
     async def quality_snapshot(self, name: str) -> dict:
         self._model(name)
-        if self.quality is None:
-            raise UnprocessableEntity(
-                "quality tracking is disabled in this deployment (quality.enabled: false)"
-            )
-        return await self.quality.snapshot.remote(name)
+        return await self._quality_monitor().snapshot.remote(name)
 
     @api.get(
         "/v1/autoscaling/forecast",
@@ -500,14 +329,13 @@ class Ingress:
             )
         return await self.forecaster.status.remote()
 
-    # ---- Open Inference Protocol v2
-    # ---------------------------------------------------------------
+    # ---- Open Inference Protocol v2 -------------------------------------------------------------
 
     @api.get("/v2", summary="OIP server metadata")
     async def v2_server(self) -> dict:
         return {
-            "name": "recognition-serve",
-            "version": "0.1.0",
+            "name": SERVICE_NAME,
+            "version": SERVICE_VERSION,
             "extensions": ["binary_tensor_data"],
         }
 
@@ -518,7 +346,7 @@ class Ingress:
     @api.get("/v2/health/ready", summary="OIP readiness")
     async def v2_ready(self) -> JSONResponse:
         ready = all((await self._readiness()).values())
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        return readiness_reply({"ready": ready}, ready)
 
     @api.get("/v2/models/{name}", summary="OIP model metadata")
     async def v2_model(self, name: str) -> dict:
@@ -533,7 +361,7 @@ class Ingress:
     async def v2_model_ready(self, name: str) -> JSONResponse:
         self._model(name)
         ready = (await self._readiness()).get(name, False)
-        return JSONResponse({"name": name, "ready": ready}, status_code=200 if ready else 503)
+        return readiness_reply({"name": name, "ready": ready}, ready)
 
     @api.get("/v2/models/{name}/versions/{version}", summary="OIP model metadata for a version")
     async def v2_model_version(self, name: str, version: str) -> dict:
@@ -550,16 +378,15 @@ class Ingress:
         async def handle() -> tuple[Response, list[int]]:
             model = self._model(name)
             body = await read_body(request, self.config.limits.max_body_bytes)
-            header_length = request.headers.get("inference-header-content-length")
-            try:
-                header_length_int = int(header_length) if header_length is not None else None
-            except ValueError:
-                raise BadRequest(
-                    f"Inference-Header-Content-Length {header_length!r} is not a number"
-                ) from None
-            req = protocol.parse_infer_request(body, header_length_int)
-            k = self._top_k(req.parameters.get("top_k"))
-            images = self._images_from_tensors(name, req.inputs)
+            header_length = protocol.parse_header_length(
+                request.headers.get("inference-header-content-length")
+            )
+            req = protocol.parse_infer_request(body, header_length)
+            limits = self.config.limits
+            k = parse_top_k(req.parameters.get("top_k"), limits)
+            images = protocol.images_from_tensors(
+                req.inputs, self.preprocess[name].crop, limits.max_images_per_request
+            )
             self.metrics[name].observe_images_per_request(len(images))
             result = await self._recognize(name, images, k)
             self._record(request_id, name, result["predictions"])
@@ -583,34 +410,3 @@ class Ingress:
             ]
 
         return await self._measured(name if name in self.models else "unknown", request_id, handle)
-
-    def _images_from_tensors(self, name: str, inputs: list[protocol.InputTensor]) -> list:
-        """Encoded images from BYTES inputs and preprocessed rows from FP32 inputs, checked for
-        shape and count."""
-        crop = self.preprocess[name].crop
-        images: list = []
-        for t in inputs:
-            if t.datatype == "BYTES":
-                if t.name != protocol.IMAGE_INPUT and len(inputs) > 1:
-                    raise BadRequest(
-                        f"unknown input {t.name!r}: use {protocol.IMAGE_INPUT!r} (BYTES)"
-                    )
-                images.extend(t.data)
-            elif t.datatype == "FP32":
-                if len(t.shape) != 4 or t.shape[1:] != [3, crop, crop]:
-                    raise BadRequest(
-                        f"input {t.name!r}: FP32 input must have shape [N, 3, {crop}, {crop}], got {t.shape}"
-                    )
-                if not np.isfinite(t.data).all():
-                    raise BadRequest(f"input {t.name!r}: FP32 data contains NaN or infinity")
-                images.extend(np.ascontiguousarray(row, dtype=np.float32) for row in t.data)
-            else:
-                raise BadRequest(
-                    f"input {t.name!r}: datatype {t.datatype} is not accepted; send BYTES `image` or FP32 `pixels`"
-                )
-            self._check_count(len(images))
-        if not images:
-            raise BadRequest("the request holds no images")
-        if any(len(i) == 0 for i in images if isinstance(i, bytes)):
-            raise BadRequest("an image element is empty")
-        return images

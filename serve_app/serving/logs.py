@@ -25,6 +25,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
+from serve_app.monitoring.metrics import (
+    STATUS_CLIENT_ERROR,
+    STATUS_REJECTED,
+    STATUS_SERVER_ERROR,
+    STATUS_SUCCESS,
+)
+
 SERVE_LOGGER_NAME = "ray.serve"  # the logger Serve routes to its replica log files
 EXTRA_FIELDS_KEY = "ray_serve_extra_fields"  # flattened into the JSON object by Ray's formatter
 
@@ -86,10 +93,10 @@ def request_logger() -> logging.Logger:
 def outcome_of(status_code: int) -> str:
     """The model_request_total status for an HTTP status code (429/503: rejected)."""
     if status_code in (429, 503):
-        return "rejected"
+        return STATUS_REJECTED
     if status_code < 400:
-        return "success"
-    return "client_error" if status_code < 500 else "server_error"
+        return STATUS_SUCCESS
+    return STATUS_CLIENT_ERROR if status_code < 500 else STATUS_SERVER_ERROR
 
 
 def request_fields(

@@ -86,8 +86,8 @@ def build_architecture(name: str, num_classes: int) -> nn.Module:
     available = set(torchvision.models.list_models(module=torchvision.models))
     if name not in available:
         raise ConfigError(
-            f"unknown architecture {name!r}: use {EMBEDDED!r} or a torchvision classification model "
-            f"such as resnet50, mobilenet_v3_large, efficientnet_b0"
+            f"unknown architecture {name!r}: use {EMBEDDED!r} or a torchvision classification "
+            f"model such as resnet50, mobilenet_v3_large, efficientnet_b0"
         )
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
@@ -154,14 +154,15 @@ def load_model(cfg: ModelConfig) -> LoadedModel:
         if not path.is_file():
             raise ConfigError(
                 f"model {cfg.name!r}: weights file {str(path)!r} does not exist "
-                f"(mount your weights folder, e.g. ./model_weights, and point `weights:` at the file)"
+                f"(mount your weights folder, e.g. ./model_weights, "
+                f"and point `weights:` at the file)"
             )
     elif cfg.architecture == EMBEDDED:
         path = embedded_weights_path()
     else:
         raise ConfigError(
-            f"model {cfg.name!r}: architecture {cfg.architecture!r} has no embedded weights; set `weights:` "
-            f"to a local state-dict file"
+            f"model {cfg.name!r}: architecture {cfg.architecture!r} has no embedded weights; "
+            f"set `weights:` to a local state-dict file"
         )
     module = build_architecture(cfg.architecture, num_classes=len(labels))
     state = _read_state_dict(path)

@@ -1,5 +1,5 @@
-"""Open Inference Protocol v2 (the KServe / Triton REST protocol): request parsing and response
-encoding.
+"""Open Inference Protocol v2 (the KServe / Triton REST protocol): request parsing, the image inputs
+our models accept, and response encoding.
 
 Both the JSON form and the binary tensor data extension are supported: with the
 `Inference-Header-Content-Length` header the body is a JSON header followed by raw tensor bytes, in
@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.errors import BadRequest
+from serve_app.serving.request_parsing import check_image_count
 
 NUMPY_DTYPES = {
     "BOOL": np.bool_,
@@ -91,7 +92,8 @@ def _decode_bytes_json(values: list, content_type: str | None, name: str) -> lis
 
 
 def _decode_bytes_binary(raw: bytes, count: int, name: str) -> list[bytes]:
-    """BYTES elements from the binary extension: each a 4-byte little-endian length then the bytes."""
+    """BYTES elements from the binary extension: each a 4-byte little-endian length, then the
+    bytes."""
     out, offset = [], 0
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -118,7 +120,8 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise BadRequest(
-                f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes"
+                f"Inference-Header-Content-Length {header_length} is outside the body "
+                f"of {len(body)} bytes"
             )
         header_bytes, binary = body[:header_length], body[header_length:]
     else:
@@ -304,3 +307,44 @@ def model_metadata(info: dict, platform: str) -> dict:
             {"name": OUTPUT_LABELS, "datatype": "BYTES", "shape": [-1, -1]},
         ],
     }
+
+
+def parse_header_length(raw: str | None) -> int | None:
+    """The Inference-Header-Content-Length header as a number (None when absent)."""
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise BadRequest(f"Inference-Header-Content-Length {raw!r} is not a number") from None
+
+
+def images_from_tensors(inputs: list[InputTensor], crop: int, max_images: int) -> list:
+    """Encoded images from BYTES inputs and preprocessed rows from FP32 inputs, checked for
+    shape and count."""
+    images: list = []
+    for t in inputs:
+        if t.datatype == "BYTES":
+            if t.name != IMAGE_INPUT and len(inputs) > 1:
+                raise BadRequest(f"unknown input {t.name!r}: use {IMAGE_INPUT!r} (BYTES)")
+            images.extend(t.data)
+        elif t.datatype == "FP32":
+            if len(t.shape) != 4 or t.shape[1:] != [3, crop, crop]:
+                raise BadRequest(
+                    f"input {t.name!r}: FP32 input must have shape [N, 3, {crop}, {crop}], "
+                    f"got {t.shape}"
+                )
+            if not np.isfinite(t.data).all():
+                raise BadRequest(f"input {t.name!r}: FP32 data contains NaN or infinity")
+            images.extend(np.ascontiguousarray(row, dtype=np.float32) for row in t.data)
+        else:
+            raise BadRequest(
+                f"input {t.name!r}: datatype {t.datatype} is not accepted; "
+                f"send BYTES `image` or FP32 `pixels`"
+            )
+        check_image_count(len(images), max_images)
+    if not images:
+        raise BadRequest("the request holds no images")
+    if any(len(i) == 0 for i in images if isinstance(i, bytes)):
+        raise BadRequest("an image element is empty")
+    return images

@@ -22,13 +22,13 @@ from ray import serve
 from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.errors import ModelExecutionError, ServiceError
 from serve_app.monitoring.gpu import ResourceMetricsReporter
+from serve_app.monitoring.metric_groups import ServiceMetrics
 from serve_app.monitoring.metrics import (
     STAGE_DECODE,
     STAGE_INFERENCE,
     STAGE_POSTPROCESS,
     STAGE_PREPROCESS,
     STAGE_QUEUE_WAIT,
-    ServiceMetrics,
 )
 from serve_app.serving.imaging import decode_and_crop, normalize_batch
 from serve_app.serving.models import load_model
@@ -169,7 +169,7 @@ class Recognizer:
             if isinstance(result, BaseException):
                 raise result
         crops = list(images)
-        for i, crop in zip(encoded, decoded):
+        for i, crop in zip(encoded, decoded, strict=True):
             crops[i] = crop
         decode_s = time.perf_counter() - started
         self.metrics.observe_stage(STAGE_DECODE, decode_s)
@@ -211,7 +211,7 @@ class Recognizer:
         )
         inference_s = time.perf_counter() - batch_start
         out = []
-        for (_, enqueued), row in zip(items, batch):
+        for (_, enqueued), row in zip(items, batch, strict=True):
             wait = batch_start - enqueued
             self.metrics.observe_stage(STAGE_QUEUE_WAIT, wait)
             if isinstance(row, BaseException):
@@ -235,7 +235,8 @@ class Recognizer:
             )
 
     def _to_model_input(self, crops: list[np.ndarray]) -> np.ndarray:
-        """uint8 HWC crops are normalised here; float32 CHW ones (OIP FP32 input) are used as sent."""
+        """uint8 HWC crops are normalised here; float32 CHW ones (OIP FP32 input) are used as
+        sent."""
         spec = self.loaded.preprocess
         if all(c.dtype == np.uint8 for c in crops):
             return normalize_batch(crops, spec)

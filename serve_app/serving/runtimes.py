@@ -110,7 +110,10 @@ def export_onnx(loaded: LoadedModel, architecture: str) -> Path:
     """Export the model to ONNX once per (weights, architecture, torch version); later calls reuse
     the file."""
     crop = loaded.preprocess.crop
-    key = f"{architecture}-{loaded.weights_sha256[:16]}-{len(loaded.labels)}-{crop}-torch{torch.__version__}-op{ONNX_OPSET}"
+    key = (
+        f"{architecture}-{loaded.weights_sha256[:16]}-{len(loaded.labels)}-{crop}"
+        f"-torch{torch.__version__}-op{ONNX_OPSET}"
+    )
     target = cache_dir() / "onnx" / f"{key}.onnx"
     if target.is_file():
         return target

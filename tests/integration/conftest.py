@@ -75,7 +75,8 @@ def serve_process(ray_tmpdir: Path):
         while True:
             if proc.poll() is not None:
                 pytest.fail(
-                    f"serve run exited with {proc.returncode} before becoming ready:\n{_tail(log_path)}"
+                    f"serve run exited with {proc.returncode} before becoming ready:\n"
+                    f"{_tail(log_path)}"
                 )
             try:
                 if requests.get(f"{SERVICE_URL}/readyz", timeout=2).status_code == 200:

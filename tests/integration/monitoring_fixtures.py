@@ -38,13 +38,16 @@ groups:
   - name: recserve_integration_test
     rules:
       - alert: {TEST_ALERT}
-        expr: sum by (model_name) (ray_model_request_total{{model_name="{TEST_MODEL}", status="success"}}) > 0
+        expr: >-
+          sum by (model_name)
+          (ray_model_request_total{{model_name="{TEST_MODEL}", status="success"}}) > 0
         labels:
           severity: critical
           family: integration_test
         annotations:
           summary: "{{{{ $labels.model_name }}}} has served requests"
-          description: "{{{{ $value }}}} successful requests of {{{{ $labels.model_name }}}} so far."
+          description: >-
+            {{{{ $value }}}} successful requests of {{{{ $labels.model_name }}}} so far.
 """
 
 
@@ -98,7 +101,7 @@ class AlertSink:
 
 
 def wait_until(probe: Callable[[], object], timeout: float, what: str, every: float = 1.0):
-    """Call `probe` until it returns something truthy; fail after `timeout` seconds naming `what`."""
+    """Call `probe` until it returns something truthy; fail after `timeout` s naming `what`."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
@@ -141,7 +144,7 @@ def alert_sink():
 def monitoring_stack(
     service_url: str, ray_tmpdir: Path, alert_sink: AlertSink, tmp_path_factory
 ) -> Stack:
-    """Prometheus + Alertmanager for the session, routed to `alert_sink`; stopped by PID at the end."""
+    """Prometheus + Alertmanager for the session, routed to `alert_sink`; stopped by PID at end."""
     rules = tmp_path_factory.mktemp("monitoring") / "test_rules.yml"
     rules.write_text(TEST_RULES)
     receivers = ReceiverSettings(

@@ -102,7 +102,7 @@ def test_recording_rules_see_the_live_service(monitoring_stack, service_url, cat
 
 
 def test_ray_serve_metrics_the_rules_rely_on_exist_live(monitoring_stack, service_url, cat_jpeg):
-    """The alert rules read Ray Serve's own series; their names and labels must be what Ray exports."""
+    """The alert rules read Ray Serve's own series: names and labels must be what Ray exports."""
     assert predict(service_url, cat_jpeg) == 200
     status = wait_until(
         lambda: monitoring_stack.query("ray_serve_deployment_status"),
@@ -121,11 +121,14 @@ def test_ray_serve_metrics_the_rules_rely_on_exist_live(monitoring_stack, servic
         SCRAPE_TIMEOUT_S,
         "replica requests",
     )
-    key = lambda s: (
-        s["metric"].get("application"),
-        s["metric"].get("deployment"),
-        s["metric"].get("replica"),
-    )  # noqa: E731
+
+    def key(s):
+        return (
+            s["metric"].get("application"),
+            s["metric"].get("deployment"),
+            s["metric"].get("replica"),
+        )  # noqa: E731
+
     assert {key(s) for s in served} & {key(s) for s in healthy}, (healthy[:2], served[:2])
     # A healthy service raises none of the availability alerts.
     firing = monitoring_stack.query('ALERTS{alertstate="firing", family="availability"}')

@@ -1,7 +1,8 @@
 """The forecast policy on the real service, time compressed to seconds
 (configs/serve_config.test.yaml).
 
-`lite0_autoscale` scales on QPS read from our Prometheus (up 3 / down 0.5 per instance, cooldowns 5 s / 20 s)
+`lite0_autoscale` scales on QPS read from our Prometheus (up 3 / down 0.5 per instance, cooldowns
+5 s / 20 s)
 and on the Forecaster's published forecast (lead time 30 s, 2 QPS per instance); `lite0_fallback`
 points its policy at a Prometheus that does not exist and must scale on Ray's own queue figures.
 
@@ -65,7 +66,7 @@ class ServeStatus:
 
 @pytest.fixture(scope="module")
 def serve_status(service_url: str, ray_tmpdir: Path) -> ServeStatus:
-    """The dashboard address `serve run` printed when it started Ray, with the cluster's auth token."""
+    """The dashboard address `serve run` printed when it started Ray, with the cluster's token."""
     log = re.sub(r"\x1b\[[0-9;]*m", "", (ray_tmpdir / "serve_run.log").read_text(errors="replace"))
     found = re.search(r"View the dashboard at (http://[\d.]+:\d+)", log)
     assert found, "serve run did not print the Ray dashboard address"

@@ -124,7 +124,7 @@ def traffic_with_feedback(monitoring_stack, service_url, cat_jpeg, coffee_jpeg):
         ("application_deployment:serve_replicas_healthy:sum", "replica counts"),
     ]:
         wait_until(
-            lambda: predict_and_label() or monitoring_stack.query(expr),
+            lambda expr=expr: predict_and_label() or monitoring_stack.query(expr),
             DATA_TIMEOUT_S,
             f"{what} in Prometheus ({expr})",
         )

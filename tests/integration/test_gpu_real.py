@@ -8,6 +8,8 @@ torch = pytest.importorskip("torch")
 
 from serve_app.monitoring import metrics as m  # noqa: E402
 from serve_app.monitoring.gpu import GpuProbe, ProcessProbe, ResourceMetricsReporter  # noqa: E402
+from serve_app.monitoring.metric_backends import InMemoryMetricsBackend  # noqa: E402
+from serve_app.monitoring.metric_groups import ResourceMetrics  # noqa: E402
 
 # The probe reads NVML, which needs an NVIDIA driver; torch seeing CUDA is the same condition.
 pytestmark = [
@@ -39,8 +41,8 @@ def test_nvml_and_torch_agree_on_total_memory():
 
 def test_torch_allocator_and_gauges_after_a_real_allocation():
     x = torch.empty(64 * 1024**2, dtype=torch.uint8, device="cuda")  # 64 MiB
-    backend = m.InMemoryMetricsBackend()
-    reporter = ResourceMetricsReporter(GpuProbe(), ProcessProbe(), m.ResourceMetrics(backend))
+    backend = InMemoryMetricsBackend()
+    reporter = ResourceMetricsReporter(GpuProbe(), ProcessProbe(), ResourceMetrics(backend))
     readings = reporter.report()
     assert readings.process.torch_allocated_bytes >= x.numel()
     assert readings.process.torch_reserved_bytes >= readings.process.torch_allocated_bytes

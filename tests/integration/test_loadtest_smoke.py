@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from loadtests import runner as cli
+from loadtests import runner
 from loadtests.checks import FEEDBACK_NAME, INFER_NAME, PREDICT_NAME
 
 SMOKE_SECONDS = 40
@@ -28,7 +28,7 @@ def session_prometheus(request) -> str | None:
 @pytest.mark.timeout(240)
 def test_smoke_scenario_succeeds_and_reports(service_url, session_prometheus, tmp_path):
     out = tmp_path / "smoke"
-    code = cli.main(
+    code = runner.main(
         [
             # efficientnet_lite0 by name: the side-by-side model is reserved for tests that count
             # its metrics.

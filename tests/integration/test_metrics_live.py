@@ -129,7 +129,7 @@ def test_feedback_through_two_ingress_replicas_gives_hand_computed_quality(
     assert all(p == cat_pred for _, p in preds[0::2]) and all(p == 967 for _, p in preds[1::2])
     wrong = 281 if cat_pred != 281 else 282
     truths = [cat_pred, 967, cat_pred, 967, wrong, 967, wrong, 967]
-    items = [{"request_id": rid, "label": t} for (rid, _), t in zip(preds, truths)]
+    items = [{"request_id": rid, "label": t} for (rid, _), t in zip(preds, truths, strict=True)]
     # Half sent one by one, half in one batch: requests spread over both ingress replicas.
     singles = [
         requests.post(f"{service_url}/v1/feedback", json=item, timeout=30) for item in items[:4]

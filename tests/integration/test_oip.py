@@ -1,4 +1,4 @@
-"""Open Inference Protocol v2 against the running service, with the standard tritonclient unchanged."""
+"""Open Inference Protocol v2 against the running service, with the standard tritonclient."""
 
 import base64
 
@@ -96,12 +96,14 @@ def test_plain_json_request_with_base64(service_url, cat_jpeg):
     [
         (b"{broken", {"Content-Type": "application/json"}, 400),
         (
-            b'{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["aGVsbG8="]}]}',
+            b'{"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", '
+            b'"data": ["aGVsbG8="]}]}',
             {},
             415,
         ),  # "hello": not an image
         (
-            b'{"inputs": [{"name": "pixels", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0]}]}',
+            b'{"inputs": [{"name": "pixels", "shape": [1, 3, 8, 8], "datatype": "FP32", '
+            b'"data": [0]}]}',
             {},
             400,
         ),

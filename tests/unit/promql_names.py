@@ -51,13 +51,14 @@ def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
         raise AssertionError(
-            f"{tool} is not installed: apt-get install -y prometheus prometheus-alertmanager (make deps)"
+            f"{tool} is not installed: "
+            "apt-get install -y prometheus prometheus-alertmanager (make deps)"
         )
     return path
 
 
 def metric_names(expr: str) -> set[str]:
-    """Metric names an expression selects (not functions, keywords, labels, durations or strings)."""
+    """Metric names an expression selects (no functions, keywords, labels, durations, strings)."""
     text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)  # string literals
     text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", "", text)  # range and subquery durations
@@ -99,7 +100,7 @@ def contract_metric_names() -> frozenset[str]:
 
 @lru_cache(maxsize=1)
 def ray_serve_metric_bases() -> frozenset[str]:
-    """Metric names Ray Serve declares in its source (as string literals), without ray_ or suffixes."""
+    """Metric names Ray Serve declares in its source (string literals), without ray_ or suffixes."""
     import ray.serve
 
     root = Path(ray.serve.__file__).parent

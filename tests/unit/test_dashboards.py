@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from promql_names import REPO, metric_names, promtool_check_exprs, unknown_metrics
 
-from serve_app.monitoring.dashboard import MAX_POINTS, check_range, make_router
+from serve_app.monitoring.dashboard import check_range, make_router, prometheus_url
 from serve_app.monitoring.dashboard_panels import (
     GRAFANA_DASHBOARD_FILE,
     GRAFANA_DATASOURCE_UID,
@@ -21,6 +21,7 @@ from serve_app.monitoring.dashboard_panels import (
     all_panels,
     grafana_dashboard,
 )
+from serve_app.monitoring.prometheus_api import MAX_POINTS_PER_QUERY
 
 GRAFANA = json.loads(GRAFANA_DASHBOARD_FILE.read_text())
 GRAFANA_EXPRS = [t["expr"] for p in GRAFANA["panels"] if p["type"] != "row" for t in p["targets"]]
@@ -67,7 +68,10 @@ def test_unknown_metric_detection(expr, unknown):
 
 
 def test_metric_name_extraction_ignores_functions_labels_and_keywords():
-    expr = 'histogram_quantile(0.99, sum by (le, NodeAddress) (rate(a_b{x="y:z"}[5m]))) > on (q) group_left () c:d:e'
+    expr = (
+        'histogram_quantile(0.99, sum by (le, NodeAddress) (rate(a_b{x="y:z"}[5m]))) '
+        "> on (q) group_left () c:d:e"
+    )
     assert metric_names(expr) == {"a_b", "c:d:e"}
 
 
@@ -231,7 +235,7 @@ def test_query_range_refuses_queries_that_are_not_panels():
         (100, 100, 15, "must be after"),
         (0, 8 * 24 * 3600, 3600, "exceeds"),
         (0, 3600, 0, "step must be positive"),
-        (0, 3600, 0.1, f"exceed {MAX_POINTS}"),  # 36,000 points
+        (0, 3600, 0.1, f"exceed {MAX_POINTS_PER_QUERY}"),  # 3600 s / 0.1 s = 36,000 points
         (float("nan"), 3600, 15, "finite"),
         (0, 3600, 15, None),
     ],
@@ -285,3 +289,22 @@ def test_prometheus_address_comes_from_the_environment(monkeypatch):
         ("ray-prom", 9090),
         ("ours", 19090),
     ]
+
+
+@pytest.mark.parametrize(
+    "environ, url",
+    [
+        ({}, "http://127.0.0.1:9090"),
+        ({"RAY_PROMETHEUS_HOST": "ray-prom:9090"}, "http://ray-prom:9090"),  # scheme added
+        (
+            {"RECSERVE_PROMETHEUS_URL": "https://ours:19090/", "RAY_PROMETHEUS_HOST": "x:1"},
+            "https://ours:19090",
+        ),
+    ],
+)
+def test_prometheus_url_is_normalised(monkeypatch, environ, url):
+    for name in ("RECSERVE_PROMETHEUS_URL", "RAY_PROMETHEUS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert prometheus_url() == url

@@ -176,12 +176,14 @@ def test_refused_or_unreachable_dingtalk_answers_502_so_alertmanager_retries():
         ROBOT, send=RecordingSender(answer={"errcode": 310000, "errmsg": "sign not match"})
     )
     status, body = refused.deliver(payload(alert()))
-    assert status == 502 and body["dingtalk"]["errcode"] == 310000
+    assert status == 502 and body["error"]["code"] == "dingtalk_refused"
+    assert "errcode 310000" in body["error"]["message"]  # DingTalk's own reason is kept
     down = DingTalkBridge(
         ROBOT, send=RecordingSender(error=urllib.error.URLError("connection refused"))
     )
     status, body = down.deliver(payload(alert()))
-    assert status == 502 and "unreachable" in body["error"]
+    assert status == 502 and body["error"]["code"] == "dingtalk_unreachable"
+    assert "unreachable" in body["error"]["message"]
 
 
 def test_bad_robot_url_is_refused_at_construction():
@@ -232,10 +234,18 @@ def test_http_alert_is_forwarded(bridge_url):
     assert sender.sent[0][1]["markdown"]["title"].endswith("LatencyP99High")
 
 
-def test_http_rejects_non_json_and_unknown_paths(bridge_url):
+@pytest.mark.parametrize(
+    "path, data, status, code",
+    [
+        ("/alert", b"{not json", 400, "bad_request"),
+        ("/elsewhere", b"{}", 404, "not_found"),
+    ],
+)
+def test_http_rejects_non_json_and_unknown_paths(bridge_url, path, data, status, code):
     url, sender = bridge_url
-    assert _post(url + "/alert", b"{not json")[0] == 400
-    assert _post(url + "/elsewhere", b"{}")[0] == 404
+    answer_status, body = _post(url + path, data)
+    assert answer_status == status
+    assert body["error"]["code"] == code and body["error"]["message"]
     assert sender.sent == []
 
 

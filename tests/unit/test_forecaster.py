@@ -104,7 +104,10 @@ def test_fit_forecasts_the_next_day(fitted):
     assert outcome.status == "ok" and outcome.points == 4 * 96
     forecast = forecaster.predict(float(ts[0]), DAY - 900, 900)
     assert len(forecast.timestamps) == 96
-    assert all(lo <= y <= up for lo, y, up in zip(forecast.lower, forecast.yhat, forecast.upper))
+    assert all(
+        lo <= y <= up
+        for lo, y, up in zip(forecast.lower, forecast.yhat, forecast.upper, strict=True)
+    )
     # The day pattern is learned: the trace's noise alone is ~6%, so the day-ahead error stays well
     # under 20%.
     assert mape(actual, forecast.yhat) < 20.0

@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 
 from lab.tracegen import diurnal
-from serve_app.autoscaling.forecaster_service import (
+from serve_app.autoscaling.forecast_metrics import (
     FORECAST_PEAK_QPS,
     FORECAST_QPS,
     FORECASTER_LAST_FIT,
     FORECASTER_STATUS,
-    ForecasterConfig,
-    ForecastPublisher,
-    build_forecaster,
 )
+from serve_app.autoscaling.forecaster_config import ForecasterConfig
+from serve_app.autoscaling.forecaster_service import ForecastPublisher, build_forecaster
 from serve_app.autoscaling.planned_events import parse_planned_events
 from serve_app.autoscaling.rate_history import RateHistory
-from serve_app.monitoring.metrics import InMemoryMetricsBackend
+from serve_app.monitoring.metric_backends import InMemoryMetricsBackend
 from tests.unit.test_planned_events import SALE, T0, iso
 
 ROWS = diurnal(days=4, step_s=900, peak_rps=300.0, seed=2, spikes=[])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from types import SimpleNamespace
 
@@ -10,6 +9,8 @@ import pytest
 
 from serve_app.monitoring import gpu
 from serve_app.monitoring import metrics as m
+from serve_app.monitoring.metric_backends import InMemoryMetricsBackend
+from serve_app.monitoring.metric_groups import ResourceMetrics
 
 GIB = 1024**3
 
@@ -116,11 +117,11 @@ class FakeCuda:
 
 
 def reporter_with(nvml, visible=None, torch=None):
-    backend = m.InMemoryMetricsBackend()
+    backend = InMemoryMetricsBackend()
     rep = gpu.ResourceMetricsReporter(
         gpu.GpuProbe(nvml=nvml, visible_devices=visible),
         gpu.ProcessProbe(torch_module=torch, process=FakeProcess()),
-        m.ResourceMetrics(backend),
+        ResourceMetrics(backend),
     )
     return rep, backend
 
@@ -263,7 +264,7 @@ def test_report_safely_logs_an_unexpected_failure_once(caplog):
     rep = gpu.ResourceMetricsReporter(
         BrokenProbe(),
         gpu.ProcessProbe(process=FakeProcess()),
-        m.ResourceMetrics(m.InMemoryMetricsBackend()),
+        ResourceMetrics(InMemoryMetricsBackend()),
     )
     with caplog.at_level(logging.ERROR, logger="serve_app.monitoring.gpu"):
         assert rep.report_safely() is None
@@ -271,34 +272,6 @@ def test_report_safely_logs_an_unexpected_failure_once(caplog):
     assert (
         len([r for r in caplog.records if "resource metrics report failed" in r.getMessage()]) == 1
     )
-
-
-def test_run_forever_reports_until_cancelled():
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        reported = asyncio.Event()
-
-        class SignallingProbe(gpu.ProcessProbe):
-            def read(self):
-                loop.call_soon_threadsafe(reported.set)
-                return super().read()
-
-        rep = gpu.ResourceMetricsReporter(
-            gpu.GpuProbe(nvml=FakeNVML(two_gpus()), visible_devices=None),
-            SignallingProbe(process=FakeProcess()),
-            m.ResourceMetrics(m.InMemoryMetricsBackend()),
-        )
-        task = asyncio.create_task(rep.run_forever(interval_s=0.01))
-        await reported.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return rep
-
-    rep = asyncio.run(scenario())
-    assert rep.metrics[m.GPU_UTILIZATION].value(gpu="0") == 0.85
-    with pytest.raises(ValueError, match="interval_s"):
-        asyncio.run(rep.run_forever(0))
 
 
 @pytest.mark.parametrize("env, indices", [("1", [1]), (None, [0, 1]), ("", [])])

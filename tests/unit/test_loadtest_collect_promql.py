@@ -14,7 +14,8 @@ from loadtests import collect
 def evaluate(
     tmp_path, query: str, input_series: list[dict], eval_time: str, expected: list[dict]
 ) -> subprocess.CompletedProcess:
-    """`promtool test rules` with one recording rule for `query` and one expectation at `eval_time`."""
+    """`promtool test rules` with one recording rule for `query` and one expectation at
+    `eval_time`."""
     (tmp_path / "rules.yml").write_text(
         yaml.safe_dump({"groups": [{"name": "q", "rules": [{"record": "q", "expr": query}]}]})
     )
@@ -88,7 +89,9 @@ def test_without_the_filter_the_lingering_replicas_would_count(tmp_path):
 def test_a_replica_scraped_on_schedule_counts(tmp_path):
     steady = [
         {
-            "series": 'ray_serve_deployment_replica_healthy{deployment="Recognizer_m", replica="a"}',
+            "series": (
+                'ray_serve_deployment_replica_healthy{deployment="Recognizer_m", replica="a"}'
+            ),
             "values": "1x20",
         }
     ]

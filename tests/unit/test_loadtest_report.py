@@ -1,4 +1,5 @@
-"""Load-test report: locust CSVs and Prometheus series -> summary numbers, series.csv and the PNG."""
+"""Load-test report: locust CSVs and Prometheus series -> summary numbers, series.csv and the
+PNG."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import httpx
 import pandas as pd
 import pytest
 
-from loadtests import collect, report
-from loadtests import runner as cli
+from loadtests import collect, report, runner
+from serve_app.monitoring.prometheus_api import PrometheusClient, PrometheusUnavailable
 
 RUN = report.RunInfo(
     scenario="spike",
@@ -23,21 +24,39 @@ RUN = report.RunInfo(
     prometheus_url="http://127.0.0.1:9090",
 )
 
-STATS_CSV = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
+STATS_HEADER = (
+    "Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,"
+    "Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,"
+    "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%"
+)
+STATS_CSV = (
+    STATS_HEADER
+    + """
 POST,/v1/feedback,20,1,3,3.1,1.0,9.0,14.0,0.33,0.0,3,3,4,4,5,6,8,9,9,9,9
 POST,/v1/models/[name]/predict,100,2,45,60.2,20.0,400.0,261.0,1.67,0.03,45,50,60,70,120,200,300,350,400,400,400
 POST,/v2/models/[name]/infer,30,0,40,50.0,20.0,300.0,225.0,0.5,0.0,40,45,50,55,90,150,250,280,300,300,300
 SHED,shed (503),10,0,30,30.0,25.0,40.0,48.0,0.17,0.0,30,30,31,32,35,38,40,40,40,40,40
 ,Aggregated,160,3,42,55.0,1.0,400.0,200.0,2.67,0.05,42,48,55,60,100,180,280,330,400,400,400
 """
+)
 
-HISTORY_CSV = """Timestamp,User Count,Type,Name,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%,Total Request Count,Total Failure Count,Total Median Response Time,Total Average Response Time,Total Min Response Time,Total Max Response Time,Total Average Content Size
+HISTORY_HEADER = (
+    "Timestamp,User Count,Type,Name,Requests/s,Failures/s,"
+    "50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%,"
+    "Total Request Count,Total Failure Count,Total Median Response Time,"
+    "Total Average Response Time,Total Min Response Time,Total Max Response Time,"
+    "Total Average Content Size"
+)
+HISTORY_CSV = (
+    HISTORY_HEADER
+    + """
 1000,0,,Aggregated,0.000000,0.000000,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,N/A,0,0,0,0.0,0,0,0
 1001,2,POST,/v1/models/[name]/predict,0.000000,0.000000,0,0,0,0,0,0,0,0,0,0,0,1,0,38,38,38,38,261
 1001,2,,Aggregated,0.000000,0.000000,0,0,0,0,0,0,0,0,0,0,0,1,0,38,38,38,38,261
 1002,4,POST,/v1/models/[name]/predict,2.500000,0.000000,44,50,50,60,60,70,70,90,90,90,90,5,0,38,38,38,38,261
 1002,4,,Aggregated,3.000000,0.000000,30,40,44,50,60,70,70,90,90,90,90,6,0,38,38,38,38,261
 """
+)
 
 
 def stats_frame(tmp_path: Path) -> pd.DataFrame:
@@ -231,7 +250,7 @@ class CannedPrometheus:
             result = [
                 {
                     "metric": {"deployment": "Recognizer"},
-                    "values": [[t, v] for t, v in zip(times, "1122321")],
+                    "values": [[t, v] for t, v in zip(times, "1122321", strict=True)],
                 },
                 {"metric": {"deployment": "Ingress"}, "values": [[t, "1"] for t in times]},
             ]
@@ -239,14 +258,16 @@ class CannedPrometheus:
             result = [
                 {
                     "metric": {"deployment": "Recognizer"},
-                    "values": [[t, v] for t, v in zip(times, "1233311")],
+                    "values": [[t, v] for t, v in zip(times, "1233311", strict=True)],
                 }
             ]
         elif "ray_model_request_total" in query and "status" not in query:
             result = [
                 {
                     "metric": {},
-                    "values": [[t, str(v)] for t, v in zip(times, [1, 2, 6, 8, 8, 3, 1])],
+                    "values": [
+                        [t, str(v)] for t, v in zip(times, [1, 2, 6, 8, 8, 3, 1], strict=True)
+                    ],
                 }
             ]
         elif "histogram_quantile" in query:
@@ -281,7 +302,7 @@ def refusing(request: httpx.Request) -> httpx.Response:
 
 
 def test_collect_series_turns_matrices_into_long_rows():
-    client = collect.PrometheusClient(
+    client = PrometheusClient(
         "http://prometheus", transport=httpx.MockTransport(CannedPrometheus())
     )
     specs = collect.series_specs("efficientnet_lite0", "30s")
@@ -296,7 +317,7 @@ def test_collect_series_turns_matrices_into_long_rows():
 
 def test_queries_filter_by_model_and_quote_it():
     canned = CannedPrometheus()
-    client = collect.PrometheusClient("http://prometheus", transport=httpx.MockTransport(canned))
+    client = PrometheusClient("http://prometheus", transport=httpx.MockTransport(canned))
     collect.collect_series(client, collect.series_specs('odd"name', "30s"), 0, 60, 5, 0)
     assert any('model_name="odd\\"name"' in q for q in canned.queries)
 
@@ -305,10 +326,10 @@ def test_prometheus_errors_are_reported_not_raised_raw():
     def bad_query(request):
         return httpx.Response(400, json={"status": "error", "error": "parse error at char 5"})
 
-    client = collect.PrometheusClient("http://prometheus", transport=httpx.MockTransport(bad_query))
-    with pytest.raises(collect.PrometheusUnavailable, match="parse error at char 5"):
+    client = PrometheusClient("http://prometheus", transport=httpx.MockTransport(bad_query))
+    with pytest.raises(PrometheusUnavailable, match="parse error at char 5"):
         client.query_range("sum(", 0, 60, 5)
-    assert not collect.PrometheusClient(
+    assert not PrometheusClient(
         "http://prometheus", transport=httpx.MockTransport(refusing)
     ).ready()
 
@@ -322,17 +343,15 @@ def write_locust_outputs(out: Path) -> None:
 
 
 def report_args():
-    return cli.build_parser().parse_args(
+    return runner.build_parser().parse_args(
         ["spike", "--settle", "0", "--prometheus", "http://prometheus"]
     )
 
 
 def test_report_without_prometheus_still_writes_everything(tmp_path):
     write_locust_outputs(tmp_path)
-    unreachable = collect.PrometheusClient(
-        "http://prometheus", transport=httpx.MockTransport(refusing)
-    )
-    summary, has_series = cli.write_report(tmp_path, RUN, report_args(), unreachable)
+    unreachable = PrometheusClient("http://prometheus", transport=httpx.MockTransport(refusing))
+    summary, has_series = runner.write_report(tmp_path, RUN, report_args(), unreachable)
     assert not has_series
     assert "Series missing: Prometheus at http://prometheus did not answer" in summary
     assert (tmp_path / "summary.md").read_text() == summary
@@ -342,10 +361,10 @@ def test_report_without_prometheus_still_writes_everything(tmp_path):
 
 def test_report_with_prometheus_writes_series_and_replicas(tmp_path):
     write_locust_outputs(tmp_path)
-    prometheus = collect.PrometheusClient(
+    prometheus = PrometheusClient(
         "http://prometheus", transport=httpx.MockTransport(CannedPrometheus())
     )
-    summary, has_series = cli.write_report(tmp_path, RUN, report_args(), prometheus)
+    summary, has_series = runner.write_report(tmp_path, RUN, report_args(), prometheus)
     assert has_series
     assert "| Recognizer | 1 – 3 | 1 – 3 |" in summary
     assert "success: 29" in summary
@@ -360,10 +379,8 @@ def test_report_with_prometheus_writes_series_and_replicas(tmp_path):
 
 
 def test_report_without_locust_stats_says_so(tmp_path):
-    unreachable = collect.PrometheusClient(
-        "http://prometheus", transport=httpx.MockTransport(refusing)
-    )
-    summary, _ = cli.write_report(tmp_path, RUN, report_args(), unreachable)
+    unreachable = PrometheusClient("http://prometheus", transport=httpx.MockTransport(refusing))
+    summary, _ = runner.write_report(tmp_path, RUN, report_args(), unreachable)
     assert "recognition requests: 0" in summary
     assert "locust wrote no locust_stats.csv" in summary
 
@@ -372,25 +389,27 @@ def test_report_without_locust_stats_says_so(tmp_path):
 
 
 def test_headless_locust_command(tmp_path):
-    args = cli.build_parser().parse_args(["diurnal", "--duration", "10m", "--out", str(tmp_path)])
-    command = cli.locust_command(args, "http://127.0.0.1:8000", tmp_path, 600.0)
-    assert command[1:5] == ["-m", "locust", "-f", str(cli.LOCUSTFILE)]
+    args = runner.build_parser().parse_args(
+        ["diurnal", "--duration", "10m", "--out", str(tmp_path)]
+    )
+    command = runner.locust_command(args, "http://127.0.0.1:8000", tmp_path, 600.0)
+    assert command[1:5] == ["-m", "locust", "-f", str(runner.LOCUSTFILE)]
     assert {"--headless", "--csv-full-history"} <= set(command)
     assert command[command.index("--run-time") + 1] == "600s"
     assert command[command.index("--csv") + 1] == str(tmp_path / "locust")
 
 
 def test_web_locust_command_has_no_headless_flag(tmp_path):
-    args = cli.build_parser().parse_args(["spike", "--web", "--web-port", "8091"])
-    command = cli.locust_command(args, "http://127.0.0.1:8000", tmp_path, None)
+    args = runner.build_parser().parse_args(["spike", "--web", "--web-port", "8091"])
+    command = runner.locust_command(args, "http://127.0.0.1:8000", tmp_path, None)
     assert "--headless" not in command and "--run-time" not in command
     assert command[command.index("--web-port") + 1] == "8091"
 
 
 def test_locust_environment_carries_the_scenario_and_shares(monkeypatch):
     monkeypatch.setenv("LOCUST_SKIP_MONKEY_PATCH", "1")
-    args = cli.build_parser().parse_args(["step", "--oip-share", "0.5", "--user-rps", "2"])
-    env = cli.locust_environment(args, "mobilenet_v3")
+    args = runner.build_parser().parse_args(["step", "--oip-share", "0.5", "--user-rps", "2"])
+    env = runner.locust_environment(args, "mobilenet_v3")
     assert env["LOADTEST_SCENARIO"] == "step" and env["LOADTEST_MODEL"] == "mobilenet_v3"
     assert env["LOADTEST_OIP_SHARE"] == "0.5" and env["LOADTEST_USER_RPS"] == "2.0"
     assert "LOCUST_SKIP_MONKEY_PATCH" not in env
@@ -410,14 +429,14 @@ def test_locust_environment_carries_the_scenario_and_shares(monkeypatch):
     ],
 )
 def test_model_names(listing, names):
-    assert cli.model_names(json.loads(json.dumps(listing))) == names
+    assert runner.model_names(json.loads(json.dumps(listing))) == names
 
 
 def test_cli_refuses_an_unknown_scenario(capsys):
-    assert cli.main(["nope", "--host", "http://127.0.0.1:9"]) == 2
+    assert runner.main(["nope", "--host", "http://127.0.0.1:9"]) == 2
     assert "unknown scenario 'nope'" in capsys.readouterr().err
 
 
 def test_cli_refuses_bad_shares_before_anything_starts(capsys):
-    assert cli.main(["smoke", "--oip-share", "2", "--host", "http://127.0.0.1:9"]) == 2
+    assert runner.main(["smoke", "--oip-share", "2", "--host", "http://127.0.0.1:9"]) == 2
     assert "--oip-share=2.0 must be between 0 and 1" in capsys.readouterr().err

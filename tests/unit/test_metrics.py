@@ -1,20 +1,28 @@
-"""Metric declarations, buckets, and the recorders the Ingress and Recognizer call (no Ray worker)."""
+"""Metric declarations and buckets, the backends, and the recorders the Ingress and Recognizer
+call (no Ray worker)."""
 
 from __future__ import annotations
 
 import pytest
 
 from serve_app.monitoring import metrics as m
+from serve_app.monitoring.metric_backends import (
+    InMemoryMetricsBackend,
+    RayMetricsBackend,
+    default_backend,
+    ray_worker_running,
+)
+from serve_app.monitoring.metric_groups import ServiceMetrics
 
 
 @pytest.fixture
-def backend() -> m.InMemoryMetricsBackend:
-    return m.InMemoryMetricsBackend()
+def backend() -> InMemoryMetricsBackend:
+    return InMemoryMetricsBackend()
 
 
 @pytest.fixture
-def svc(backend) -> m.ServiceMetrics:
-    return m.ServiceMetrics("efficientnet_lite0", "1", backend=backend)
+def svc(backend) -> ServiceMetrics:
+    return ServiceMetrics("efficientnet_lite0", "1", backend=backend)
 
 
 # --- declarations and buckets ---------------------------------------------------------------
@@ -62,7 +70,12 @@ def test_contract_labels():
         assert not {"deployment", "replica", "application"} & set(spec.tag_keys), spec.name
 
 
-@pytest.mark.parametrize("name, buckets", sorted(m.bucket_lists().items()))
+HISTOGRAM_BUCKETS = {
+    spec.name: spec.boundaries for spec in m.ALL_METRICS if spec.kind == m.HISTOGRAM
+}
+
+
+@pytest.mark.parametrize("name, buckets", sorted(HISTOGRAM_BUCKETS.items()))
 def test_buckets_sorted_and_positive(name, buckets):
     assert list(buckets) == sorted(set(buckets)), f"{name}: not strictly increasing"
     assert buckets[0] > 0  # Ray rejects boundaries <= 0
@@ -84,7 +97,7 @@ def test_count_buckets_cover_the_workload():
 def test_ray_accepts_every_declaration():
     # Ray's own metric classes validate names, tag keys and boundaries at construction; they can
     # be built without a Ray worker (records then go nowhere), so this runs as a unit test.
-    ray_backend = m.RayMetricsBackend()
+    ray_backend = RayMetricsBackend()
     for spec in m.ALL_METRICS:
         metric = ray_backend.get(spec)
         info = metric.info
@@ -95,10 +108,10 @@ def test_ray_accepts_every_declaration():
 
 
 def test_default_backend_outside_ray_keeps_values_in_memory():
-    assert not m.ray_worker_running()
-    backend = m.default_backend()
-    assert isinstance(backend, m.InMemoryMetricsBackend)
-    assert m.default_backend() is backend
+    assert not ray_worker_running()
+    backend = default_backend()
+    assert isinstance(backend, InMemoryMetricsBackend)
+    assert default_backend() is backend
 
 
 def test_same_name_with_a_different_spec_is_refused(backend):
@@ -183,10 +196,8 @@ def test_batch_and_images_per_request(svc, backend):
 
 
 def test_inflight_moves_up_and_back_down(backend):
-    a = m.ServiceMetrics("inflight_model", "1", backend=backend)
-    b = m.ServiceMetrics(
-        "inflight_model", "1", backend=backend
-    )  # a second instance shares the count
+    a = ServiceMetrics("inflight_model", "1", backend=backend)
+    b = ServiceMetrics("inflight_model", "1", backend=backend)  # a second instance shares the count
     gauge = backend.get(m.INFLIGHT_REQUESTS)
     with a.inflight():
         assert gauge.value(model_name="inflight_model") == 1
@@ -207,4 +218,4 @@ def test_missing_label_is_refused_like_ray(backend):
 
 def test_model_name_required():
     with pytest.raises(ValueError, match="model_name"):
-        m.ServiceMetrics("", "1", backend=m.InMemoryMetricsBackend())
+        ServiceMetrics("", "1", backend=InMemoryMetricsBackend())

@@ -9,8 +9,14 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.http._utils import _get_inference_request
 
-from serve_app.errors import BadRequest
-from serve_app.serving.protocol import encode_infer_response, parse_infer_request
+from serve_app.errors import BadRequest, PayloadTooLarge
+from serve_app.serving.protocol import (
+    InputTensor,
+    encode_infer_response,
+    images_from_tensors,
+    parse_header_length,
+    parse_infer_request,
+)
 
 
 def triton_body(inputs, outputs=None, parameters=None):
@@ -107,17 +113,20 @@ def test_response_decodes_with_tritonclient_binary_and_json():
         ),
         (b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1]}]}', None, "neither `data`"),
         (
-            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}',
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], '
+            b'"parameters": {"binary_data_size": 8}}]}',
             999,
             "outside the body",
         ),
         (
-            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}]}abc',
+            b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2], '
+            b'"parameters": {"binary_data_size": 8}}]}abc',
             100,
             "runs past",
         ),
         (
-            b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["YQ=="]}], "outputs": [{"name": "logits"}]}',
+            b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["YQ=="]}], '
+            b'"outputs": [{"name": "logits"}]}',
             None,
             "unknown output",
         ),
@@ -152,3 +161,69 @@ def test_unclaimed_binary_bytes_are_refused():
     ).encode()
     with pytest.raises(BadRequest, match="not claimed"):
         parse_infer_request(header + b"extra", len(header))
+
+
+def tensor(name, datatype, shape, data):
+    return InputTensor(name, datatype, shape, data)
+
+
+CROP = 4  # FP32 inputs must be [N, 3, CROP, CROP]
+
+
+@pytest.mark.parametrize(
+    "inputs, expected_count",
+    [
+        ([tensor("image", "BYTES", [2], [b"a", b"b"])], 2),
+        # a lone BYTES input counts as the image whatever its name
+        ([tensor("photo", "BYTES", [1], [b"a"])], 1),
+        ([tensor("pixels", "FP32", [2, 3, CROP, CROP], np.zeros((2, 3, CROP, CROP)))], 2),
+        # 1 encoded image + 1 pixel row = 2
+        (
+            [
+                tensor("image", "BYTES", [1], [b"a"]),
+                tensor("pixels", "FP32", [1, 3, CROP, CROP], np.zeros((1, 3, CROP, CROP))),
+            ],
+            2,
+        ),
+    ],
+)
+def test_image_and_pixel_inputs_become_one_list_of_images(inputs, expected_count):
+    images = images_from_tensors(inputs, CROP, max_images=4)
+    assert len(images) == expected_count
+    assert all(isinstance(i, bytes) or i.dtype == np.float32 for i in images)
+
+
+@pytest.mark.parametrize(
+    "inputs, error, message",
+    [
+        (
+            [tensor("image", "BYTES", [1], [b"a"]), tensor("other", "BYTES", [1], [b"b"])],
+            BadRequest,
+            "unknown input 'other'",
+        ),
+        ([tensor("pixels", "FP32", [1, 3, 5, 5], np.zeros((1, 3, 5, 5)))], BadRequest, "shape"),
+        (
+            [tensor("pixels", "FP32", [1, 3, CROP, CROP], np.full((1, 3, CROP, CROP), np.nan))],
+            BadRequest,
+            "NaN",
+        ),
+        ([tensor("x", "INT64", [1], np.zeros(1))], BadRequest, "not accepted"),
+        ([tensor("image", "BYTES", [0], [])], BadRequest, "no images"),
+        ([tensor("image", "BYTES", [1], [b""])], BadRequest, "empty"),
+        # 5 images against a limit of 4
+        ([tensor("image", "BYTES", [5], [b"a"] * 5)], PayloadTooLarge, "5 images"),
+    ],
+)
+def test_unusable_inputs_are_refused_with_a_reason(inputs, error, message):
+    with pytest.raises(error, match=message):
+        images_from_tensors(inputs, CROP, max_images=4)
+
+
+@pytest.mark.parametrize("raw, expected", [(None, None), ("0", 0), ("120", 120)])
+def test_header_length_is_a_number_or_absent(raw, expected):
+    assert parse_header_length(raw) == expected
+
+
+def test_header_length_that_is_not_a_number_is_a_bad_request():
+    with pytest.raises(BadRequest, match="'12a' is not a number"):
+        parse_header_length("12a")

@@ -8,6 +8,8 @@ import math
 import pytest
 
 from serve_app.monitoring import metrics as m
+from serve_app.monitoring.metric_backends import InMemoryMetricsBackend
+from serve_app.quality.feedback import FeedbackItem, parse_feedback
 from serve_app.quality.monitor import QualityMonitor, QualityMonitorCore
 
 MODEL = "efficientnet_lite0"
@@ -34,10 +36,10 @@ def pred(request_id, class_id, index=0, score=0.9):
 
 
 def monitor(**config):
-    config.setdefault("labels", {MODEL: ["cat", "dog", "fox"]})
-    backend = m.InMemoryMetricsBackend()
+    backend = InMemoryMetricsBackend()
     clock = FakeClock()
-    return QualityMonitorCore(config, clock=clock, backend=backend), backend, clock
+    labels = {MODEL: ["cat", "dog", "fox"]}
+    return QualityMonitorCore(config, labels, clock=clock, backend=backend), backend, clock
 
 
 def test_feedback_moves_the_quality_gauges_to_hand_values():
@@ -45,7 +47,7 @@ def test_feedback_moves_the_quality_gauges_to_hand_values():
 
     async def scenario():
         await core.record([pred("a", 0), pred("b", 1), pred("c", 2, score=0.3), pred("d", 0)])
-        return await core.feedback(
+        items, _ = parse_feedback(
             [
                 {"request_id": "a", "label": "cat"},  # right
                 {"request_id": "b", "label": 1},  # right
@@ -53,9 +55,9 @@ def test_feedback_moves_the_quality_gauges_to_hand_values():
                 {"request_id": "d", "label": "cat", "index": 0},  # right
                 {"request_id": "zzz", "label": "cat"},  # unknown id
                 {"request_id": "a", "label": "wolf"},  # unknown label
-                "not an object",
             ]
         )
+        return await core.feedback(items)
 
     results = asyncio.run(scenario())
     assert [r["status"] for r in results] == [
@@ -65,9 +67,8 @@ def test_feedback_moves_the_quality_gauges_to_hand_values():
         "joined",
         "unknown_id",
         "unknown_label",
-        "invalid",
     ]
-    assert [r["http_status"] for r in results] == [200, 200, 200, 200, 404, 422, 422]
+    assert [r["http_status"] for r in results] == [200, 200, 200, 200, 404, 422]
     tags = {"model_name": MODEL, "model_version": "1", "window": "last_1000"}
     # truth/pred: cat/cat, dog/dog, cat/fox, cat/cat -> accuracy 3/4
     # cat: tp=2 fn=1 -> p=1, r=2/3, f1=0.8; dog: 1, 1, 1; fox: tp=0 fp=1 -> 0, 0, 0
@@ -92,7 +93,7 @@ def test_snapshot_is_what_the_quality_endpoint_returns():
 
     async def scenario():
         await core.record([pred("a", 0)])
-        await core.feedback([{"request_id": "a", "label": "dog"}])
+        await core.feedback([FeedbackItem("a", "dog")])
         return await core.snapshot(MODEL)
 
     snap = asyncio.run(scenario())
@@ -105,7 +106,7 @@ def test_empty_windows_export_nan_and_evictions_are_counted():
 
     async def scenario():
         await core.record([pred("a", 0)])
-        await core.feedback([{"request_id": "a", "label": "cat"}])
+        await core.feedback([FeedbackItem("a", "cat")])
         await core.record([pred("b", 0)])  # evicts a (size bound 1)
         clock.now = 120.0  # the label joined at t=0 has left the 60 s window
         core.exporter.refresh()
@@ -146,7 +147,7 @@ def test_feedback_waits_briefly_for_a_prediction_still_on_its_way():
 
     from serve_app.quality.monitor import QualityMonitorCore
 
-    core = QualityMonitorCore({"labels": {"m": ["a", "b"]}, "feedback_grace_s": 1.0})
+    core = QualityMonitorCore({"feedback_grace_s": 1.0}, {"m": ["a", "b"]})
     record = {
         "request_id": "r1",
         "index": 0,
@@ -157,7 +158,7 @@ def test_feedback_waits_briefly_for_a_prediction_still_on_its_way():
     }
 
     async def scenario():
-        feedback = asyncio.create_task(core.feedback([{"request_id": "r1", "label": "b"}]))
+        feedback = asyncio.create_task(core.feedback([FeedbackItem("r1", "b")]))
         await asyncio.sleep(0.1)  # the prediction lands 100 ms after the feedback
         await core.record([record])
         return await feedback
@@ -171,6 +172,6 @@ def test_feedback_for_a_never_issued_id_is_unknown_after_the_grace():
 
     from serve_app.quality.monitor import QualityMonitorCore
 
-    core = QualityMonitorCore({"labels": {"m": ["a"]}, "feedback_grace_s": 0.05})
-    (result,) = asyncio.run(core.feedback([{"request_id": "never", "label": "a"}]))
+    core = QualityMonitorCore({"feedback_grace_s": 0.05}, {"m": ["a"]})
+    (result,) = asyncio.run(core.feedback([FeedbackItem("never", "a")]))
     assert result["status"] == "unknown_id" and result["http_status"] == 404

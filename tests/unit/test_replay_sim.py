@@ -11,16 +11,15 @@ import pytest
 import yaml
 
 from loadtests.checks import FEEDBACK_NAME, INFER_NAME, PREDICT_NAME, SHED_NAME
-from loadtests.replay_sim import (
+from loadtests.replay_compare import compare
+from loadtests.replay_inputs import (
     ReplayOptions,
-    compare,
     deployment_settings,
-    main,
     offered_load,
     real_replicas,
     run_start_from,
-    simulate_replay,
 )
+from loadtests.replay_sim import main, simulate_replay
 
 CONFIG = yaml.safe_load(Path("configs/serve_config.yaml").read_text())
 START = 1_800_000_000.0
@@ -51,12 +50,8 @@ def test_offered_load_is_recognition_requests_per_second():
         {
             PREDICT_NAME: [3, 4, 5, 6],
             INFER_NAME: [1, 0, 1, 0],
-            SHED_NAME: [
-                0,
-                0,
-                2,
-                0,
-            ],  # shed requests reached the service too (the policy counts them)
+            # Shed requests reached the service too (the policy counts them).
+            SHED_NAME: [0, 0, 2, 0],
             FEEDBACK_NAME: [9, 9, 9, 9],  # feedback never reaches a model replica
         }
     )
@@ -83,7 +78,15 @@ def test_settings_come_from_the_shipped_config():
     settings = deployment_settings(CONFIG)
     model = CONFIG["applications"][0]["args"]["models"][0]
     assert settings.deployment == "Recognizer_efficientnet_lite0"
-    assert settings.policy_kwargs == model["autoscaling_config"]["policy"]["policy_kwargs"]
+    written = model["autoscaling_config"]["policy"]["policy_kwargs"]
+    lead_time_s = CONFIG["applications"][0]["args"]["forecaster"]["lead_time_s"]
+    # The YAML's kwargs as the application completes them: the model's names, the forecast's lead.
+    assert settings.policy_kwargs == {
+        **written,
+        "model_name": "efficientnet_lite0",
+        "deployment": "Recognizer_efficientnet_lite0",
+        "predictive": {**written["predictive"], "lead_time_s": lead_time_s},
+    }
     assert (settings.min_replicas, settings.max_replicas, settings.initial_replicas) == (1, 3, 1)
     assert settings.max_batch_size == 16 and settings.batch_wait_ms == pytest.approx(2.0)
     assert deployment_settings(CONFIG, "efficientnet_lite0") == settings
@@ -98,13 +101,11 @@ def test_the_simulated_policy_scales_up_on_a_step_and_back_down_after_its_cooldo
     load = np.concatenate([np.full(120, 5.0), np.full(240, 70.0), np.full(600, 2.0)])
     start = pd.Timestamp("2026-06-10T02:00:00Z").timestamp()
     sim = simulate_replay(load, settings, start, ReplayOptions(startup_s=15, replica_rps=25))
-    assert (
-        sim["simulated_target"].iloc[:120].eq(1).all()
-    )  # 5 req/s on one instance is below every threshold
+    # 5 req/s on one instance is below every threshold.
+    assert sim["simulated_target"].iloc[:120].eq(1).all()
     up = int(sim.index[sim["simulated_target"] > 1][0])
-    assert (
-        120 <= up < 180
-    )  # after the step, within a rate window; the queue signal may see it at once
+    # After the step, within a rate window; the queue signal may see it at once.
+    assert 120 <= up < 180
     assert sim["simulated_target"].max() == 3  # step_up 2, max_replicas 3
     ready_at_3 = int(sim.index[sim["simulated_ready"] == 3][0])
     assert ready_at_3 - up == pytest.approx(15, abs=1)  # start-up time
@@ -182,9 +183,8 @@ def test_event_times_are_run_seconds_even_when_the_real_series_starts_late():
     )
     c = compare(real, sim)
     assert (c.first_up_real_s, c.first_up_sim_s) == (4, 3)
-    assert (
-        c.replica_seconds_real == 12 and c.replica_seconds_sim == 10
-    )  # over the seconds both know
+    # Over the seconds both know.
+    assert c.replica_seconds_real == 12 and c.replica_seconds_sim == 10
 
 
 def test_the_command_writes_its_three_files(tmp_path):

@@ -1,4 +1,4 @@
-"""Prometheus rules and Alertmanager config: promtool / amtool checks, rendering, configurability."""
+"""Prometheus rules and Alertmanager config: promtool / amtool checks, rendering, configuration."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from serve_app.monitoring.alerting.rules import (
     render_recording_rules,
 )
 from serve_app.monitoring.alerting.thresholds import AlertThresholds, load_thresholds
-from serve_app.monitoring.stack import render_drop_in
+from serve_app.monitoring.stack_config import render_drop_in
 
 TESTS_DIR = RULES_DIR / "tests"
 ALERT_FILE = RULES_DIR / "alert_rules.yml"
@@ -186,7 +186,9 @@ def test_ray_sd_file_follows_ray_tmpdir(monkeypatch):
 CUSTOM_TEST = """
 rule_files: [recording_rules.yml, alert_rules.yml]
 evaluation_interval: 1m
-group_eval_order: [recserve_traffic, recserve_latency, recserve_gpu, recserve_replicas, recserve_quality, recserve_alerts]
+group_eval_order:
+  [recserve_traffic, recserve_latency, recserve_gpu, recserve_replicas, recserve_quality,
+   recserve_alerts]
 tests:
   - interval: 1m
     input_series:
@@ -200,26 +202,34 @@ tests:
           - exp_labels: {severity: critical, family: gpu_utilization, NodeAddress: n, gpu: "1"}
             exp_annotations:
               summary: GPU 1 on n is 51% busy
-              description: Utilization of GPU 1 on n has been above 50% for 2m (now 51%). Add replicas or GPUs, or check the autoscaler.
+              description: >-
+                Utilization of GPU 1 on n has been above 50% for 2m (now 51%).
+                Add replicas or GPUs, or check the autoscaler.
   - interval: 1m
     input_series:
       # A fixed baseline of 0.90: 0.84 is 6 points below, with no history at all.
-      - {series: 'ray_model_accuracy{model_name="pinned", model_version="1", window="last_1h"}', values: '0.84x20'}
-      - {series: 'ray_model_accuracy{model_name="pinned", model_version="1", window="last_1000"}', values: '0.99x20'}
+      - series: 'ray_model_accuracy{model_name="pinned", model_version="1", window="last_1h"}'
+        values: '0.84x20'
+      - series: 'ray_model_accuracy{model_name="pinned", model_version="1", window="last_1000"}'
+        values: '0.99x20'
     promql_expr_test:
       - expr: model_name:model_accuracy:baseline
         eval_time: 5m
         exp_samples:
           - {labels: 'model_name:model_accuracy:baseline{model_name="pinned"}', value: 0.9}
     alert_rule_test:
-      - {eval_time: 8m, alertname: ModelAccuracyDropped, exp_alerts: []}   # 5m mean exists from 0m: 8m < 9m
+      # The 5m mean exists from 0m: 8m is still inside `for: 9m`.
+      - {eval_time: 8m, alertname: ModelAccuracyDropped, exp_alerts: []}
       - eval_time: 9m
         alertname: ModelAccuracyDropped
         exp_alerts:
-          - exp_labels: {severity: critical, family: quality, model_name: pinned, model_version: "1"}
+          - exp_labels:
+              {severity: critical, family: quality, model_name: pinned, model_version: "1"}
             exp_annotations:
               summary: Accuracy of pinned version 1 is 84%
-              description: Accuracy (last_1h) of pinned version 1 is 84%, more than 5 points below its baseline 90% for 9m. Check recent inputs (drift) and the model version.
+              description: >-
+                Accuracy (last_1h) of pinned version 1 is 84%, more than 5 points below its
+                baseline 90% for 9m. Check recent inputs (drift) and the model version.
 """
 
 

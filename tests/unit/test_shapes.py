@@ -221,7 +221,9 @@ def test_replay_window_is_read_from_the_plan(tmp_path):
     rows = "\n".join(f"2024-06-0{3 + h // 24}T{h % 24:02d}:00:00+08:00,{h}" for h in range(48))
     (tmp_path / "t.csv").write_text("timestamp,rps\n" + rows + "\n")
     (tmp_path / "p.yaml").write_text(
-        'kind: replay\ntrace: t.csv\nwindow_start: "2024-06-04T00:00:00+08:00"\nwindow_hours: 12\ncompression: 3600\n'
+        "kind: replay\ntrace: t.csv\n"
+        'window_start: "2024-06-04T00:00:00+08:00"\n'
+        "window_hours: 12\ncompression: 3600\n"
     )
     plan = load_plan(str(tmp_path / "p.yaml"))
     assert plan.trace_span == 12 * 3600  # 00:00 .. 12:00 of the second day

@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 
 from lab.backtest import oracle_schedule
-from lab.simulator import (
+from lab.controllers import (
     ForecastPolicyController,
-    LatencyCurve,
-    Observation,
     RayDefaultController,
-    ServiceModel,
+    autoscaling_context,
+    ray_control_step,
+)
+from lab.service_model import LatencyCurve, ServiceModel
+from lab.simulator import (
+    Observation,
     SimConfig,
     capacity_at_slo,
     latency_quantile,
-    ray_control_step,
     share_within,
     simulate,
 )
@@ -29,8 +31,7 @@ def model(**kw) -> ServiceModel:
     return ServiceModel(LINEAR, batch_wait_ms=10.0, overhead_ms=5.0, **kw)
 
 
-# ------------------------------------------------------------------------------------------ curve +
-# service
+# --- curve + service ------------------------------------------------------------------------------
 
 
 def test_curve_reads_csv_with_comments(tmp_path):
@@ -85,12 +86,12 @@ def test_throughput_limit():
     assert model().mu_max == pytest.approx(200.0)  # 8 / 0.040
 
 
-# ------------------------------------------------------------------------------------------
-# queueing
+# --- queueing -------------------------------------------------------------------------------------
 
 
-def run_fixed(arrivals, replicas, config=SimConfig()):
+def run_fixed(arrivals, replicas, config: SimConfig | None = None):
     arrivals = np.asarray(arrivals)
+    config = config or SimConfig()
     return simulate(
         "fixed",
         arrivals.astype(float),
@@ -139,8 +140,7 @@ def test_clients_give_up_so_the_queue_holds_at_most_a_timeout_of_work():
     assert recovery.lat_hi_ms[-1] == pytest.approx(35.0)
 
 
-# ------------------------------------------------------------------------------------------ latency
-# accounting
+# --- latency accounting ---------------------------------------------------------------------------
 
 
 def test_share_within_and_quantile_arithmetic():
@@ -182,8 +182,7 @@ def test_capacity_refuses_an_impossible_slo():
         capacity_at_slo(model(), slo_ms=20.0, seconds=60)
 
 
-# ------------------------------------------------------------------------------------------
-# start-up lag
+# --- start-up lag ---------------------------------------------------------------------------------
 
 
 class AskOnce:
@@ -246,8 +245,7 @@ def test_oracle_schedule_pays_for_startup_ahead():
     assert allocated.tolist() == [3, 3, 3, 1, 1]
 
 
-# ------------------------------------------------------------------------------------------ Ray's
-# control step
+# --- Ray's control step ---------------------------------------------------------------------------
 
 
 def obs(now=0.0, ready=2, target=2, ongoing=0.0, qps=None, p99=None):
@@ -280,15 +278,13 @@ def test_ray_control_step_matches_rays_own_wrapper(ready, ongoing, expected):
     )
     from ray.serve.config import AutoscalingConfig
 
-    from lab.simulator import _context
-
     config = AutoscalingConfig(
         min_replicas=1, max_replicas=10, upscale_delay_s=0, downscale_delay_s=0
     )
-    ctx = _context(obs(ready=ready, target=ready, ongoing=ongoing), {}, config)
+    ctx = autoscaling_context(obs(ready=ready, target=ready, ongoing=ongoing), {}, config)
     ours, _ = ray_control_step(replica_queue_length_autoscaling_policy, ctx, 0.0)
     theirs, _ = _apply_autoscaling_config(replica_queue_length_autoscaling_policy)(
-        _context(obs(ready=ready, target=ready, ongoing=ongoing), {}, config)
+        autoscaling_context(obs(ready=ready, target=ready, ongoing=ongoing), {}, config)
     )
     bounded = max(1, min(10, theirs))  # the controller's apply_bounds
     assert ours == bounded == expected
@@ -304,7 +300,11 @@ def test_ray_default_waits_its_upscale_delay_in_simulated_time():
 
 
 def test_our_policy_in_the_loop_scales_like_the_seeds_example():
-    kwargs = {"deployment": "recognizer", "thresholds": {"qps": {"up": 100, "down": 20}}}
+    kwargs = {
+        "deployment": "recognizer",
+        "model_name": "m",
+        "thresholds": {"qps": {"up": 100, "down": 20}},
+    }
     controller = ForecastPolicyController(SimConfig(min_replicas=1, max_replicas=10), kwargs)
     assert controller.decide(obs(ready=1, target=1, qps=132.0, p99=100.0)) == 3
     assert controller.changes[0][1:] == (3, "scale_up_threshold")
@@ -317,6 +317,7 @@ def test_control_period_of_one_second_decides_like_the_controllers_tenth():
     arrivals = np.random.default_rng(3).poisson(rate)
     kwargs = {
         "deployment": "recognizer",
+        "model_name": "m",
         "cooldown_down_s": 120,
         "thresholds": {"qps": {"up": 150, "down": 60}, "p99_ms": {"up": 500, "down": 150}},
     }

@@ -11,9 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from serve_app.autoscaling import rate_history as sources
 from serve_app.autoscaling.rate_history import (
-    PrometheusError,
     RateHistory,
     counter_increases,
     prometheus_rate_history,
@@ -22,6 +20,8 @@ from serve_app.autoscaling.rate_history import (
     trace_utc_offset,
     write_csv,
 )
+from serve_app.monitoring import prometheus_api
+from serve_app.monitoring.prometheus_api import PrometheusUnavailable
 
 # 2024-06-03T00:00:00+08:00
 T0 = 1717344000.0
@@ -204,11 +204,12 @@ def test_prometheus_history_with_reset_restart_and_outage(prometheus, monkeypatc
         ({"model_name": "m", "status": "success", "replica": "a"}, success),
         ({"model_name": "m", "status": "server_error", "replica": "a"}, errors),
     ]
-    monkeypatch.setattr(sources, "MAX_POINTS_PER_QUERY", 10)  # force several chunked requests
+    # force several chunked requests
+    monkeypatch.setattr(prometheus_api, "MAX_POINTS_PER_QUERY", 10)
     history = prometheus_rate_history(prometheus, "m", 0, 2400, step_s=60)
     assert len(RangeQueries.requests) == 5  # 41 points in chunks of 10
     assert 'ray_model_request_total{model_name="m"}' == RangeQueries.requests[0]["query"]
-    by_time = dict(zip(history.timestamps.tolist(), history.rps.tolist()))
+    by_time = dict(zip(history.timestamps.tolist(), history.rps.tolist(), strict=True))
     assert by_time[60] == pytest.approx(3.0)  # 2 + 1 per second
     # The reset minute: success went 1080 -> 60; the 60 counted since the restart are kept (the 60
     # before it are lost, as with Prometheus's rate()): (60 + 60 errors) / 60 s = 2/s, never a
@@ -222,13 +223,15 @@ def test_prometheus_history_with_reset_restart_and_outage(prometheus, monkeypatc
 
 
 def test_unreachable_prometheus_is_a_clear_error():
-    with pytest.raises(PrometheusError, match="did not answer the range query"):
+    with pytest.raises(
+        PrometheusUnavailable, match="Prometheus at http://127.0.0.1:9 did not answer"
+    ):
         prometheus_rate_history("127.0.0.1:9", "m", 0, 600, step_s=60, timeout_s=2)
 
 
 def test_refused_query_is_reported(prometheus, monkeypatch):
     monkeypatch.setattr(RangeQueries, "refuse", True)
-    with pytest.raises(PrometheusError, match="refused the range query .*: bad_data: parse error"):
+    with pytest.raises(PrometheusUnavailable, match="refused .*: bad_data: parse error"):
         prometheus_rate_history(prometheus, "m", 0, 600)
 
 

@@ -17,16 +17,10 @@ from serve_app.monitoring.alerting.alertmanager_config import (
     ReceiverSettings,
     WebhookChannel,
 )
-from serve_app.monitoring.stack import (
-    StackConfig,
-    find_binary,
-    main,
-    process_specs,
-    render_state,
-    stack_status,
-    stack_up,
-)
-from serve_app.processes import StackError, read_record, stop_process
+from serve_app.monitoring.stack import find_binary, process_specs, stack_status, stack_up
+from serve_app.monitoring.stack_cli import main
+from serve_app.monitoring.stack_config import StackConfig, StackError, render_state
+from serve_app.processes import read_record, stop_recorded
 
 
 def config(tmp_path, **overrides) -> StackConfig:
@@ -150,17 +144,17 @@ def test_a_reused_pid_is_never_signalled(tmp_path):
     # The record names this very test process but with another command line: the PID was reused.
     _record(tmp_path, "prometheus", os.getpid(), ["/usr/bin/prometheus", "--config.file=x"])
     assert stack_status(tmp_path)["prometheus"]["running"] is False
-    assert stop_process(tmp_path, "prometheus").startswith("was not running")
+    assert stop_recorded(tmp_path, "prometheus").startswith("was not running")
     assert read_record(tmp_path, "prometheus") is None  # the stale record is cleared
 
 
-def test_stop_process_stops_the_recorded_process(tmp_path):
-    # A process this test starts itself (sleep), recorded the way start_process records one.
+def test_stop_recorded_stops_the_recorded_process(tmp_path):
+    # A process this test starts itself (sleep), recorded the way write_record records one.
     proc = subprocess.Popen(["sleep", "60"])
     try:
         _record(tmp_path, "alertmanager", proc.pid, ["sleep", "60"])
         assert stack_status(tmp_path)["alertmanager"]["running"] is True
-        assert stop_process(tmp_path, "alertmanager") == f"stopped (PID {proc.pid})"
+        assert stop_recorded(tmp_path, "alertmanager") == f"stopped (PID {proc.pid})"
         assert proc.poll() is not None
     finally:
         if proc.poll() is None:

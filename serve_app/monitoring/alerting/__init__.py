@@ -1,1 +1,1 @@
-"""Monitoring configuration: Prometheus rules and config, Alertmanager config, the DingTalk bridge."""
+"""Alerting: Prometheus rules and config, Alertmanager config, the DingTalk bridge."""

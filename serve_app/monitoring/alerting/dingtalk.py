@@ -28,6 +28,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
+from serve_app.errors import BadRequest, PayloadTooLarge, error_body
+
 log = logging.getLogger("recserve.dingtalk")
 
 # DingTalk rejects markdown texts much above 20,000 bytes; stay well below.
@@ -35,6 +37,7 @@ MAX_TEXT_BYTES = 18_000
 MAX_BODY_BYTES = 5 * 1024 * 1024
 SEND_TIMEOUT_S = 10
 PRODUCT = "recognition-serve"
+WRONG_PATH = "POST Alertmanager webhooks to /alert"
 
 
 def sign(secret: str, timestamp_ms: int) -> str:
@@ -63,9 +66,9 @@ def _alert_block(alert: Any) -> str:
     annotations = alert.get("annotations") if isinstance(alert.get("annotations"), dict) else {}
     status = _text(alert.get("status") or "firing")
     name = _text(labels.get("alertname") or "alert")
-    lines = [
-        f"#### {'✅' if status == 'resolved' else '🔥'} {name} ({_text(labels.get('severity') or 'none')})"
-    ]
+    icon = "✅" if status == "resolved" else "🔥"
+    severity = _text(labels.get("severity") or "none")
+    lines = [f"#### {icon} {name} ({severity})"]
     if annotations.get("summary"):
         lines.append(f"> {_text(annotations['summary'])}")
     if annotations.get("description"):
@@ -164,10 +167,14 @@ class DingTalkBridge:
             answer = self.send(url, message)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             log.warning("DingTalk unreachable: %s", exc)
-            return 502, {"error": f"DingTalk unreachable: {exc}"}
+            return 502, error_body("dingtalk_unreachable", f"DingTalk unreachable: {exc}")
         if answer.get("errcode") not in (0, "0"):
             log.warning("DingTalk refused the message: %s", answer)
-            return 502, {"error": "DingTalk refused the message", "dingtalk": answer}
+            return 502, error_body(
+                "dingtalk_refused",
+                f"DingTalk refused the message: errcode {answer.get('errcode')}, "
+                f"errmsg {answer.get('errmsg')!r}",
+            )
         return 200, {"ok": True}
 
 
@@ -189,23 +196,25 @@ def make_handler(bridge: DingTalkBridge) -> type[BaseHTTPRequestHandler]:
             if self.path in ("/-/ready", "/-/healthy"):
                 self._reply(200, {"ok": True})
             else:
-                self._reply(404, {"error": "POST Alertmanager webhooks to /alert"})
+                self._reply(404, error_body("not_found", WRONG_PATH))
 
         def do_POST(self) -> None:  # noqa: N802
             if self.path != "/alert":
-                self._reply(404, {"error": "POST Alertmanager webhooks to /alert"})
+                self._reply(404, error_body("not_found", WRONG_PATH))
                 return
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
                 length = -1
             if length < 0 or length > MAX_BODY_BYTES:
-                self._reply(413, {"error": f"body must be 0..{MAX_BODY_BYTES} bytes"})
+                self._reply(
+                    413, error_body(PayloadTooLarge.code, f"body must be 0..{MAX_BODY_BYTES} bytes")
+                )
                 return
             try:
                 payload = json.loads(self.rfile.read(length).decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                self._reply(400, {"error": f"body is not JSON: {exc}"})
+                self._reply(400, error_body(BadRequest.code, f"body is not JSON: {exc}"))
                 return
             status, body = bridge.deliver(payload)
             self._reply(status, body)
@@ -226,7 +235,8 @@ def bridge_from_env(environ: dict[str, str] | os._Environ = os.environ) -> DingT
     url = environ.get("RECSERVE_DINGTALK_WEBHOOK", "")
     if not url:
         raise SystemExit(
-            "set RECSERVE_DINGTALK_WEBHOOK to the robot URL (https://oapi.dingtalk.com/robot/send?access_token=...)"
+            "set RECSERVE_DINGTALK_WEBHOOK to the robot URL "
+            "(https://oapi.dingtalk.com/robot/send?access_token=...)"
         )
     mobiles = [
         m.strip() for m in environ.get("RECSERVE_DINGTALK_AT_MOBILES", "").split(",") if m.strip()

@@ -159,7 +159,8 @@ class ModelAccuracyDroppedSettings(AlertSection):
     )
     baseline_offset: Duration = Field(
         "1h",
-        description="... ending this long ago, so a fresh drop does not drag its own baseline down.",
+        description="... ending this long ago, so a fresh drop does not drag its own baseline "
+        "down.",
     )
     baselines: dict[LabelValue, Annotated[float, Field(gt=0, le=1)]] = Field(
         {},
@@ -217,8 +218,8 @@ class NoTrafficWhenExpectedSettings(AlertSection):
     expected_min_rps: float = Field(
         0.1,
         gt=0,
-        description="Traffic is expected when the forecast, or the rate at the same time one `lookback` ago, "
-        "is above this many requests per second.",
+        description="Traffic is expected when the forecast, or the rate at the same time one "
+        "`lookback` ago, is above this many requests per second.",
     )
     lookback: Duration = Field("1d", description="How far back 'the same time' is.")
     for_: Duration = Field("15m", alias="for")
@@ -288,7 +289,8 @@ def load_thresholds(path: str | Path | None = None) -> AlertThresholds:
         doc = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(
-            f"alert thresholds file {path} not found; pass --alerts PATH or restore configs/alerts.yaml"
+            f"alert thresholds file {path} not found; "
+            "pass --alerts PATH or restore configs/alerts.yaml"
         ) from None
     except yaml.YAMLError as exc:
         raise ValueError(f"{path} is not valid YAML: {exc}") from None

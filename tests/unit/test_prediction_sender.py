@@ -1,11 +1,10 @@
-"""The ingress sends predictions to the QualityMonitor in batches and never leaves one behind."""
+"""The prediction sender sends predictions to the QualityMonitor in batches and never leaves one
+behind."""
 
 import asyncio
 
-import pytest
-
 from serve_app.config import ModelConfig
-from serve_app.serving.ingress import Ingress
+from serve_app.serving.prediction_sender import MAX_PENDING_RECORDS, PredictionSender
 
 
 class RecordingHandle:
@@ -28,22 +27,9 @@ class RecordingHandle:
         self.record = _Method()
 
 
-# Serve's ASGI wrapper has an async __del__; an instance built without a replica leaves that
-# coroutine unawaited when collected. Nothing of the record path is involved.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:coroutine .*ASGIIngressWrapper.__del__:RuntimeWarning"
-)
-
-
-def make_ingress(quality):
-    # Built without Serve's ASGI wrapper (its __init__ needs a running replica): only the fields
-    # the record path reads.
-    ingress = object.__new__(Ingress.func_or_class)
-    ingress.quality = quality
-    ingress.models = {"m": ModelConfig(name="m")}
-    ingress._pending_records = []
-    ingress._flusher = None
-    return ingress
+def make_sender(quality):
+    model = ModelConfig(name="m")
+    return PredictionSender(quality, {model.name: model.version})
 
 
 async def until_sent(quality: RecordingHandle, records: int, timeout_s: float = 10.0) -> None:
@@ -60,12 +46,12 @@ def prediction(class_id):
 
 def test_records_queued_during_a_send_are_sent_too():
     quality = RecordingHandle(delay_s=0.05)
-    ingress = make_ingress(quality)
+    sender = make_sender(quality)
 
     async def scenario():
-        ingress._record("r1", "m", [prediction(1)])
+        sender.send("r1", "m", [prediction(1)])
         await asyncio.sleep(0.03)  # the first batch is now being sent (20 ms wait + 50 ms call)
-        ingress._record("r2", "m", [prediction(2), prediction(3)])
+        sender.send("r2", "m", [prediction(2), prediction(3)])
         await until_sent(quality, 3)
 
     asyncio.run(scenario())
@@ -80,13 +66,27 @@ def test_records_queued_during_a_send_are_sent_too():
 
 def test_requests_within_the_flush_interval_share_one_call():
     quality = RecordingHandle(delay_s=0.0)
-    ingress = make_ingress(quality)
+    sender = make_sender(quality)
 
     async def scenario():
         for i in range(5):
-            ingress._record(f"r{i}", "m", [prediction(i)])
+            sender.send(f"r{i}", "m", [prediction(i)])
         await until_sent(quality, 5)
         await asyncio.sleep(0.05)  # room for a wrong second call to show up
 
     asyncio.run(scenario())
     assert len(quality.batches) == 1 and len(quality.batches[0]) == 5
+
+
+def test_an_unreachable_monitor_costs_the_oldest_records_not_memory():
+    quality = RecordingHandle(delay_s=0.0)
+    sender = make_sender(quality)
+
+    async def scenario():
+        # MAX_PENDING_RECORDS + 2 images queued before the first flush: the 2 oldest are dropped
+        sender.send("r", "m", [prediction(i) for i in range(MAX_PENDING_RECORDS + 2)])
+        await until_sent(quality, MAX_PENDING_RECORDS)
+
+    asyncio.run(scenario())
+    sent = [r["index"] for batch in quality.batches for r in batch]
+    assert sent == list(range(2, MAX_PENDING_RECORDS + 2))

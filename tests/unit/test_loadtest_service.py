@@ -3,12 +3,12 @@ group."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from loadtests import service as stack
+from loadtests.service import StartedService, launcher_command, start_service
+from serve_app.processes import group_alive, start_process
 
 # A stand-in launcher: leaves a child behind in its process group, and exits on Ctrl-C like
 # `recserve up`.
@@ -16,29 +16,22 @@ LAUNCHER = """
 import subprocess, sys, time
 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
 try:
-    print("ready", flush=True)  # inside the try: a Ctrl-C right after "ready" must take the same path
+    # Inside the try: a Ctrl-C right after "ready" must take the same path.
+    print("ready", flush=True)
     time.sleep(120)
 except KeyboardInterrupt:
     sys.exit(130)
 """
 
 
-def start_launcher(tmp_path: Path) -> stack.StartedService:
+def start_launcher(tmp_path: Path) -> StartedService:
     log_path = tmp_path / "launcher.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", LAUNCHER],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=stack._default_sigint,
-        )
+    launcher = start_process("launcher", [sys.executable, "-c", LAUNCHER], log_path)
     # A whole line: a traceback quoting the print statement must not count as ready.
-    while "ready" not in log_path.read_text().splitlines():
-        if process.poll() is not None:
-            raise AssertionError(log_path.read_text())
-        time.sleep(0.01)
-    return stack.StartedService(process, log_path)
+    launcher.wait_ready(
+        lambda: "ready" in log_path.read_text().splitlines(), 120, "prints ready", poll_s=0.01
+    )
+    return StartedService(launcher)
 
 
 # Generous: on a loaded 2-core machine a Python process can take seconds to act on a signal, and the
@@ -46,7 +39,7 @@ def start_launcher(tmp_path: Path) -> stack.StartedService:
 GRACE_S = 90
 
 
-def stop_and_time(service: stack.StartedService, grace_s: float) -> tuple[int | None, float]:
+def stop_and_time(service: StartedService, grace_s: float) -> tuple[int | None, float]:
     started = time.monotonic()
     code = service.stop(grace_s=grace_s)
     return code, time.monotonic() - started
@@ -54,12 +47,12 @@ def stop_and_time(service: stack.StartedService, grace_s: float) -> tuple[int | 
 
 def test_stop_ends_the_launcher_and_what_it_left_behind(tmp_path):
     service = start_launcher(tmp_path)
-    assert stack.group_alive(service.pid)
+    assert group_alive(service.pid)
     code, took_s = stop_and_time(service, GRACE_S)
     assert code == 130, (
         f"exit {code} after {took_s:.1f} s; launcher log: {service.log_path.read_text()!r}"
     )
-    assert not stack.group_alive(service.pid)
+    assert not group_alive(service.pid)
 
 
 def test_stop_of_an_exited_launcher_is_harmless(tmp_path):
@@ -70,11 +63,11 @@ def test_stop_of_an_exited_launcher_is_harmless(tmp_path):
     )
     second, _ = stop_and_time(service, 1)
     assert second == first
-    assert not stack.group_alive(service.pid)
+    assert not group_alive(service.pid)
 
 
 def test_launcher_command_starts_the_stack_only_when_prometheus_is_down():
-    with_stack = stack.launcher_command(
+    with_stack = launcher_command(
         Path("configs/serve_config.yaml"), "http://127.0.0.1:19090", False
     )
     assert with_stack[-5:] == [
@@ -84,15 +77,13 @@ def test_launcher_command_starts_the_stack_only_when_prometheus_is_down():
         "--prometheus-port",
         "19090",
     ]
-    without = stack.launcher_command(
-        Path("configs/serve_config.yaml"), "http://127.0.0.1:9090", True
-    )
+    without = launcher_command(Path("configs/serve_config.yaml"), "http://127.0.0.1:9090", True)
     assert without[-4:] == ["up", "--config", "configs/serve_config.yaml", "--no-stack"]
 
 
 def test_start_service_refuses_a_missing_config(tmp_path):
     try:
-        stack.start_service(
+        start_service(
             tmp_path / "absent.yaml", "http://127.0.0.1:9", tmp_path / "log", "http://x", True, 1
         )
     except FileNotFoundError as exc:

@@ -1,4 +1,5 @@
-"""`recserve backtest` end to end on a short trace: files, columns, strategies and sane values."""
+"""The lab's commands (lab/commands.py) end to end: `recserve backtest` on a short trace (files,
+columns, strategies and sane values), plot, fit, forecast and gen-traces."""
 
 from __future__ import annotations
 
@@ -204,7 +205,7 @@ def test_fit_then_forecast_hourly_with_the_replica_plan(short_trace, tmp_path, c
     assert len(rows) == 25  # 00:00 through 24:00, hourly
     assert all(float(r["upper"]) >= float(r["yhat"]) >= float(r["lower"]) >= 0 for r in rows)
     # Hour t asks for what the upper bound at t + 1 h needs: ceil(upper(t+1h) / (50 * 0.9)).
-    for now, later in zip(rows, rows[1:]):
+    for now, later in zip(rows, rows[1:], strict=False):
         assert int(now["replicas"]) == math.ceil(float(later["upper"]) / 45 - 1e-9)
     assert rows[-1]["replicas"] == ""  # beyond the forecast: no plan rather than a guess
 

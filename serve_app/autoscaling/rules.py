@@ -1,0 +1,335 @@
+"""The autoscaling policy's rules: the schema of `policy_kwargs`, parsed from the YAML's plain
+dicts.
+
+How thresholds relate to replica counts: `qps` and `ongoing_per_replica` are compared per instance
+(deployment QPS / instances), so with one instance `qps.up: 100` is the familiar "QPS > 100 scales
+up", and with five instances it means "more than 100 QPS each". They also say how many instances the
+load needs: ceil(QPS / qps.up). `p99_ms` and `gpu_utilization` are deployment averages compared as
+they are.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from serve_app.autoscaling.planner import check_capacity, check_lead_time
+from serve_app.validation import validation_problems
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+SIGNAL_NAMES = ("qps", "p99_ms", "gpu_utilization", "ongoing_per_replica")
+QUERY_NAMES = ("qps", "p99_ms", "gpu_utilization", "forecast_qps", "forecast_fit_time")
+
+
+class Rule(BaseModel):
+    """Base: unknown keys are errors, so a misspelt YAML key never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Threshold(Rule):
+    """Scale up above `up`, allow scaling down below `down`."""
+
+    up: float | None = Field(
+        None, ge=0, description="Scale up when the signal is above this value."
+    )
+    down: float | None = Field(
+        None, ge=0, description="Scaling down needs the signal below this value."
+    )
+
+    @model_validator(mode="after")
+    def _down_not_above_up(self) -> "Threshold":
+        if self.up is not None and self.down is not None and self.down > self.up:
+            raise ValueError(
+                f"down ({self.down:g}) must not exceed up ({self.up:g}), or the policy would flap"
+            )
+        return self
+
+    def merged(self, override: "Threshold | None") -> "Threshold":
+        """This threshold with the fields `override` sets replaced."""
+        if override is None:
+            return self
+        return Threshold(
+            up=override.up if override.up is not None else self.up,
+            down=override.down if override.down is not None else self.down,
+        )
+
+
+class Thresholds(Rule):
+    """One threshold pair per signal; a signal without thresholds is not used."""
+
+    qps: Threshold | None = Field(
+        None,
+        description="Requests per second per instance (deployment QPS / instances). Seeds: up "
+        "100, down 20.",
+    )
+    p99_ms: Threshold | None = Field(
+        None, description="p99 end-to-end latency of the model, milliseconds."
+    )
+    gpu_utilization: Threshold | None = Field(
+        None, description="Average GPU utilization, ratio 0..1. Seeds: up 0.7, down 0.3."
+    )
+    ongoing_per_replica: Threshold | None = Field(
+        None,
+        description="Ongoing (running + queued) requests per instance, from Ray itself: the "
+        "signal that remains when Prometheus is down. Empty means up 4, down 1 in the queue-based "
+        "fallback only.",
+    )
+
+    def merged(self, override: "Thresholds | None") -> "Thresholds":
+        """These thresholds with a window's overrides applied signal by signal."""
+        if override is None:
+            return self
+        values = {}
+        for name in SIGNAL_NAMES:
+            base, over = getattr(self, name), getattr(override, name)
+            values[name] = over if base is None else base.merged(over)
+        return Thresholds(**values)
+
+
+def _parse_hhmm(value: str) -> int:
+    try:
+        hours, minutes = (int(part) for part in value.split(":"))
+    except (ValueError, AttributeError):
+        raise ValueError(f"time {value!r} must look like HH:MM, e.g. 09:00") from None
+    if not (0 <= hours <= 24 and 0 <= minutes < 60) or hours * 60 + minutes > 24 * 60:
+        raise ValueError(f"time {value!r} is not a time of day between 00:00 and 24:00")
+    return hours * 60 + minutes
+
+
+class TimeWindow(Rule):
+    """A named local-time window with its own thresholds (e.g. `peak-hours` 09:00-21:00 on
+    weekdays)."""
+
+    name: str = Field(..., description="Shown in reasons and logs, e.g. `peak-hours`.")
+    start: str = Field(..., description="Local start time HH:MM (inclusive).")
+    end: str = Field(
+        ...,
+        description="Local end time HH:MM (exclusive); earlier than start means it crosses "
+        "midnight.",
+    )
+    days: list[str] = Field(
+        list(DAYS),
+        description="Days the window starts on (mon..sun); a window crossing midnight ends the "
+        "next day.",
+    )
+    thresholds: Thresholds = Field(
+        Thresholds(), description="Overrides of the base thresholds while active."
+    )
+    min_replicas: int | None = Field(
+        None, ge=0, description="A higher minimum while active (scheduled capacity)."
+    )
+
+    @field_validator("start", "end")
+    @classmethod
+    def _valid_time(cls, value: str) -> str:
+        _parse_hhmm(value)
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _valid_days(cls, value: list[str]) -> list[str]:
+        days = [d.strip().lower()[:3] for d in value]
+        unknown = [d for d, raw in zip(days, value, strict=True) if d not in DAYS]
+        if unknown or not days:
+            raise ValueError(
+                f"days {value!r} must be a non-empty list of mon, tue, wed, thu, fri, sat, sun"
+            )
+        return days
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "TimeWindow":
+        if _parse_hhmm(self.start) == _parse_hhmm(self.end):
+            raise ValueError(
+                f"window {self.name!r} starts and ends at {self.start}: it would never be active"
+            )
+        return self
+
+    def contains(self, local: datetime) -> bool:
+        """True when the local time falls inside this window, counting a midnight-crossing window to
+        its start day."""
+        start, end = _parse_hhmm(self.start), _parse_hhmm(self.end)
+        minute = local.hour * 60 + local.minute
+        if start < end:
+            return start <= minute < end and DAYS[local.weekday()] in self.days
+        if minute >= start:
+            return DAYS[local.weekday()] in self.days
+        if minute < end:
+            return DAYS[(local - timedelta(days=1)).weekday()] in self.days
+        return False
+
+
+class PredictiveRules(Rule):
+    """The forecast floor: replicas the forecast upper bound needs at now + lead time."""
+
+    enabled: bool = Field(True, description="Use the forecast as a floor when it is fresh.")
+    replica_capacity_qps: float = Field(
+        40.0,
+        gt=0,
+        description="QPS one instance sustains within the SLO (measure with `recserve capacity`).",
+    )
+    headroom: float = Field(
+        0.8, gt=0, le=1, description="Plan each instance at this share of its capacity."
+    )
+    lead_time_s: float = Field(
+        120.0,
+        ge=0,
+        description="How far ahead the forecast is read. For a model the Forecaster forecasts, "
+        "the application fills it from `forecaster.lead_time_s` (the lead it publishes at); a "
+        "different value is refused.",
+    )
+    startup_s: float = Field(
+        60.0, ge=0, description="Measured start-up time of one instance; lead_time_s must be >= it."
+    )
+    max_forecast_age_s: float = Field(
+        7200.0,
+        gt=0,
+        description="A forecast fitted longer ago than this is ignored (the policy runs reactive).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PredictiveRules":
+        check_capacity(self.replica_capacity_qps, self.headroom)
+        check_lead_time(self.lead_time_s, self.startup_s)
+        return self
+
+
+class PolicyRules(Rule):
+    """Everything `policy_kwargs` may hold; see docs/AUTOSCALING.md for the YAML."""
+
+    deployment: str = Field(
+        "",
+        description="Deployment label of the autoscaler metrics; the application fills it from the "
+        "model entry (empty: the name Serve gives the policy).",
+    )
+    model_name: str = Field(
+        "",
+        validate_default=True,
+        description="model_name label of the model's metrics; the application fills it from the "
+        "model entry. Empty is an error: the policy would read another model's traffic.",
+    )
+    prometheus_address: str | None = Field(
+        None,
+        description="Prometheus base URL; empty means the RAY_PROMETHEUS_HOST environment "
+        "variable.",
+    )
+    fetch_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between background Prometheus fetches."
+    )
+    cache_ttl_s: float = Field(
+        30.0, gt=0, description="Prometheus results older than this count as unavailable."
+    )
+    timezone: str = Field(
+        "UTC", description="IANA time zone the windows are written in, e.g. Asia/Shanghai."
+    )
+    min_replicas: int | None = Field(
+        None,
+        ge=0,
+        description="Narrows Serve's min_replicas; empty means the deployment's "
+        "autoscaling_config.",
+    )
+    max_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Narrows Serve's max_replicas; empty means the deployment's "
+        "autoscaling_config.",
+    )
+    step_up: int = Field(
+        2, ge=1, description="Instances added per scale-up (more when QPS says more are needed)."
+    )
+    step_down: int = Field(1, ge=1, description="Instances removed per scale-down.")
+    cooldown_up_s: float = Field(
+        30.0, ge=0, description="Seconds after a scale-up before the next scale-up."
+    )
+    cooldown_down_s: float = Field(
+        300.0, ge=0, description="Seconds after any scaling before a scale-down (seeds: 300)."
+    )
+    thresholds: Thresholds = Field(
+        Thresholds(qps=Threshold(up=100, down=20), gpu_utilization=Threshold(up=0.7, down=0.3)),
+        description="Base thresholds: any signal above `up` scales up, all below `down` scale "
+        "down.",
+    )
+    windows: list[TimeWindow] = Field(
+        [], description="Time windows; the first active one overrides thresholds."
+    )
+    mode: Literal["balanced", "cost-optimize"] = Field(
+        "balanced",
+        description="`cost-optimize` holds the fewest instances that keep p99 under "
+        "max_latency_ms.",
+    )
+    max_latency_ms: float = Field(
+        800.0, gt=0, description="The p99 bound of cost-optimize mode (seeds: --max-latency=800)."
+    )
+    cost_down_ratio: float = Field(
+        0.6,
+        gt=0,
+        lt=1,
+        description="cost-optimize scales down only while p99 < this share of max_latency_ms.",
+    )
+    predictive: PredictiveRules = Field(
+        PredictiveRules(enabled=False), description="The forecast floor."
+    )
+    queries: dict[str, str] = Field(
+        {},
+        description="PromQL overrides by signal name (qps, p99_ms, gpu_utilization, forecast_qps, "
+        "forecast_fit_time).",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r}: use an IANA name such as Asia/Shanghai or UTC"
+            ) from None
+        return value
+
+    @field_validator("model_name")
+    @classmethod
+    def _model_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(
+                "model_name is empty: name the model whose metrics the policy reads (the "
+                "application fills it from the model entry)"
+            )
+        return value
+
+    @field_validator("queries")
+    @classmethod
+    def _known_queries(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(QUERY_NAMES))
+        if unknown:
+            raise ValueError(f"unknown query names {unknown}: use {list(QUERY_NAMES)}")
+        return value
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "PolicyRules":
+        if (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and self.min_replicas > self.max_replicas
+        ):
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must not exceed max_replicas "
+                f"({self.max_replicas})"
+            )
+        return self
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> "PolicyRules":
+        """Rules from `policy_kwargs`; raises ValueError with every problem and where it is."""
+        try:
+            return cls.model_validate(kwargs or {})
+        except ValidationError as exc:
+            raise ValueError(
+                f"invalid autoscaling policy_kwargs: {validation_problems(exc, 'policy_kwargs')}"
+            ) from None
+
+    def zone(self) -> ZoneInfo:
+        """The ZoneInfo the windows are read in."""
+        return ZoneInfo(self.timezone)

@@ -1,0 +1,344 @@
+"""The named steps of `decide()`: small pure functions, each testable alone.
+
+A step reads the rules, the signals and the state it is given and returns a value or a `Proposal`
+(the wished replica count, why, and the decision code); none reads a clock, Prometheus or Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from serve_app.autoscaling.planner import replicas_for_rate
+from serve_app.autoscaling.readings import Reading, instances_phrase
+from serve_app.autoscaling.rules import (
+    SIGNAL_NAMES,
+    PolicyRules,
+    Threshold,
+    Thresholds,
+    TimeWindow,
+)
+from serve_app.autoscaling.signals import Signals
+
+# Used by the queue-based fallback when the rules set no ongoing_per_replica thresholds.
+FALLBACK_ONGOING = Threshold(up=4, down=1)
+
+
+def active_window(rules: PolicyRules, now: float) -> TimeWindow | None:
+    """The first window containing `now` in the rules' time zone, or None."""
+    if not rules.windows:
+        return None
+    local = datetime.fromtimestamp(now, rules.zone())
+    return next((w for w in rules.windows if w.contains(local)), None)
+
+
+def effective_thresholds(rules: PolicyRules, window: TimeWindow | None) -> Thresholds:
+    """Base thresholds with the active window's overrides."""
+    return rules.thresholds.merged(window.thresholds if window else None)
+
+
+def replica_bounds(
+    signals: Signals, rules: PolicyRules, window: TimeWindow | None
+) -> tuple[int, int]:
+    """[min, max] from Serve's bounds, narrowed by the rules and raised by the window's minimum."""
+    low = max(signals.min_replicas, rules.min_replicas or 0)
+    high = min(signals.max_replicas, rules.max_replicas or signals.max_replicas)
+    if window is not None and window.min_replicas is not None:
+        low = max(low, window.min_replicas)
+    return min(low, high), high
+
+
+def classify(value: float, threshold: Threshold) -> Literal["above", "below", "within"]:
+    """Where a value stands against its threshold pair."""
+    if threshold.up is not None and value > threshold.up:
+        return "above"
+    if threshold.down is not None and value < threshold.down:
+        return "below"
+    return "within"
+
+
+def read_signals(signals: Signals, thresholds: Thresholds, base: int) -> list[Reading]:
+    """Compare every available signal with its thresholds; `base` instances share the per-instance
+    load."""
+    base = max(base, 1)
+    readings = []
+    totals = {
+        "qps": signals.qps,
+        "p99_ms": signals.p99_ms,
+        "gpu_utilization": signals.gpu_utilization,
+        "ongoing_per_replica": signals.ongoing_requests,
+    }
+    for name in SIGNAL_NAMES:
+        threshold, total = getattr(thresholds, name), totals[name]
+        if threshold is None or total is None or not math.isfinite(total):
+            continue
+        total = max(total, 0.0)
+        per_instance = name in ("qps", "ongoing_per_replica")
+        value = total / base if per_instance else total
+        need = None
+        if threshold.up:
+            if per_instance:
+                need = math.ceil(
+                    total / threshold.up - 1e-9
+                )  # instances keeping each at or under `up`
+            elif name == "gpu_utilization":
+                need = math.ceil(base * total / threshold.up - 1e-9)
+        readings.append(Reading(name, value, total, threshold, classify(value, threshold), need))
+    return readings
+
+
+def cooldown_left(state: dict[str, Any], now: float, rules: PolicyRules, direction: str) -> float:
+    """Seconds until a scale in `direction` is allowed: up waits after ups, down waits after any
+    scaling."""
+    last_up = state.get("last_scale_up_s")
+    last_down = state.get("last_scale_down_s")
+    if direction == "up":
+        return max(0.0, (last_up + rules.cooldown_up_s - now) if last_up is not None else 0.0)
+    last = max((t for t in (last_up, last_down) if t is not None), default=None)
+    return max(0.0, (last + rules.cooldown_down_s - now) if last is not None else 0.0)
+
+
+def forecast_floor(signals: Signals, rules: PolicyRules, now: float) -> tuple[int | None, str]:
+    """Replicas the fresh forecast needs at now + lead time (from the planner), or None and why
+    not."""
+    p = rules.predictive
+    if not p.enabled:
+        return None, "forecast disabled"
+    if signals.forecast_qps is None or not math.isfinite(signals.forecast_qps):
+        return None, "no forecast"
+    if signals.forecast_fit_time is None:
+        return None, "forecast age unknown"
+    age = now - signals.forecast_fit_time
+    if age > p.max_forecast_age_s:
+        return None, f"forecast is stale ({age / 60:.0f} min old)"
+    floor = replicas_for_rate(max(signals.forecast_qps, 0.0), p.replica_capacity_qps, p.headroom)
+    return (
+        floor,
+        f"forecast {signals.forecast_qps:.0f} QPS at +{p.lead_time_s:.0f}s needs "
+        f"{instances_phrase(floor)}",
+    )
+
+
+@dataclass
+class Proposal:
+    """A step's wish before cooldowns and bounds: the target, why, and the code for metrics."""
+
+    replicas: int
+    reason: str
+    code: str
+    direction: Literal["up", "down", "hold"] = "hold"
+    # forecast-driven scale-ups skip the up cooldown: they are a plan, not a reaction
+    planned: bool = False
+    extra_state: dict[str, Any] = field(default_factory=dict)
+
+
+def threshold_proposal(
+    readings: list[Reading], current: int, signals: Signals, rules: PolicyRules
+) -> Proposal:
+    """Any signal above -> up by step_up (or to what QPS needs); all below -> down by step_down."""
+    if not readings:
+        return Proposal(
+            current, f"no signal available, holding {instances_phrase(current)}", "hold_no_signal"
+        )
+    above = [r for r in readings if r.status == "above"]
+    needs = [r.need for r in readings if r.need is not None]
+    if above:
+        pending = signals.target_replicas > signals.running_replicas
+        if pending and all(r.need is None for r in above):
+            # p99 lags: it stays high until the starting instances take load, so wait for them.
+            waiting = signals.target_replicas - signals.running_replicas
+            why = ", ".join(r.describe(current) for r in above)
+            return Proposal(
+                current, f"{why}, waiting for {instances_phrase(waiting)} starting", "hold_starting"
+            )
+        target = max([current + rules.step_up] + [r.need for r in above if r.need is not None])
+        why = ", ".join(r.describe(current) for r in above)
+        return Proposal(target, why, "scale_up_threshold", "up")
+    if all(r.status == "below" for r in readings):
+        target = max([current - rules.step_down] + needs)
+        why = (
+            "all signals below thresholds ("
+            + ", ".join(r.describe(current) for r in readings)
+            + ")"
+        )
+        return Proposal(target, why, "scale_down_threshold", "down")
+    within = ", ".join(r.describe(current) for r in readings)
+    return Proposal(current, f"{within}, holding {instances_phrase(current)}", "hold_within")
+
+
+def cost_optimize_proposal(
+    readings: list[Reading], current: int, state: dict[str, Any], rules: PolicyRules
+) -> Proposal:
+    """Fewest instances keeping p99 under max_latency_ms, remembering the per-instance QPS where p99
+    broke."""
+    p99 = next((r.total for r in readings if r.name == "p99_ms"), None)
+    qps = next((r.total for r in readings if r.name == "qps"), None)
+    limit = rules.max_latency_ms
+    if p99 is None:
+        return Proposal(
+            current,
+            f"p99 unavailable in cost-optimize mode, holding {instances_phrase(current)}",
+            "hold_no_signal",
+        )
+    if p99 > limit:
+        target = current + rules.step_up
+        extra = {"cost_violation_qps_per_replica": qps / max(current, 1)} if qps is not None else {}
+        return Proposal(
+            target,
+            f"p99={p99:.0f}ms > max latency {limit:.0f}ms",
+            "scale_up_latency",
+            "up",
+            extra_state=extra,
+        )
+    if p99 >= rules.cost_down_ratio * limit:
+        return Proposal(
+            current,
+            f"p99={p99:.0f}ms close to max latency {limit:.0f}ms, holding "
+            f"{instances_phrase(current)}",
+            "hold_within",
+        )
+    target = current - rules.step_down
+    broke_at = state.get("cost_violation_qps_per_replica")
+    if broke_at is not None and qps is not None and target > 0 and qps / target >= broke_at:
+        return Proposal(
+            current,
+            f"p99={p99:.0f}ms but {instances_phrase(target)} would each take {qps / target:.0f} "
+            f"QPS, where p99 exceeded {limit:.0f}ms before; holding {instances_phrase(current)}",
+            "hold_learned_capacity",
+        )
+    return Proposal(
+        target,
+        f"p99={p99:.0f}ms < {rules.cost_down_ratio * limit:.0f}ms (cost-optimize)",
+        "scale_down_latency",
+        "down",
+    )
+
+
+def apply_forecast(
+    proposal: Proposal,
+    floor: int | None,
+    floor_why: str,
+    readings: list[Reading],
+    current: int,
+    rules: PolicyRules,
+) -> Proposal:
+    """Raise the target to the forecast floor; when the forecast and the load say fewer suffice, go
+    there."""
+    if floor is None:
+        return proposal
+    if floor > proposal.replicas:
+        if floor > current:
+            return Proposal(
+                floor,
+                floor_why,
+                "scale_up_forecast",
+                "up",
+                planned=True,
+                extra_state=proposal.extra_state,
+            )
+        if floor == current:
+            return Proposal(
+                current,
+                f"{proposal.reason} but {floor_why}, holding",
+                "hold_forecast",
+                extra_state=proposal.extra_state,
+            )
+        return Proposal(
+            floor,
+            f"{proposal.reason}; {floor_why}",
+            proposal.code,
+            proposal.direction,
+            extra_state=proposal.extra_state,
+        )
+    if (
+        proposal.direction != "up"
+        and proposal.code in ("hold_within", "scale_down_threshold")
+        and floor < current
+    ):
+        # The down thresholds and step_down guard against flapping when the future is unknown. A
+        # fresh forecast that expects less load within the lead time is that knowledge: go straight
+        # to what both the forecast and the measured load (at the up thresholds, so the next period
+        # does not scale back up) need.
+        needs = [r.need for r in readings if r.need is not None]
+        if needs and not any(r.status == "above" for r in readings):
+            target = max([floor] + needs)
+            if target < proposal.replicas:
+                return Proposal(
+                    target,
+                    f"{floor_why} and current load needs {instances_phrase(max(needs))}",
+                    "scale_down_forecast",
+                    "down",
+                )
+    return proposal
+
+
+def queue_fallback(
+    signals: Signals, thresholds: Thresholds, current: int, why: str, rules: PolicyRules
+) -> Proposal:
+    """Scale on Ray's own ongoing-request count when Prometheus signals are missing, saying so."""
+    only_queue = Thresholds(ongoing_per_replica=thresholds.ongoing_per_replica or FALLBACK_ONGOING)
+    readings = read_signals(signals, only_queue, current)
+    proposal = threshold_proposal(readings, current, signals, rules)
+    return Proposal(
+        proposal.replicas,
+        f"{why}: queue-based fallback, {proposal.reason}",
+        "fallback_" + proposal.code,
+        proposal.direction,
+    )
+
+
+def apply_cooldown(
+    proposal: Proposal, current: int, state: dict[str, Any], now: float, rules: PolicyRules
+) -> Proposal:
+    """Hold instead of scaling while the direction's cooldown runs (planned forecast scale-ups
+    excepted)."""
+    if proposal.replicas == current or proposal.planned:
+        return proposal
+    direction = "up" if proposal.replicas > current else "down"
+    left = cooldown_left(state, now, rules, direction)
+    if left <= 0:
+        return proposal
+    return Proposal(
+        current,
+        f"{proposal.reason} but scale-{direction} cooldown ({left:.0f}s left), holding "
+        f"{instances_phrase(current)}",
+        f"cooldown_{direction}",
+        extra_state=proposal.extra_state,
+    )
+
+
+def apply_bounds(proposal: Proposal, low: int, high: int) -> Proposal:
+    """Clamp to [min, max] and say so when the clamp changed the wish."""
+    bounded = min(max(proposal.replicas, low), high)
+    if bounded == proposal.replicas:
+        return proposal
+    limit = (
+        f"max_replicas={high}"
+        if bounded == high and proposal.replicas > high
+        else f"min_replicas={low}"
+    )
+    return Proposal(
+        bounded,
+        f"{proposal.reason} (limited by {limit})",
+        proposal.code,
+        proposal.direction,
+        proposal.planned,
+        proposal.extra_state,
+    )
+
+
+def next_state(
+    state: dict[str, Any], proposal: Proposal, current: int, now: float, code: str
+) -> dict[str, Any]:
+    """The state to carry forward: when each direction last scaled, learned limits, the last
+    decision code."""
+    new = dict(state)
+    new.update(proposal.extra_state)
+    if proposal.replicas > current:
+        new["last_scale_up_s"] = now
+    elif proposal.replicas < current:
+        new["last_scale_down_s"] = now
+    new["last_code"] = code
+    return new
