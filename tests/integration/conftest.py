@@ -15,10 +15,16 @@ import pytest
 import requests
 
 from tests.integration.monitoring_fixtures import alert_sink, monitoring_stack  # noqa: F401  (session fixtures)
+from tests.integration.ports import (
+    HAPROXY_METRICS_PORT,
+    HAPROXY_STATS_PORT,
+    PROMETHEUS_URL,
+    SERVICE_URL,
+    config_with_ports,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CONFIG = ROOT / "configs" / "serve_config.test.yaml"
-SERVICE_URL = "http://127.0.0.1:18000"
 STARTUP_TIMEOUT_S = 300
 
 
@@ -52,18 +58,22 @@ def serve_process(ray_tmpdir: Path):
     env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
     # HAProxy's stats and metrics ports are machine-wide: move them off a running `make run`'s
     # 8404/9101.
-    env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", "18404")
-    env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", "19101")
+    env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(HAPROXY_STATS_PORT))
+    env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(HAPROXY_METRICS_PORT))
     env.update(
         {
-            "RECSERVE_PROMETHEUS_URL": "http://127.0.0.1:19090",
-            "RAY_PROMETHEUS_HOST": "http://127.0.0.1:19090",
+            "RECSERVE_PROMETHEUS_URL": PROMETHEUS_URL,
+            "RAY_PROMETHEUS_HOST": PROMETHEUS_URL,
         }
     )
     serve_bin = Path(sys.executable).parent / "serve"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(serve_bin), "run", str(TEST_CONFIG)],
+            [
+                str(serve_bin),
+                "run",
+                str(config_with_ports(TEST_CONFIG, ray_tmpdir / "serve_config.yaml")),
+            ],
             cwd=ROOT,
             env=env,
             stdout=log,

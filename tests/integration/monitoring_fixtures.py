@@ -25,9 +25,8 @@ from serve_app.monitoring.alerting.alertmanager_config import (
     WebhookChannel,
 )
 from serve_app.monitoring.stack import Stack, running_stack
+from tests.integration.ports import ALERTMANAGER_PORT, PROMETHEUS_PORT
 
-PROMETHEUS_PORT = 19090
-ALERTMANAGER_PORT = 19093
 SCRAPE_INTERVAL = "5s"
 TEST_ALERT = "RecserveTestTraffic"
 TEST_MODEL = "efficientnet_lite0"

@@ -24,10 +24,19 @@ from serve_app.monitoring.alerting.alertmanager_config import (
     RouteTiming,
 )
 from serve_app.monitoring.stack import running_stack
+from tests.integration.ports import (
+    DINGTALK_ALERTMANAGER_PORT,
+    DINGTALK_BRIDGE_PORT,
+    DINGTALK_PROMETHEUS_PORT,
+)
 
 SECRET = "SECintegration"
 # Ports of their own: the session's stack holds 19090 / 19093.
-PROMETHEUS_PORT, ALERTMANAGER_PORT, BRIDGE_PORT = 19190, 19193, 19195
+PROMETHEUS_PORT, ALERTMANAGER_PORT, BRIDGE_PORT = (
+    DINGTALK_PROMETHEUS_PORT,
+    DINGTALK_ALERTMANAGER_PORT,
+    DINGTALK_BRIDGE_PORT,
+)
 
 
 class DingTalkStandIn:

@@ -1,0 +1,35 @@
+"""Ports of the integration session, moved as one by RECSERVE_TEST_PORT_OFFSET.
+
+The defaults keep every fixed port off a `make run` on the same machine; an offset lets a second
+integration session (another checkout, a fault test run by hand) run beside the first.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+OFFSET = int(os.environ.get("RECSERVE_TEST_PORT_OFFSET", "0"))
+
+SERVE_PORT = 18000 + OFFSET
+PROMETHEUS_PORT = 19090 + OFFSET
+ALERTMANAGER_PORT = 19093 + OFFSET
+HAPROXY_STATS_PORT = 18404 + OFFSET
+HAPROXY_METRICS_PORT = 19101 + OFFSET
+DINGTALK_PROMETHEUS_PORT = 19190 + OFFSET
+DINGTALK_ALERTMANAGER_PORT = 19193 + OFFSET
+DINGTALK_BRIDGE_PORT = 19195 + OFFSET
+
+SERVICE_URL = f"http://127.0.0.1:{SERVE_PORT}"
+PROMETHEUS_URL = f"http://127.0.0.1:{PROMETHEUS_PORT}"
+
+
+def config_with_ports(source: Path, target: Path) -> Path:
+    """A copy of the test config with Serve's port and every Prometheus address moved."""
+    doc = yaml.safe_load(source.read_text())
+    doc["http_options"]["port"] = SERVE_PORT
+    text = yaml.safe_dump(doc, sort_keys=False)
+    target.write_text(text.replace("http://127.0.0.1:19090", PROMETHEUS_URL))
+    return target
