@@ -12,7 +12,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager chromium
 # Ray's CLI and dashboard need the cluster token; Ray writes it to ~/.ray/auth_token on first start.
 export RAY_AUTH_MODE := token
 
-.PHONY: run test lint unit integration bench stack stack-down loadtest loadtest-sim backtest traces install system-deps clean-cache config-doc
+.PHONY: run test lint unit integration bench stack stack-down loadtest soak loadtest-sim backtest backtest-suite traces install system-deps clean-cache config-doc
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,10 @@ system-deps:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# exec: no shell between make and recserve up. make passes SIGTERM on to it; SIGINT and SIGHUP
+# sent to make's PID alone it keeps, and recserve up notices them (docs/RELIABILITY.md).
 run: install system-deps
-	$(BIN)/recserve up --config $(CONFIG)
+	exec $(BIN)/recserve up --config $(CONFIG)
 
 test: install system-deps lint
 	$(BIN)/python -m pytest -q tests/unit tests/integration
@@ -66,6 +68,13 @@ DURATION ?= 120
 loadtest: install system-deps
 	$(BIN)/recserve loadtest $(SCENARIO) --duration $(DURATION) --out out/loadtest-$(SCENARIO)
 
+# Against a running service (make run): half of CAPACITY_RPS (what its replicas sustain together,
+# `recserve capacity`) for SOAK_DURATION; fails on < 99.9 % success or a replica's RSS +10 %.
+SOAK_DURATION ?= 30m
+soak: install
+	@test -n "$(CAPACITY_RPS)" || { echo "make soak CAPACITY_RPS=<rps> (recserve capacity)"; exit 2; }
+	$(BIN)/recserve soak --duration $(SOAK_DURATION) --capacity-rps $(CAPACITY_RPS) --out out/soak
+
 # The recorded run replayed in the autoscaling simulator: real against simulated replicas.
 loadtest-sim: install
 	$(BIN)/recserve loadtest-sim out/loadtest-$(SCENARIO)
@@ -73,6 +82,10 @@ loadtest-sim: install
 backtest: install
 	$(BIN)/recserve backtest --trace lab/traces/diurnal_2w.csv --out out/backtest
 	cp out/backtest/backtest.png docs/img/backtest.png
+
+# The robustness matrix documented in docs/AUTOSCALING.md (about 10 minutes on 2 cores).
+backtest-suite: install
+	$(BIN)/recserve backtest-suite --out docs/autoscaling-matrix --workers 2
 
 traces: install
 	$(BIN)/recserve gen-traces

@@ -1,15 +1,20 @@
-"""Walk-forward backtest: replay a trace against five scaling strategies and say what each one
-costs and misses.
+"""Walk-forward backtest: replay a trace against six scaling strategies and say what each one
+costs and misses, every one of them at the same SLO point (`slo_target` of requests within
+`slo_ms`).
 
-- `static_peak`: enough replicas for the trace's peak (over the replayed window and its warm-up),
-  all the time.
+- `static_peak`: the fewest fixed replicas that keep the SLO target over the replay (searched with
+  the simulator, lab/yardsticks.py).
+- `fixed_headroom`: a fixed fleet sized the usual way, the peak plus 20% over one replica's
+  capacity: the reference cost of not autoscaling.
 - `ray_default`: Ray Serve's own queue-length policy with Serve's defaults (target 2 ongoing
   requests per replica, 30 s up delay, 600 s down delay).
 - `reactive`: our ForecastPolicy with thresholds only.
 - `predictive`: the same thresholds plus the forecast floor. Each replayed day is forecast by a
   Prophet model fitted only on the trace before that day (walk-forward: no peeking).
-- `oracle`: at every moment exactly the replicas the true load needs, started start-up time in
-  advance: the lower bound of cost.
+- `oracle`: the cheapest clairvoyant schedule that keeps the SLO target: it knows the future load,
+  sizes each moment by what n replicas sustain at the SLO (measured, not n x one replica), starts
+  replicas start-up time ahead and pays from then, at the smallest load factor whose replay keeps
+  the target: the bound of cost.
 
 The first `history_days` days are history only; every figure is over the replayed days. The
 backtest computes and returns; lab/report.py writes its files.
@@ -20,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +34,19 @@ import numpy as np
 from lab.controllers import ForecastPolicyController, RayDefaultController, quiet_policy_logs
 from lab.service_model import LatencyCurve, ServiceModel
 from lab.simulator import Run, SimConfig, latency_quantile, service_for, share_within, simulate
+from lab.yardsticks import (
+    fewest_meeting,
+    fleet_capacities,
+    headroom_fleet,
+    oracle_schedule,
+    replicas_for_load,
+    schedule_attainment,
+    smallest_factor_meeting,
+)
 from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster, mape
-from serve_app.autoscaling.planner import replicas_for_rate
 from serve_app.autoscaling.rate_history import RateHistory, read_csv, trace_utc_offset
 
-STRATEGIES = ("static_peak", "ray_default", "reactive", "predictive", "oracle")
+STRATEGIES = ("static_peak", "fixed_headroom", "ray_default", "reactive", "predictive", "oracle")
 SUMMARY_COLUMNS = (
     "strategy",
     "slo_attainment",
@@ -55,8 +68,12 @@ class BacktestOptions:
     out: Path
     replica_rps: float | None = None
     slo_ms: float = 500.0
+    # Share of requests within slo_ms every strategy is judged at (and the yardsticks sized for).
+    slo_target: float = 0.99
     startup_s: int = 120
     history_days: int = 7
+    # None: every day after the history.
+    replay_days: int | None = None
     price_per_replica_hour: float = 1.0
     profile: str = "cpu"
     timezone: str | None = None
@@ -73,6 +90,10 @@ class BacktestOptions:
             raise ValueError(f"--slo-ms must be positive, got {self.slo_ms}")
         if self.startup_s < 0:
             raise ValueError(f"--startup-s must be >= 0, got {self.startup_s}")
+        if not 0 < self.slo_target < 1:
+            raise ValueError(f"--slo-target must be in (0, 1), got {self.slo_target}")
+        if self.replay_days is not None and self.replay_days < 1:
+            raise ValueError(f"--replay-days must be >= 1, got {self.replay_days}")
         if self.history_days < 0:
             raise ValueError(f"--history-days must be >= 0, got {self.history_days}")
         if self.replica_rps is not None and self.replica_rps <= 0:
@@ -125,7 +146,12 @@ class BacktestResult:
     mape_by_day: list[float | None]
     mape_overall: float | None
     capacity_rps: float
+    # Per replica, what a fleet of the size the median replayed load needs sustains at the SLO:
+    # the capacity the replayed policy plans with.
+    planning_capacity_rps: float
     static_replicas: int
+    headroom_replicas: int
+    oracle_load_factor: float | None  # None: no factor up to the search's top kept the target
     max_replicas: int
     lead_time_s: float
     history: RateHistory
@@ -271,36 +297,16 @@ def run_job(job: StrategyJob) -> Run:
     return run
 
 
-def oracle_schedule(
-    rate: np.ndarray, capacity: float, startup_s: int, min_replicas: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(ready, allocated): ready = what the true load needs; allocated also counts replicas starting
-    for later."""
-    need = np.array(
-        [max(min_replicas, replicas_for_rate(r, capacity)) for r in rate], dtype=np.int32
-    )
-    # Starting a replica startup_s before it is needed costs from then: allocated = max of need over
-    # [t, t + startup].
-    allocated = need.copy()
-    if startup_s > 0:
-        from numpy.lib.stride_tricks import sliding_window_view
-
-        padded = np.concatenate([need, np.full(startup_s, need[-1], dtype=np.int32)])
-        allocated = (
-            sliding_window_view(padded, startup_s + 1).max(axis=1)[: len(need)].astype(np.int32)
-        )
-    return need, allocated
-
-
 # --------------------------------------------------------------------------------------------------
 # Metrics
 # --------------------------------------------------------------------------------------------------
 
 
 def summarize(
-    run: Run, rate: np.ndarray, window: slice, capacity: float, options: BacktestOptions
+    run: Run, rate: np.ndarray, window: slice, capacities: np.ndarray, options: BacktestOptions
 ) -> dict[str, Any]:
-    """One summary row over the replayed window."""
+    """One summary row over the replayed window (under-provisioned: what the ready fleet sustains
+    at the SLO is below the true load)."""
     counts = run.arrivals[window]
     lo, hi = run.lat_lo_ms[window], run.lat_hi_ms[window]
     allocated = run.allocated[window]
@@ -310,7 +316,8 @@ def summarize(
             np.diff(run.allocated[window.start - 1 if window.start else 0 : window.stop])
         )
     )
-    short = np.count_nonzero(run.ready[window] * capacity < rate[window])
+    ready = np.minimum(run.ready[window], len(capacities) - 1)
+    short = np.count_nonzero(capacities[ready] < rate[window])
     return {
         "strategy": run.name,
         "slo_attainment": round(share_within(counts, lo, hi, options.slo_ms), 5),
@@ -333,6 +340,8 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     step = history.require_regular()
     first, last = float(history.timestamps[0]), float(history.timestamps[-1]) + step
     replay_start = first + options.history_days * DAY
+    if options.replay_days is not None:
+        last = min(last, replay_start + options.replay_days * DAY)
     if replay_start >= last:
         raise ValueError(
             f"the trace covers {(last - first) / DAY:.2f} days but --history-days is "
@@ -351,19 +360,42 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     arrivals = np.random.default_rng(options.seed).poisson(rate)
     window = slice(int(round(replay_start - sim_start)), seconds)
 
-    # The warm-up hour is simulated too, so the static fleet must cover it as well as the replayed
+    # The warm-up hour is simulated too, so the fixed fleets must cover it as well as the replayed
     # peak.
     peak = float(rate.max())
-    static_n = max(options.min_replicas, replicas_for_rate(peak, capacity))
-    max_replicas = options.max_replicas or math.ceil(1.5 * static_n)
+    headroom_n = max(options.min_replicas, headroom_fleet(peak, capacity))
+    largest = max(2, 2 * headroom_n)
+    capacities = fleet_capacities(model, options.slo_ms, largest)
     config = SimConfig(
         slo_ms=options.slo_ms,
         startup_s=options.startup_s,
         control_period_s=options.control_period_s,
         min_replicas=options.min_replicas,
-        max_replicas=max_replicas,
         gpu_signal=options.profile == "gpu",
     )
+
+    def meets(schedule: np.ndarray) -> bool:
+        attained = schedule_attainment(schedule, rate, arrivals, model, config, window)
+        return attained >= options.slo_target
+
+    static_n = fewest_meeting(
+        lambda n: meets(np.full(seconds, n, dtype=np.int32)), options.min_replicas, largest
+    )
+    static_n = largest if static_n is None else static_n
+    oracle_factor = smallest_factor_meeting(
+        lambda f: meets(
+            oracle_schedule(rate, capacities, options.startup_s, options.min_replicas, f)[0]
+        )
+    )
+    ready, allocated = oracle_schedule(
+        rate, capacities, options.startup_s, options.min_replicas, oracle_factor or 2.0
+    )
+    max_replicas = options.max_replicas or max(math.ceil(1.5 * static_n), int(ready.max()))
+    # An operator measures capacity on the fleet they run (`recserve capacity --replicas N`), and a
+    # fleet sustains more per replica than one replica alone.
+    typical = int(replicas_for_load(np.array([np.median(rate[window])]), capacities, 1)[0])
+    planning = float(capacities[typical] / typical)
+    config = replace(config, max_replicas=max_replicas)
 
     day_starts = [replay_start + k * DAY for k in range(math.ceil((last - replay_start) / DAY))]
     forecasts = walk_forward(
@@ -380,7 +412,6 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     known = [m for m in mape_by_day if m is not None]
     mape_overall = round(float(np.mean(known)), 2) if known else None
 
-    ready, allocated = oracle_schedule(rate, capacity, options.startup_s, options.min_replicas)
     initial = int(ready[0])
     jobs = [
         StrategyJob(
@@ -393,6 +424,15 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
             schedule=np.full(seconds, static_n, dtype=np.int32),
         ),
         StrategyJob(
+            "fixed_headroom",
+            rate,
+            arrivals,
+            model,
+            config,
+            sim_start,
+            schedule=np.full(seconds, headroom_n, dtype=np.int32),
+        ),
+        StrategyJob(
             "ray_default", rate, arrivals, model, config, sim_start, initial_replicas=initial
         ),
         StrategyJob(
@@ -402,7 +442,7 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
             model,
             config,
             sim_start,
-            kwargs=policy_kwargs(capacity, options, config, False, lead_time_s),
+            kwargs=policy_kwargs(planning, options, config, False, lead_time_s),
             initial_replicas=initial,
         ),
         StrategyJob(
@@ -412,7 +452,7 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
             model,
             config,
             sim_start,
-            kwargs=policy_kwargs(capacity, options, config, True, lead_time_s),
+            kwargs=policy_kwargs(planning, options, config, True, lead_time_s),
             forecasts=forecasts,
             initial_replicas=initial,
         ),
@@ -427,13 +467,16 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     else:
         runs = [run_job(job) for job in jobs]
 
-    summary = [summarize(run, rate, window, capacity, options) for run in runs]
+    summary = [summarize(run, rate, window, capacities, options) for run in runs]
     return BacktestResult(
         summary,
         mape_by_day,
         mape_overall,
         capacity,
+        planning,
         static_n,
+        headroom_n,
+        oracle_factor,
         max_replicas,
         lead_time_s,
         history,

@@ -1,5 +1,6 @@
-"""The lab's command line: fit / forecast / backtest / plot / gen-traces (`recserve <command>`
-dispatches here; `python -m lab.commands <command>` runs them without the dispatcher)."""
+"""The lab's command line: fit / forecast / backtest / backtest-suite / plot / gen-traces
+(`recserve <command>` dispatches here; `python -m lab.commands <command>` runs them without the
+dispatcher)."""
 
 from __future__ import annotations
 
@@ -179,8 +180,8 @@ def main_forecast(argv: list[str] | None = None) -> int:
 def _backtest_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="recserve backtest",
-        description="Replay a `timestamp,rps` trace against static_peak, ray_default, reactive, "
-        "predictive and oracle.",
+        description="Replay a `timestamp,rps` trace against static_peak, fixed_headroom, "
+        "ray_default, reactive, predictive and oracle, all judged at one SLO point.",
     )
     p.add_argument(
         "--trace", type=Path, required=True, help="CSV `timestamp,rps` at a regular step"
@@ -203,10 +204,22 @@ def _backtest_parser() -> argparse.ArgumentParser:
         help="latency SLO in ms (default 500, the seeds' P99 alert)",
     )
     p.add_argument(
+        "--slo-target",
+        type=float,
+        default=0.99,
+        help="share of requests within the SLO every strategy is judged at and the yardsticks are "
+        "sized for (default 0.99)",
+    )
+    p.add_argument(
         "--startup-s", type=int, default=120, help="replica start-up time in seconds (default 120)"
     )
     p.add_argument(
         "--history-days", type=int, default=7, help="leading days used only as history (default 7)"
+    )
+    p.add_argument(
+        "--replay-days",
+        type=int,
+        help="days to replay after the history (default: the rest of the trace)",
     )
     p.add_argument(
         "--price-per-replica-hour",
@@ -259,8 +272,10 @@ def main_backtest(argv: list[str] | None = None) -> int:
             out=args.out,
             replica_rps=args.replica_rps,
             slo_ms=args.slo_ms,
+            slo_target=args.slo_target,
             startup_s=args.startup_s,
             history_days=args.history_days,
+            replay_days=args.replay_days,
             price_per_replica_hour=args.price_per_replica_hour,
             profile=args.profile,
             timezone=args.timezone,
@@ -281,8 +296,15 @@ def main_backtest(argv: list[str] | None = None) -> int:
         statuses = ", ".join(sorted(set(result.day_statuses)))
         print(f"\nno forecast: {statuses} (predictive ran reactive)")
     print(
-        f"capacity {result.capacity_rps:.1f} req/s per replica at the SLO; "
-        f"static_peak holds {result.static_replicas}"
+        f"every strategy judged at the same SLO point: {options.slo_target:.1%} of requests "
+        f"within {options.slo_ms:g} ms"
+    )
+    factor = result.oracle_load_factor
+    print(
+        f"capacity {result.capacity_rps:.1f} req/s per replica at the SLO; static_peak holds "
+        f"{result.static_replicas} (the fewest that keep the target), fixed_headroom "
+        f"{result.headroom_replicas}; oracle provisions "
+        + (f"{factor:.3f} x the true load" if factor else "2 x the true load and still misses")
     )
     print(f"wrote {', '.join(map(str, files.values()))} in {time.monotonic() - started:.0f}s")
     return 0
@@ -354,10 +376,88 @@ def main_gen_traces(argv: list[str] | None = None) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------------
+# backtest-suite
+# --------------------------------------------------------------------------------------------------
+
+
+def main_backtest_suite(argv: list[str] | None = None) -> int:
+    """`recserve backtest-suite`: the robustness matrix (every trace x every per-replica capacity)
+    as matrix.csv, matrix.md and matrix.png."""
+    from lab.suite import CAPACITIES, REPLAY_DAYS, SETS, SuiteOptions, run_suite
+    from lab.suite_report import write_matrix
+
+    p = argparse.ArgumentParser(
+        prog="recserve backtest-suite",
+        description="Backtest every trace of the matrix at every per-replica capacity and check "
+        "the predictive strategy's goals in each cell.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="directory for matrix.csv/.md/.png")
+    p.add_argument("--workers", type=int, default=2, help="cells replayed in parallel (default 2)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        choices=SETS,
+        help="trace set to run (repeatable; default both: training and held-out)",
+    )
+    p.add_argument(
+        "--capacity",
+        dest="capacities",
+        action="append",
+        type=float,
+        help=f"req/s per replica (repeatable; default {', '.join(f'{c:g}' for c in CAPACITIES)})",
+    )
+    p.add_argument(
+        "--replay-days",
+        type=int,
+        default=REPLAY_DAYS,
+        help=f"days replayed per cell after 7 of history (default {REPLAY_DAYS})",
+    )
+    p.add_argument(
+        "--headroom",
+        type=float,
+        default=1.0,
+        help="the replayed policy's headroom (default 1.0, chosen on the training traces)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
+    args = p.parse_args(argv)
+    started = time.monotonic()
+    try:
+        options = SuiteOptions(
+            out=args.out,
+            workers=args.workers,
+            sets=tuple(args.sets or SETS),
+            capacities=tuple(args.capacities or CAPACITIES),
+            replay_days=args.replay_days,
+            headroom=args.headroom,
+            seed=args.seed,
+        )
+        rows = run_suite(options)
+    except ValueError as exc:
+        return _fail(str(exc))
+    command = f"recserve backtest-suite --out {args.out} --workers {args.workers}"
+    for name in args.sets or ():
+        command += f" --set {name}"
+    for capacity in args.capacities or ():
+        command += f" --capacity {capacity:g}"
+    if args.replay_days != REPLAY_DAYS:
+        command += f" --replay-days {args.replay_days}"
+    if args.headroom != 1.0:
+        command += f" --headroom {args.headroom:g}"
+    if args.seed:
+        command += f" --seed {args.seed}"
+    files = write_matrix(args.out, rows, command)
+    print(files["markdown"].read_text())
+    print(f"wrote {', '.join(map(str, files.values()))} in {time.monotonic() - started:.0f}s")
+    return 0
+
+
 COMMANDS = {
     "fit": main_fit,
     "forecast": main_forecast,
     "backtest": main_backtest,
+    "backtest-suite": main_backtest_suite,
     "plot": main_plot,
     "gen-traces": main_gen_traces,
 }

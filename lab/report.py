@@ -16,6 +16,7 @@ from lab.backtest import STRATEGIES, SUMMARY_COLUMNS, BacktestOptions, BacktestR
 
 COLORS = {
     "static_peak": "#7f7f7f",
+    "fixed_headroom": "#bcbd22",
     "ray_default": "#9467bd",
     "reactive": "#ff7f0e",
     "predictive": "#1f77b4",
@@ -154,7 +155,7 @@ def write_plot(
             f"{row['underprovisioned_minutes']:.0f} min under-provisioned"
         )
         width = 1.8 if name == "predictive" else 1.0
-        alpha = 0.45 if name in ("static_peak", "ray_default") else 0.95
+        alpha = 0.45 if name in ("static_peak", "fixed_headroom", "ray_default") else 0.95
         bottom.step(
             when,
             frame[column],
@@ -248,7 +249,10 @@ def write_settings(path: Path, result: BacktestResult, options: BacktestOptions)
     payload = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "capacity_rps_per_replica": round(result.capacity_rps, 2),
+        "planning_capacity_rps_per_replica": round(result.planning_capacity_rps, 2),
         "static_peak_replicas": result.static_replicas,
+        "fixed_headroom_replicas": result.headroom_replicas,
+        "oracle_load_factor": result.oracle_load_factor,
         "max_replicas": result.max_replicas,
         "lead_time_s": result.lead_time_s,
         "mape_by_day": result.mape_by_day,

@@ -18,12 +18,13 @@ The model, one simulated second at a time:
   over every request.
 - Replicas asked for become ready `startup_s` later and cost money from the moment they are asked
   for; removed replicas stop at once (starting ones are removed first, as Serve does).
-- Control (lab/controllers.py): every `control_period_s` the strategy decides. Ray Serve's
-  controller loop runs every 0.1 s, but what the policies read changes only when replicas push
-  metrics (every 10 s), Prometheus scrapes (15 s) and the policy's cache refreshes (5 s), and every
-  delay is measured in seconds of time, not in calls; calling once per simulated second therefore
-  makes the same decisions up to one second later (tests/unit/test_simulator.py checks 0.1 s and
-  1 s against each other).
+- Control (lab/controllers.py): the strategy decides at every multiple of `control_period_s`, at
+  that moment of simulated time (0.1 s, Ray Serve's controller loop, means ten decisions per
+  simulated second). What the policies read changes only when replicas push metrics (every 10 s),
+  Prometheus scrapes (15 s) and the policy's cache refreshes (5 s), and every delay is measured in
+  seconds of time, not in calls; a 1 s period therefore makes the same moves up to a second later
+  (tests/unit/test_simulator.py runs both). A replica asked for at a moment inside a second serves
+  from the first whole second after its start-up.
 - Signals: QPS and p99 over the last minute as Prometheus reports them, refreshed every scrape;
   ongoing requests (Little's law: arrivals x latency) averaged over Serve's 30 s look-back,
   refreshed every metrics push; GPU utilization (busy share of the replicas) only for a GPU
@@ -126,8 +127,13 @@ def simulate(
         raise ValueError("give either a controller or a schedule")
     n_seconds = len(arrivals)
     grid_x, grid_ms = model.table()
+    # Plain floats and lists: this loop runs once per simulated second, and numpy scalars are slow.
+    grid = grid_ms.tolist()
+    grid_last = len(grid) - 1
+    grid_step = float(grid_x[1] - grid_x[0]) if len(grid_x) > 1 else 1.0
     mu, max_ms = model.mu_max, model.max_latency_ms
-    fixed_ms = model.batch_wait_ms + model.overhead_ms
+    overhead_ms = model.overhead_ms
+    fixed_ms = model.batch_wait_ms + overhead_ms
     lo_out = np.zeros(n_seconds)
     hi_out = np.zeros(n_seconds)
     ready_out = np.zeros(n_seconds, dtype=np.int32)
@@ -135,6 +141,8 @@ def simulate(
     ongoing_out = np.zeros(n_seconds)
     busy_out = np.zeros(n_seconds)
     arrivals_f = arrivals.astype(float)
+    arrivals_list = arrivals_f.tolist()
+    schedule_list = schedule.tolist() if schedule is not None else None
     timeout_s = config.client_timeout_s
     timeout_ms = timeout_s * 1000.0
 
@@ -142,15 +150,17 @@ def simulate(
     pending: deque[float] = deque()  # start-up finish times of starting replicas, in order
     backlog = 0.0
     target = initial_replicas
-    next_control = 0.0
+    control_index = 0  # the next control moment is control_index * period
     qps = p99 = gpu = None
     ongoing_avg = 0.0
     period = config.control_period_s
+    if period <= 0:
+        raise ValueError(f"control_period_s must be positive, got {period}")
 
     for t in range(n_seconds):
-        a = arrivals_f[t]
-        if schedule is not None:
-            n = int(schedule[t])
+        a = arrivals_list[t]
+        if schedule_list is not None:
+            n = int(schedule_list[t])
             allocated = n
         else:
             while pending and pending[0] <= t:
@@ -171,9 +181,15 @@ def simulate(
             work = backlog + a
             if work <= capacity:
                 x = work / n
-                batch_ms = grid_ms[-1] if x >= grid_x[-1] else float(np.interp(x, grid_x, grid_ms))
+                # Linear interpolation on the evenly spaced rate grid (np.interp, unrolled).
+                position = x / grid_step
+                i = int(position)
+                if i >= grid_last:
+                    batch_ms = grid[grid_last]
+                else:
+                    batch_ms = grid[i] + (position - i) * (grid[i + 1] - grid[i])
                 backlog = 0.0
-                lo = batch_ms + model.overhead_ms
+                lo = batch_ms + overhead_ms
                 hi = wait_start * 1000.0 + 2 * batch_ms + fixed_ms
                 busy = x / mu
             else:
@@ -181,7 +197,7 @@ def simulate(
                 # client: they leave (each one an SLO miss at the timeout) instead of clogging the
                 # queue for minutes.
                 backlog = min(work - capacity, capacity * timeout_s)
-                lo = wait_start * 1000.0 + max_ms + model.overhead_ms
+                lo = wait_start * 1000.0 + max_ms + overhead_ms
                 hi = backlog / capacity * 1000.0 + 2 * max_ms + fixed_ms
                 busy = 1.0
             lo, hi = min(lo, timeout_ms), min(hi, timeout_ms)
@@ -204,19 +220,22 @@ def simulate(
         if t % config.metrics_push_s == 0:
             ongoing_avg = float(ongoing_out[max(0, t - config.look_back_s + 1) : t + 1].mean())
 
-        # --- control ---
-        if t >= next_control:
-            next_control += period
-            obs = Observation(start_unix + t, n, allocated, target, qps, p99, gpu, ongoing_avg)
+        # --- control: every control moment within this second, at its own time ---
+        while (moment := round(control_index * period, 9)) < t + 1:
+            control_index += 1
+            moment = max(moment, float(t))
+            obs = Observation(start_unix + moment, n, allocated, target, qps, p99, gpu, ongoing_avg)
             new_target = max(0, int(controller.decide(obs)))
             if new_target > allocated:
-                pending.extend([t + config.startup_s] * (new_target - allocated))
+                pending.extend([moment + config.startup_s] * (new_target - allocated))
             elif new_target < allocated:
                 remove = allocated - new_target
                 while remove and pending:  # starting replicas go first, the latest first
                     pending.pop()
                     remove -= 1
                 ready_count -= remove
+                n = min(n, ready_count)
+            allocated = ready_count + len(pending)
             target = new_target
 
     return Run(name, arrivals, lo_out, hi_out, ready_out, alloc_out)
@@ -228,23 +247,27 @@ def simulate(
 
 
 def capacity_at_slo(
-    model: ServiceModel, slo_ms: float, seconds: int = 3600, seed: int = 1
+    model: ServiceModel, slo_ms: float, seconds: int = 3600, seed: int = 1, replicas: int = 1
 ) -> float:
-    """Highest per-replica rate whose simulated p99 (one replica, Poisson arrivals, one hour) stays
-    within the SLO."""
+    """Highest per-replica rate at which `replicas` replicas (Poisson arrivals, one hour) keep the
+    p99 within the SLO.
+
+    A larger fleet sustains a little more per replica: the same relative burst is smaller on a
+    larger total rate.
+    """
     config = SimConfig(slo_ms=slo_ms)
 
     def p99_for(x: float) -> float:
         # The same seed at every rate: common random numbers keep the bisection steady.
-        arrivals = np.random.default_rng(seed).poisson(x, seconds)
+        arrivals = np.random.default_rng(seed).poisson(x * replicas, seconds)
         run = simulate(
             "capacity",
-            np.full(seconds, x),
+            np.full(seconds, x * replicas),
             arrivals,
             model,
             config,
             0.0,
-            schedule=np.ones(seconds, dtype=np.int32),
+            schedule=np.full(seconds, replicas, dtype=np.int32),
         )
         return latency_quantile(run.arrivals, run.lat_lo_ms, run.lat_hi_ms, 0.99)
 
@@ -266,14 +289,40 @@ def service_for(
 ) -> tuple[ServiceModel, float]:
     """A service model and its per-replica capacity at the SLO.
 
-    With `replica_rps` (a measured capacity) the curve is stretched so one simulated replica
-    sustains exactly that.
+    With `replica_rps` (a measured capacity) the curve's latencies are stretched until one simulated
+    replica sustains exactly that at the SLO. The batch wait and the overhead do not stretch, so
+    the stretch is searched for, not taken as derived / replica_rps.
     """
     model = ServiceModel(curve, **service)
     derived = capacity_at_slo(model, slo_ms)
     if replica_rps is None:
         return model, derived
-    return ServiceModel(curve.scaled(derived / replica_rps), **service), float(replica_rps)
+
+    def capacity_with(factor: float) -> float:
+        try:
+            return capacity_at_slo(ServiceModel(curve.scaled(factor), **service), slo_ms)
+        except ValueError:  # even an idle replica misses the SLO: no capacity at all
+            return 0.0
+
+    # Capacity falls as latencies stretch: bisect log(factor) between bounds that bracket it.
+    low, high = derived / replica_rps, derived / replica_rps
+    for _ in range(60):
+        if capacity_with(low) >= replica_rps:
+            break
+        low /= 2
+    for _ in range(60):
+        if capacity_with(high) <= replica_rps:
+            break
+        high *= 2
+    if capacity_with(high) > replica_rps or capacity_with(low) < replica_rps:
+        raise ValueError(
+            f"no stretch of the profile sustains {replica_rps:g} req/s per replica within "
+            f"{slo_ms:g} ms: raise --slo-ms or pick another --replica-rps"
+        )
+    for _ in range(30):
+        mid = (low * high) ** 0.5
+        low, high = (mid, high) if capacity_with(mid) >= replica_rps else (low, mid)
+    return ServiceModel(curve.scaled(low), **service), float(replica_rps)
 
 
 def latency_quantile(counts: np.ndarray, lo: np.ndarray, hi: np.ndarray, q: float) -> float:

@@ -42,7 +42,12 @@ NIGHT_FLOOR = 0.10
 WEEKEND_SCALE = 1.0  # the weekend bumps are already lower; kept as a knob for other traces
 
 
-def daily_shape(hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
+def daily_shape(
+    hour: np.ndarray,
+    weekend: np.ndarray,
+    weekday_bumps: list[tuple[float, float, float]] = WEEKDAY_BUMPS,
+    weekend_bumps: list[tuple[float, float, float]] = WEEKEND_BUMPS,
+) -> np.ndarray:
     """Share of the weekday peak at each local hour (0..24), weekdays and weekends differing."""
 
     def bumps(spec):
@@ -53,10 +58,10 @@ def daily_shape(hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
             total += height * np.exp(-0.5 * (d / width) ** 2)
         return total
 
-    weekday = NIGHT_FLOOR + bumps(WEEKDAY_BUMPS)
-    weekend_day = NIGHT_FLOOR + WEEKEND_SCALE * bumps(WEEKEND_BUMPS)
+    weekday = NIGHT_FLOOR + bumps(weekday_bumps)
+    weekend_day = NIGHT_FLOOR + WEEKEND_SCALE * bumps(weekend_bumps)
     shape = np.where(weekend, weekend_day, weekday)
-    return shape / (NIGHT_FLOOR + _peak_of(WEEKDAY_BUMPS))
+    return shape / (NIGHT_FLOOR + _peak_of(weekday_bumps))
 
 
 def _peak_of(spec) -> float:
@@ -75,9 +80,12 @@ def diurnal(
     seed: int = 20240603,
     start: datetime = datetime(2024, 6, 3, tzinfo=ZONE),
     spikes: list[tuple[float, float, float]] | None = None,
+    noise_sd: float = 0.06,
+    weekday_bumps: list[tuple[float, float, float]] = WEEKDAY_BUMPS,
+    weekend_bumps: list[tuple[float, float, float]] = WEEKEND_BUMPS,
 ) -> list[tuple[datetime, float]]:
     """A diurnal trace with a weekly pattern, growth, noise and unannounced spikes (day offset,
-    multiplier, minutes)."""
+    multiplier, minutes); the bumps are (hour, share of the peak, width in hours)."""
     rng = np.random.default_rng(seed)
     n = days * 86400 // step_s
     times = [start + timedelta(seconds=i * step_s) for i in range(n)]
@@ -85,11 +93,11 @@ def diurnal(
     weekend = np.array([t.weekday() >= 5 for t in times])
     day_index = np.arange(n) * step_s // 86400
 
-    level = daily_shape(hour, weekend)
+    level = daily_shape(hour, weekend, weekday_bumps, weekend_bumps)
     growth = 1 + 0.03 * (np.arange(n) * step_s / (7 * 86400))
     day_wobble = rng.normal(1.0, 0.03, size=days)[day_index]
     # AR(1) noise in log space: neighbouring steps move together, as real traffic does.
-    phi, sd = 0.7, 0.06
+    phi, sd = 0.7, noise_sd
     eps = rng.normal(0, sd * math.sqrt(1 - phi**2), size=n)
     noise = np.empty(n)
     noise[0] = rng.normal(0, sd)
@@ -129,6 +137,42 @@ def spike(
         t = i * step_s
         rows.append((start + timedelta(seconds=t), peak if 5400 <= t < 6000 else base))
     return rows
+
+
+def taylor_demand(days: int | None = None, low_rps: float = 10.0, high_rps: float = 100.0):
+    """A real half-hourly demand trace: electricity demand in England and Wales from Monday 5 June
+    2000 (Taylor 2003), as the `pmdarima` package ships it, mapped linearly onto low..high req/s.
+
+    The numbers are read from the installed package's source without importing it (its import
+    pulls in scikit-learn and statsmodels); nothing is downloaded. Raises ValueError with the
+    install command when the package is missing.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("pmdarima")
+    source = (
+        Path(next(iter(spec.submodule_search_locations))) / "datasets" / "taylor.py"
+        if spec and spec.submodule_search_locations
+        else None
+    )
+    if source is None or not source.is_file():
+        raise ValueError(
+            "the real demand trace comes from the pmdarima package: "
+            "`.venv/bin/pip install --no-deps pmdarima==2.1.1`"
+        )
+    tree = ast.parse(source.read_text())
+    lists = [
+        node for node in ast.walk(tree) if isinstance(node, ast.List) and len(node.elts) > 1000
+    ]
+    demand = np.array(ast.literal_eval(lists[0]), dtype=float)
+    if days is not None:
+        demand = demand[: days * 48]
+    scaled = low_rps + (high_rps - low_rps) * (demand - demand.min()) / (
+        demand.max() - demand.min()
+    )
+    start = datetime(2000, 6, 5, tzinfo=ZoneInfo("Europe/London"))
+    return [(start + timedelta(minutes=30 * i), round(float(r), 2)) for i, r in enumerate(scaled)]
 
 
 def write_csv(path: Path, rows: list[tuple[datetime, float]]) -> Path:

@@ -3,7 +3,9 @@ started.
 
 The service is started with `recserve up` (what `make run` runs): `serve run CONFIG` in the
 foreground plus, unless Prometheus already answers, the project's Prometheus and Alertmanager,
-so the report has series to read. Ctrl-C to that one PID stops Serve and then the stack.
+so the report has series to read. SIGTERM to that one PID stops Serve, Ray and then the stack
+within its own time bound; whatever of its process tree is still running after that is stopped by
+PID (serve_app.processes.stop_tree).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from serve_app.processes import StartedProcess, StopStep, http_ok, start_process
+from serve_app.processes import StartedProcess, StopStep, http_ok, start_process, stop_tree
 
 READY_POLL_S = 2.0
 
@@ -40,13 +42,11 @@ def launcher_command(config: Path, prometheus_url: str, prometheus_running: bool
 
 
 def stop_steps(grace_s: float) -> tuple[StopStep, ...]:
-    """Ctrl-C `recserve up` (it stops Serve, its local Ray and the stack it started), SIGTERM if it
-    hangs; then whatever it left in the process group created for it (serve run, Ray), nothing
-    else."""
+    """SIGTERM `recserve up` (it stops Serve, its local Ray and the stack it started, within its
+    own bound, STOP_BOUND_S); SIGKILL to the process group created for it if it overruns `grace_s`.
+    What it leaves in other groups (serve run has its own) is stopped by stop_tree."""
     return (
-        StopStep(signal.SIGINT, grace_s),
-        StopStep(signal.SIGTERM, 15.0),
-        StopStep(signal.SIGTERM, 10.0, whole_group=True),
+        StopStep(signal.SIGTERM, grace_s),
         StopStep(signal.SIGKILL, 10.0, whole_group=True),
     )
 
@@ -69,8 +69,9 @@ class StartedService:
         return self.launcher.log_path
 
     def stop(self, grace_s: float = 120.0) -> int | None:
-        """Stop `recserve up` and what it left behind; its exit code."""
-        return self.launcher.stop(stop_steps(grace_s))
+        """Stop `recserve up` and, by PID, whatever of its process tree outlived it; its exit
+        code."""
+        return stop_tree(self.launcher, stop_steps(grace_s)).exit_code
 
 
 def start_service(

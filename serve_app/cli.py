@@ -17,10 +17,15 @@ SUBCOMMANDS = {
         "serve_app.monitoring.stack_cli:main",
         "start/stop/status of the local Prometheus + Alertmanager",
     ),
+    "backfill": (
+        "serve_app.autoscaling.history_backfill:main",
+        "write a request-rate trace into the stack's Prometheus as history for the forecaster",
+    ),
     "capacity": (
         "serve_app.devtools.capacity:main",
         "measure sustainable per-replica throughput on the running service",
     ),
+    "soak": ("serve_app.devtools.soak:main", "long steady load: replica memory and success ratio"),
     "config-doc": (
         "serve_app.devtools.config_doc:main",
         "print docs/CONFIG.md generated from the config models",
@@ -30,6 +35,10 @@ SUBCOMMANDS = {
     "backtest": (
         "lab.commands:main_backtest",
         "replay a traffic trace against every scaling strategy",
+    ),
+    "backtest-suite": (
+        "lab.commands:main_backtest_suite",
+        "the autoscaling robustness matrix: every trace x every per-replica capacity",
     ),
     "plot": ("lab.commands:main_plot", "redraw a backtest's plot from its directory"),
     "gen-traces": ("lab.commands:main_gen_traces", "regenerate the bundled traffic traces"),

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serve_app.overload_config import OverloadConfig
+
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
 
@@ -195,6 +197,10 @@ class ModelConfig(Section):
     autoscaling_config: AutoscalingSpec | None = Field(
         None, description="Ray Serve autoscaling; empty means `num_replicas` fixed replicas."
     )
+    overload: OverloadConfig = Field(
+        default_factory=OverloadConfig,
+        description="Tiered circuit breaking: smaller batches, then shedding, under overload.",
+    )
 
     def max_replicas(self) -> int:
         """The most replicas this model's deployment may run."""
@@ -223,11 +229,54 @@ class LimitsConfig(Section):
         ge=1,
         description="Largest width*height, checked from the header before decoding (413).",
     )
+    max_aspect_ratio: float = Field(
+        20.0,
+        ge=1,
+        description="Largest long side / short side, checked from the header before decoding "
+        "(422).",
+    )
+    max_decoded_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="Largest decoded size of one image: width x height x bands x bytes per "
+        "sample of the mode it decodes to (after JPEG's reduced-scale decoding), checked from "
+        "the header before decoding (413).",
+    )
+    max_request_decoded_bytes: int = Field(
+        512 * 1024 * 1024,
+        ge=1024,
+        description="Largest sum of decoded sizes over all images of one request, checked from "
+        "their headers before any is decoded (413).",
+    )
     max_images_per_request: int = Field(
         32, ge=1, description="Most images in one request; more gets 413."
     )
     max_top_k: int = Field(100, ge=1, description="Largest allowed top_k; out of range gets 422.")
     default_top_k: int = Field(5, ge=1, description="top_k when the request does not say.")
+    max_json_depth: int = Field(
+        32, ge=2, description="Deepest nesting of arrays and objects in a JSON body; more gets 400."
+    )
+    max_tensor_elements: int = Field(
+        16_777_216,
+        ge=1,
+        description="Most elements one OIP input may declare in its shape, checked before any "
+        "allocation; more gets 413.",
+    )
+    max_feedback_items: int = Field(
+        1000, ge=1, description="Most feedback items in one request; more gets 413."
+    )
+    max_feedback_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest feedback request body; more gets 413."
+    )
+
+    @model_validator(mode="after")
+    def _request_budget_holds_one_image(self) -> "LimitsConfig":
+        if self.max_request_decoded_bytes < self.max_decoded_bytes:
+            raise ValueError(
+                f"max_request_decoded_bytes ({self.max_request_decoded_bytes}) must be at least "
+                f"max_decoded_bytes ({self.max_decoded_bytes}), or no image at the limit fits"
+            )
+        return self
 
 
 class IngressConfig(Section):
@@ -266,6 +315,12 @@ class QualityConfig(Section):
         ge=1,
         description="Evicted request ids remembered, so late feedback is answered 410 (expired) "
         "rather than 404 (unknown).",
+    )
+    store_dir: str | None = Field(
+        ".cache/quality",
+        description="Folder of the quality store (SQLite file `quality.sqlite3`: predictions, "
+        "labels, windows, drift and counters), kept across restarts and redeploys; relative to "
+        "the project folder. Empty or null: memory only, lost on restart.",
     )
     reference_size: int = Field(
         1000,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from serve_app.autoscaling.bands import state_after_bands, window_need
 from serve_app.autoscaling.readings import instances_phrase
 from serve_app.autoscaling.rules import PolicyRules
 from serve_app.autoscaling.signals import Decision, Signals
@@ -16,10 +17,11 @@ from serve_app.autoscaling.steps import (
     active_window,
     apply_bounds,
     apply_cooldown,
+    apply_event_budget,
     apply_forecast,
     cost_optimize_proposal,
     effective_thresholds,
-    forecast_floor,
+    forecast_need,
     next_state,
     queue_fallback,
     read_signals,
@@ -41,6 +43,7 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
     prometheus_signals_present = any(
         getattr(signals, name) is not None for name in PROMETHEUS_SIGNALS
     )
+    need = None
     if not signals.prometheus_available:
         proposal = queue_fallback(signals, thresholds, current, "Prometheus unavailable", rules)
     elif not prometheus_signals_present:
@@ -48,19 +51,20 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
             signals, thresholds, current, "QPS, p99 and GPU signals unavailable", rules
         )
     else:
-        readings = read_signals(signals, thresholds, current)
+        readings = read_signals(signals, thresholds, current, rules.target_fill)
+        needs = [r.need for r in readings if r.need is not None]
+        need = max(needs) if needs else None
         if rules.mode == "cost-optimize":
             proposal = cost_optimize_proposal(readings, current, state, rules)
         else:
-            proposal = threshold_proposal(readings, current, signals, rules)
-        floor, floor_why = forecast_floor(signals, rules, now)
+            remembered = window_need(state.get("need_window") or [], now, rules.cooldown_down_s)
+            proposal = threshold_proposal(readings, current, signals, rules, remembered)
         proposal = apply_cooldown(proposal, current, state, now, rules)
-        proposal = apply_forecast(proposal, floor, floor_why, readings, current, rules)
-        if proposal.code == "scale_down_forecast":
-            proposal = apply_cooldown(proposal, current, state, now, rules)
+        proposal = apply_forecast(proposal, forecast_need(signals, rules, now), current)
     if proposal.code.startswith("fallback_"):
         proposal = apply_cooldown(proposal, current, state, now, rules)
     proposal = apply_bounds(proposal, low, high)
+    proposal = apply_event_budget(proposal, current, state.get("scale_events") or [], now, rules)
 
     reason = proposal.reason
     if proposal.replicas != current:
@@ -68,9 +72,6 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
         reason = f"{reason}, {verb}: {current} → {instances_phrase(proposal.replicas)}"
     if window is not None:
         reason = f"[{window.name}] {reason}"
-    return Decision(
-        proposal.replicas,
-        next_state(state, proposal, current, now, proposal.code),
-        reason,
-        proposal.code,
-    )
+    new_state = next_state(state, proposal, current, now, proposal.code)
+    new_state.update(state_after_bands(state, now, need, proposal.replicas != current, rules))
+    return Decision(proposal.replicas, new_state, reason, proposal.code)

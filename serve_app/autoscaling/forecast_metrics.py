@@ -32,4 +32,41 @@ FORECASTER_STATUS = MetricSpec(
     "1 for the forecaster's current status per model (ok, insufficient_history, error).",
     ("model_name", "status"),
 )
-FORECASTER_METRICS = (FORECAST_QPS, FORECAST_PEAK_QPS, FORECASTER_LAST_FIT, FORECASTER_STATUS)
+# How good the published forecasts were over forecaster.accuracy_window_h (forecast_accuracy.py).
+FORECAST_MAPE = MetricSpec(
+    "forecast_mape_percent",
+    GAUGE,
+    "Mean absolute percentage error of the published forecast (yhat) against the actual rate.",
+    ("model_name",),
+)
+FORECAST_INTERVAL_COVERAGE = MetricSpec(
+    "forecast_interval_coverage_ratio",
+    GAUGE,
+    "Share of published forecasts whose interval [lower, upper] held the actual rate.",
+    ("model_name",),
+)
+FORECAST_UNDER_MINUTES = MetricSpec(
+    "forecast_under_forecast_minutes",
+    GAUGE,
+    "Minutes the actual rate was above the published forecast's upper bound.",
+    ("model_name",),
+)
+FORECAST_SCORED_POINTS = MetricSpec(
+    "forecast_accuracy_points",
+    GAUGE,
+    "Published forecasts scored against the actual rate (the basis of the accuracy gauges).",
+    ("model_name",),
+)
+ACCURACY_METRICS = (
+    FORECAST_MAPE,
+    FORECAST_INTERVAL_COVERAGE,
+    FORECAST_UNDER_MINUTES,
+    FORECAST_SCORED_POINTS,
+)
+FORECASTER_METRICS = (
+    FORECAST_QPS,
+    FORECAST_PEAK_QPS,
+    FORECASTER_LAST_FIT,
+    FORECASTER_STATUS,
+    *ACCURACY_METRICS,
+)

@@ -81,6 +81,22 @@ class ForecasterConfig(BaseModel):
         "event's qps while it covers the time.",
     )
 
+    accuracy_window_h: float = Field(
+        72.0,
+        gt=0,
+        description="Hours of published forecasts kept and scored against the actual rate (MAPE, "
+        "interval coverage, under-forecast minutes).",
+    )
+    accuracy_step_s: float = Field(
+        60.0,
+        ge=15,
+        description="One published forecast kept per this many seconds; also the resolution of "
+        "the actual rate it is scored against.",
+    )
+    accuracy_interval_s: float = Field(
+        300.0, ge=10, description="Seconds between re-scoring the kept forecasts."
+    )
+
     @model_validator(mode="after")
     def _horizon_covers_lead(self) -> "ForecasterConfig":
         if self.horizon_h * 3600 <= self.lead_time_s:
@@ -89,6 +105,11 @@ class ForecasterConfig(BaseModel):
                 f"({self.lead_time_s:g} s)"
             )
         ForecasterSettings(timezone=self.timezone, interval_width=self.interval_width)
+        if self.accuracy_window_h * 3600 < self.accuracy_step_s:
+            raise ValueError(
+                f"accuracy_window_h ({self.accuracy_window_h:g} h) must hold at least one "
+                f"accuracy_step_s ({self.accuracy_step_s:g} s)"
+            )
         return self
 
     @classmethod

@@ -12,7 +12,12 @@ the model JSON, and keeps these gauges current for the policy to read through Pr
   ignores forecasts older than its max_forecast_age_s, so a forecaster that stops fitting fades out
   by itself);
 - forecaster_status{model_name, status}: 1 for the current status (ok | insufficient_history |
-  error).
+  error);
+- forecast_mape_percent, forecast_interval_coverage_ratio, forecast_under_forecast_minutes and
+  forecast_accuracy_points{model_name}: how the forecasts it published over the last
+  `accuracy_window_h` compare with the actual request rate
+  (serve_app.autoscaling.forecast_accuracy), re-scored every `accuracy_interval_s` in the worker
+  thread.
 
 Planned events (an announced promotion, a launch) come from `planned_events_file`, a YAML or JSON
 list of `{name, start, end, qps}` re-read at every publish, so operators edit it while the service
@@ -33,9 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from serve_app.autoscaling.forecast_accuracy import (
+    NO_POINTS,
+    Accuracy,
+    PublishedLog,
+    PublishedPoint,
+    accuracy,
+    score,
+)
 from serve_app.autoscaling.forecast_metrics import (
+    FORECAST_INTERVAL_COVERAGE,
+    FORECAST_MAPE,
     FORECAST_PEAK_QPS,
     FORECAST_QPS,
+    FORECAST_SCORED_POINTS,
+    FORECAST_UNDER_MINUTES,
     FORECASTER_LAST_FIT,
     FORECASTER_STATUS,
 )
@@ -84,6 +101,11 @@ class ModelState:
     model_path: Path | None = None
     # the gauges carry a planned-only value that must be cleared when it ends
     planned_published: bool = False
+    # the forecasts published, kept to score against the actual rate (bounded by the window)
+    published_log: PublishedLog | None = None
+    accuracy: Accuracy = NO_POINTS
+    accuracy_message: str = "nothing scored yet"
+    next_accuracy: float = 0.0
 
 
 @dataclass
@@ -101,7 +123,14 @@ class ForecastPublisher:
     def __post_init__(self):
         self.backend = self.backend or default_backend()
         self.planned = PlannedEventsFile(self.config.planned_events_file)
-        self.models = {name: ModelState() for name in self.config.models}
+        self.models = {
+            name: ModelState(
+                published_log=PublishedLog(
+                    self.config.accuracy_step_s, self.config.accuracy_window_h * 3600
+                )
+            )
+            for name in self.config.models
+        }
         Path(self.config.model_dir).mkdir(parents=True, exist_ok=True)
 
     def _path(self, model: str) -> Path:
@@ -191,6 +220,7 @@ class ForecastPublisher:
             # the planned events' figure at now + lead time, part of forecast_qps
             "planned_qps": None,
             "forecast_peak_qps": None,
+            "forecast_lower_qps": None,
             "last_fit_timestamp": None,
             "last_fit_age_s": None,
             "next_refit_in_s": round(max(0.0, state.next_refit - now), 1),
@@ -209,9 +239,9 @@ class ForecastPublisher:
             ],
         }
         f = state.forecast
-        yhat = upper = None
+        yhat = upper = lower = None
         if f is not None:
-            yhat, upper = f.at(at, "yhat"), f.at(at, "upper")
+            yhat, upper, lower = f.at(at, "yhat"), f.at(at, "upper"), f.at(at, "lower")
             values["last_fit_timestamp"] = f.fitted_at
         planned = planned_qps(events, model, at)
         values["planned_qps"] = planned
@@ -220,6 +250,7 @@ class ForecastPublisher:
                 "yhat": round(merge_forecast(yhat, planned), 3),
                 "upper": round(merge_forecast(upper, planned), 3),
             }
+            values["forecast_lower_qps"] = round(merge_forecast(lower, planned), 3)
         if planned is not None and (upper is None or planned > upper):
             # The published figure is the plan, current as of this read: its age is zero, not the
             # last fit's.
@@ -253,7 +284,59 @@ class ForecastPublisher:
             values["forecast_peak_qps"] = {bound: round(max(v), 3) for bound, v in peaks.items()}
         if values["last_fit_timestamp"] is not None:
             values["last_fit_age_s"] = round(now - values["last_fit_timestamp"], 1)
+        values["accuracy"] = {
+            **state.accuracy.as_dict(),
+            "window_h": self.config.accuracy_window_h,
+            "kept_forecasts": len(state.published_log.points),
+            "message": state.accuracy_message,
+        }
         return values
+
+    def _keep_published(self, model: str, values: dict[str, Any]) -> None:
+        """Keep the forecast just published, for the time it is for (now + lead time)."""
+        forecast = values["forecast_qps"]
+        if forecast is None or values["forecast_lower_qps"] is None:
+            return
+        self.models[model].published_log.record(
+            PublishedPoint(
+                target_s=self.clock() + self.config.lead_time_s,
+                yhat=forecast["yhat"],
+                lower=values["forecast_lower_qps"],
+                upper=forecast["upper"],
+            )
+        )
+
+    def accuracy_due(self) -> list[str]:
+        """Models whose kept forecasts are due for scoring."""
+        now = self.clock()
+        return [
+            name
+            for name, state in self.models.items()
+            if now >= state.next_accuracy and state.published_log.due(now)
+        ]
+
+    def score_accuracy(self, model: str) -> Accuracy:
+        """Score the kept forecasts against the actual rate read from the history source.
+        Blocking (one range query): call it from a worker thread."""
+        state = self.models[model]
+        now = self.clock()
+        step = self.config.accuracy_step_s
+        state.next_accuracy = now + self.config.accuracy_interval_s
+        due = state.published_log.due(now)
+        try:
+            actual = self.history(model, due[0].target_s - step, now, step) if due else None
+        except Exception as exc:  # Prometheus down: keep the last figures, say why
+            state.accuracy_message = f"actual rate unavailable: {type(exc).__name__}: {exc}"
+            logger.warning("forecaster: %s accuracy: %s", model, state.accuracy_message)
+            return state.accuracy
+        if actual is not None:
+            # the actual rate of a step is keyed by the step's end; half a step either way is it
+            state.accuracy = accuracy(score(due, actual.timestamps, actual.rps, step / 2), step)
+            state.accuracy_message = (
+                f"{state.accuracy.points} of {len(due)} kept forecasts scored against the "
+                "actual rate"
+            )
+        return state.accuracy
 
     def publish(self) -> None:
         """Re-read the planned events, then set every gauge from the merged forecasts."""
@@ -279,6 +362,8 @@ class ForecastPublisher:
                     values["last_fit_timestamp"], tags={"model_name": model}
                 )
             state.planned_published = values["planned_qps"] is not None
+            self._keep_published(model, values)
+            self._publish_accuracy(model, state.accuracy)
             for spec, key in (
                 (FORECAST_QPS, "forecast_qps"),
                 (FORECAST_PEAK_QPS, "forecast_peak_qps"),
@@ -288,6 +373,15 @@ class ForecastPublisher:
                         self.backend.get(spec).set(
                             values[key][bound], tags={"model_name": model, "bound": bound}
                         )
+
+    def _publish_accuracy(self, model: str, figures: Accuracy) -> None:
+        if figures.points == 0:
+            return  # nothing scored: no gauge rather than a zero that reads as "perfect"
+        tags = {"model_name": model}
+        self.backend.get(FORECAST_SCORED_POINTS).set(float(figures.points), tags=tags)
+        self.backend.get(FORECAST_MAPE).set(figures.mape_pct, tags=tags)
+        self.backend.get(FORECAST_INTERVAL_COVERAGE).set(figures.coverage, tags=tags)
+        self.backend.get(FORECAST_UNDER_MINUTES).set(figures.under_forecast_minutes, tags=tags)
 
     def status(self) -> dict[str, Any]:
         """Every model's figures plus the schedule, as plain JSON-able values."""
@@ -339,6 +433,8 @@ def _deployment_class():
                         finally:
                             self._fitting = False
                         self.publisher.publish()
+                    for model in self.publisher.accuracy_due():
+                        await asyncio.to_thread(self.publisher.score_accuracy, model)
                 except Exception:
                     logger.exception("forecaster: publishing failed; retrying next interval")
                 await asyncio.sleep(self.config.publish_interval_s)

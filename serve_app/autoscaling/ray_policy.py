@@ -162,8 +162,8 @@ class ForecastPolicy(PrometheusQueryMixin):
         if decision.replicas != current:
             logger.info("%s: %s", deployment or "autoscaler", decision.reason)
         elif decision.code != last_code and (
-            decision.code.startswith(("fallback_", "error", "invalid"))
-            or (last_code or "").startswith("fallback_")
+            decision.code.startswith(("fallback_", "error", "invalid", "hold_event_budget"))
+            or (last_code or "").startswith(("fallback_", "hold_event_budget"))
         ):
             logger.warning("%s: %s", deployment or "autoscaler", decision.reason)
         try:

@@ -169,7 +169,9 @@ class PredictiveRules(Rule):
     replica_capacity_qps: float = Field(
         40.0,
         gt=0,
-        description="QPS one instance sustains within the SLO (measure with `recserve capacity`).",
+        description="QPS one instance sustains within the SLO (measure with `recserve capacity`). "
+        "Setting it, even with enabled: false, also derives the QPS band when thresholds.qps is "
+        "not written (see target_fill).",
     )
     headroom: float = Field(
         0.8, gt=0, le=1, description="Plan each instance at this share of its capacity."
@@ -188,6 +190,11 @@ class PredictiveRules(Rule):
         7200.0,
         gt=0,
         description="A forecast fitted longer ago than this is ignored (the policy runs reactive).",
+    )
+    mode: Literal["scale", "forecast_only"] = Field(
+        "scale",
+        description="`forecast_only` reads and reports the forecast floor in each decision's "
+        "reason but never applies it: watch the forecast's accuracy before letting it scale.",
     )
 
     @model_validator(mode="after")
@@ -238,19 +245,53 @@ class PolicyRules(Rule):
         "autoscaling_config.",
     )
     step_up: int = Field(
-        2, ge=1, description="Instances added per scale-up (more when QPS says more are needed)."
+        2,
+        ge=1,
+        description="Instances added per scale-up at least; more when a load signal (QPS, ongoing "
+        "requests, GPU) says so: what keeps each instance at target_fill of its `up` threshold.",
     )
-    step_down: int = Field(1, ge=1, description="Instances removed per scale-down.")
+    step_down: int = Field(
+        1,
+        ge=1,
+        description="Instances removed per scale-down when no load signal says how many the load "
+        "needs (p99 only); otherwise a scale-down goes to what the load needed at target_fill.",
+    )
     cooldown_up_s: float = Field(
         30.0, ge=0, description="Seconds after a scale-up before the next scale-up."
     )
     cooldown_down_s: float = Field(
-        300.0, ge=0, description="Seconds after any scaling before a scale-down (seeds: 300)."
+        300.0,
+        ge=0,
+        description="Seconds after any scaling before a scale-down (seeds: 300); also the window "
+        "a scale-down remembers: it goes to the most instances the load needed within it.",
+    )
+    target_fill: float = Field(
+        0.8,
+        gt=0,
+        le=1,
+        description="After any scaling each instance carries at most this share of its `up` "
+        "threshold, so the load must rise by 1 / target_fill before the next scale-up. With "
+        "predictive.replica_capacity_qps set and no thresholds.qps, the QPS band is derived: up "
+        "at capacity x headroom, down at target_fill² of that.",
+    )
+    max_scale_events_per_hour: int | None = Field(
+        12,
+        ge=1,
+        description="At most this many replica-count changes in any hour; empty means no bound. "
+        "A scale-down never spends the last one (it stays for a scale-up); the reason names the "
+        "bound when it holds.",
+    )
+    max_scale_events_per_day: int | None = Field(
+        48,
+        ge=1,
+        description="At most this many replica-count changes in any 24 hours; empty means no "
+        "bound. Same rules as max_scale_events_per_hour.",
     )
     thresholds: Thresholds = Field(
         Thresholds(qps=Threshold(up=100, down=20), gpu_utilization=Threshold(up=0.7, down=0.3)),
         description="Base thresholds: any signal above `up` scales up, all below `down` scale "
-        "down.",
+        "down. With predictive.replica_capacity_qps set, the capacity decides how far down: p99's "
+        "`down` no longer holds a scale-down (p99 above `up` still scales up).",
     )
     windows: list[TimeWindow] = Field(
         [], description="Time windows; the first active one overrides thresholds."

@@ -7,10 +7,17 @@ A step reads the rules, the signals and the state it is given and returns a valu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Literal
 
+from serve_app.autoscaling.bands import (
+    budget_allows,
+    capacity_known,
+    derived_qps_threshold,
+    events_left,
+    landing_need,
+)
 from serve_app.autoscaling.planner import replicas_for_rate
 from serve_app.autoscaling.readings import Reading, instances_phrase
 from serve_app.autoscaling.rules import (
@@ -22,6 +29,8 @@ from serve_app.autoscaling.rules import (
 )
 from serve_app.autoscaling.signals import Signals
 
+# The reason's words for a forecast floor read but not applied (`predictive.mode: forecast_only`).
+FORECAST_ONLY = "forecast-only"
 # Used by the queue-based fallback when the rules set no ongoing_per_replica thresholds.
 FALLBACK_ONGOING = Threshold(up=4, down=1)
 
@@ -35,8 +44,13 @@ def active_window(rules: PolicyRules, now: float) -> TimeWindow | None:
 
 
 def effective_thresholds(rules: PolicyRules, window: TimeWindow | None) -> Thresholds:
-    """Base thresholds with the active window's overrides."""
-    return rules.thresholds.merged(window.thresholds if window else None)
+    """Base thresholds (the QPS band derived from the capacity unless written) with the active
+    window's overrides."""
+    base = rules.thresholds
+    derived = derived_qps_threshold(rules)
+    if derived is not None and ("thresholds" not in rules.model_fields_set or base.qps is None):
+        base = base.model_copy(update={"qps": derived})
+    return base.merged(window.thresholds if window else None)
 
 
 def replica_bounds(
@@ -59,9 +73,11 @@ def classify(value: float, threshold: Threshold) -> Literal["above", "below", "w
     return "within"
 
 
-def read_signals(signals: Signals, thresholds: Thresholds, base: int) -> list[Reading]:
+def read_signals(
+    signals: Signals, thresholds: Thresholds, base: int, fill: float = 1.0
+) -> list[Reading]:
     """Compare every available signal with its thresholds; `base` instances share the per-instance
-    load."""
+    load, and each load signal says how many instances keep it at `fill` x its `up`."""
     base = max(base, 1)
     readings = []
     totals = {
@@ -80,11 +96,9 @@ def read_signals(signals: Signals, thresholds: Thresholds, base: int) -> list[Re
         need = None
         if threshold.up:
             if per_instance:
-                need = math.ceil(
-                    total / threshold.up - 1e-9
-                )  # instances keeping each at or under `up`
+                need = landing_need(total, threshold.up, fill)
             elif name == "gpu_utilization":
-                need = math.ceil(base * total / threshold.up - 1e-9)
+                need = landing_need(base * total, threshold.up, fill)
         readings.append(Reading(name, value, total, threshold, classify(value, threshold), need))
     return readings
 
@@ -98,6 +112,28 @@ def cooldown_left(state: dict[str, Any], now: float, rules: PolicyRules, directi
         return max(0.0, (last_up + rules.cooldown_up_s - now) if last_up is not None else 0.0)
     last = max((t for t in (last_up, last_down) if t is not None), default=None)
     return max(0.0, (last + rules.cooldown_down_s - now) if last is not None else 0.0)
+
+
+@dataclass(frozen=True)
+class ForecastNeed:
+    """What a fresh forecast asks for: the floor (at capacity x headroom) and where a forecast
+    scaling lands (at target_fill of it)."""
+
+    floor: int | None  # None: read but not applied (forecast-only)
+    landing: int | None
+    why: str
+
+
+def forecast_need(signals: Signals, rules: PolicyRules, now: float) -> ForecastNeed | None:
+    """The fresh forecast's floor and landing count, or None when there is no fresh forecast."""
+    floor, why = forecast_floor(signals, rules, now)
+    if floor is None:
+        return ForecastNeed(None, None, why) if why.startswith(FORECAST_ONLY) else None
+    p = rules.predictive
+    landing = replicas_for_rate(
+        max(signals.forecast_qps, 0.0), p.replica_capacity_qps, p.headroom * rules.target_fill
+    )
+    return ForecastNeed(floor, max(floor, landing), why)
 
 
 def forecast_floor(signals: Signals, rules: PolicyRules, now: float) -> tuple[int | None, str]:
@@ -114,6 +150,11 @@ def forecast_floor(signals: Signals, rules: PolicyRules, now: float) -> tuple[in
     if age > p.max_forecast_age_s:
         return None, f"forecast is stale ({age / 60:.0f} min old)"
     floor = replicas_for_rate(max(signals.forecast_qps, 0.0), p.replica_capacity_qps, p.headroom)
+    if p.mode == "forecast_only":
+        return None, (
+            f"{FORECAST_ONLY}: forecast {signals.forecast_qps:.0f} QPS at +{p.lead_time_s:.0f}s "
+            f"would need {instances_phrase(floor)}, not applied"
+        )
     return (
         floor,
         f"forecast {signals.forecast_qps:.0f} QPS at +{p.lead_time_s:.0f}s needs "
@@ -135,9 +176,14 @@ class Proposal:
 
 
 def threshold_proposal(
-    readings: list[Reading], current: int, signals: Signals, rules: PolicyRules
+    readings: list[Reading],
+    current: int,
+    signals: Signals,
+    rules: PolicyRules,
+    remembered_need: int | None = None,
 ) -> Proposal:
-    """Any signal above -> up by step_up (or to what QPS needs); all below -> down by step_down."""
+    """Any signal above -> up to what keeps each load signal at target_fill (at least step_up); all
+    below -> down to the most the load needed within the down window."""
     if not readings:
         return Proposal(
             current, f"no signal available, holding {instances_phrase(current)}", "hold_no_signal"
@@ -153,16 +199,34 @@ def threshold_proposal(
             return Proposal(
                 current, f"{why}, waiting for {instances_phrase(waiting)} starting", "hold_starting"
             )
-        target = max([current + rules.step_up] + [r.need for r in above if r.need is not None])
+        target = max([current + rules.step_up] + needs)
         why = ", ".join(r.describe(current) for r in above)
         return Proposal(target, why, "scale_up_threshold", "up")
-    if all(r.status == "below" for r in readings):
-        target = max([current - rules.step_down] + needs)
+    # Knowing the capacity, the load band decides how far down; a latency that stays high at any
+    # load (a slow model) must not pin the fleet at its maximum.
+    vetoes = [
+        r
+        for r in readings
+        if r.status != "below"
+        and r.threshold.down is not None
+        and (r.need is not None or not capacity_known(rules))
+    ]
+    if not vetoes:
         why = (
             "all signals below thresholds ("
             + ", ".join(r.describe(current) for r in readings)
             + ")"
         )
+        if not needs:
+            return Proposal(current - rules.step_down, why, "scale_down_threshold", "down")
+        target = max(needs + ([remembered_need] if remembered_need is not None else []))
+        if target >= current:
+            return Proposal(
+                current,
+                f"{why} but the load needed {instances_phrase(target)} within the last "
+                f"{rules.cooldown_down_s:.0f}s, holding",
+                "hold_needed",
+            )
         return Proposal(target, why, "scale_down_threshold", "down")
     within = ", ".join(r.describe(current) for r in readings)
     return Proposal(current, f"{within}, holding {instances_phrase(current)}", "hold_within")
@@ -216,61 +280,41 @@ def cost_optimize_proposal(
     )
 
 
-def apply_forecast(
-    proposal: Proposal,
-    floor: int | None,
-    floor_why: str,
-    readings: list[Reading],
-    current: int,
-    rules: PolicyRules,
-) -> Proposal:
-    """Raise the target to the forecast floor; when the forecast and the load say fewer suffice, go
-    there."""
-    if floor is None:
+def apply_forecast(proposal: Proposal, forecast: ForecastNeed | None, current: int) -> Proposal:
+    """A floor above the target raises it to the forecast's landing count (a plan); a scale-down
+    stops at that landing count."""
+    if forecast is None:
         return proposal
-    if floor > proposal.replicas:
-        if floor > current:
-            return Proposal(
-                floor,
-                floor_why,
-                "scale_up_forecast",
-                "up",
-                planned=True,
-                extra_state=proposal.extra_state,
-            )
-        if floor == current:
+    if forecast.floor is None or forecast.landing is None:
+        return replace(proposal, reason=f"{proposal.reason} ({forecast.why})")
+    wish = max(proposal.replicas, current)
+    if forecast.floor > wish:
+        why = forecast.why
+        if forecast.landing > forecast.floor:
+            why += f", {forecast.landing} at target_fill"
+        return Proposal(
+            forecast.landing,
+            why,
+            "scale_up_forecast",
+            "up",
+            planned=True,
+            extra_state=proposal.extra_state,
+        )
+    if proposal.replicas < current and forecast.landing > proposal.replicas:
+        if forecast.landing >= current:
             return Proposal(
                 current,
-                f"{proposal.reason} but {floor_why}, holding",
+                f"{proposal.reason} but {forecast.why}, holding",
                 "hold_forecast",
                 extra_state=proposal.extra_state,
             )
         return Proposal(
-            floor,
-            f"{proposal.reason}; {floor_why}",
+            forecast.landing,
+            f"{proposal.reason}; {forecast.why}",
             proposal.code,
             proposal.direction,
             extra_state=proposal.extra_state,
         )
-    if (
-        proposal.direction != "up"
-        and proposal.code in ("hold_within", "scale_down_threshold")
-        and floor < current
-    ):
-        # The down thresholds and step_down guard against flapping when the future is unknown. A
-        # fresh forecast that expects less load within the lead time is that knowledge: go straight
-        # to what both the forecast and the measured load (at the up thresholds, so the next period
-        # does not scale back up) need.
-        needs = [r.need for r in readings if r.need is not None]
-        if needs and not any(r.status == "above" for r in readings):
-            target = max([floor] + needs)
-            if target < proposal.replicas:
-                return Proposal(
-                    target,
-                    f"{floor_why} and current load needs {instances_phrase(max(needs))}",
-                    "scale_down_forecast",
-                    "down",
-                )
     return proposal
 
 
@@ -279,7 +323,7 @@ def queue_fallback(
 ) -> Proposal:
     """Scale on Ray's own ongoing-request count when Prometheus signals are missing, saying so."""
     only_queue = Thresholds(ongoing_per_replica=thresholds.ongoing_per_replica or FALLBACK_ONGOING)
-    readings = read_signals(signals, only_queue, current)
+    readings = read_signals(signals, only_queue, current, rules.target_fill)
     proposal = threshold_proposal(readings, current, signals, rules)
     return Proposal(
         proposal.replicas,
@@ -305,6 +349,27 @@ def apply_cooldown(
         f"{proposal.reason} but scale-{direction} cooldown ({left:.0f}s left), holding "
         f"{instances_phrase(current)}",
         f"cooldown_{direction}",
+        extra_state=proposal.extra_state,
+    )
+
+
+def apply_event_budget(
+    proposal: Proposal, current: int, events: list[float], now: float, rules: PolicyRules
+) -> Proposal:
+    """Hold when the scale-event budget is spent; a scale-down needs two events left, keeping the
+    last one for a scale-up."""
+    if proposal.replicas == current:
+        return proposal
+    direction = "up" if proposal.replicas > current else "down"
+    left, bound = events_left(events, now, rules)
+    if budget_allows(direction, left):
+        return proposal
+    spent = "is spent" if not left else "keeps its last event for a scale-up"
+    return Proposal(
+        current,
+        f"{proposal.reason} but the scale-event budget ({bound}) {spent}, holding "
+        f"{instances_phrase(current)}",
+        "hold_event_budget",
         extra_state=proposal.extra_state,
     )
 

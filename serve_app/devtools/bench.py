@@ -104,7 +104,7 @@ def bench_pipeline(batch_size: int, seconds: float, decode_threads: int = 2) -> 
     def decoder(offset: int) -> None:
         i = offset
         while not stop.is_set():
-            crop = decode_and_crop(jpegs[i % len(jpegs)], spec, 10**8)
+            crop = decode_and_crop(jpegs[i % len(jpegs)], spec)
             i += 1
             while not stop.is_set():
                 try:

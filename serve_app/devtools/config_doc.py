@@ -28,6 +28,7 @@ from serve_app.config import (
     PreprocessSpec,
     QualityConfig,
 )
+from serve_app.overload_config import OverloadConfig, ReduceBatchLevels, ShedLevels
 
 SECTIONS = [
     ("args", AppConfig),
@@ -35,6 +36,9 @@ SECTIONS = [
     ("args.models[].preprocess", PreprocessSpec),
     ("args.models[].autoscaling_config", AutoscalingSpec),
     ("args.models[].autoscaling_config.policy", AutoscalingPolicySpec),
+    ("args.models[].overload", OverloadConfig),
+    ("args.models[].overload.reduce_batch_at", ReduceBatchLevels),
+    ("args.models[].overload.shed_at", ShedLevels),
     ("args.limits", LimitsConfig),
     ("args.ingress", IngressConfig),
     ("args.quality", QualityConfig),

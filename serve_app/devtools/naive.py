@@ -28,7 +28,7 @@ class NaiveRecognizer:
     @naive_api.post("/predict")
     async def predict(self, request: Request) -> dict:
         """The five most probable classes of the JPEG in the request body."""
-        crop = decode_and_crop(await request.body(), self.loaded.preprocess, 10**8)
+        crop = decode_and_crop(await request.body(), self.loaded.preprocess)
         probs = self.runtime.run(normalize_batch([crop], self.loaded.preprocess))[0]
         ids, scores = top_k(probs, 5)
         return {

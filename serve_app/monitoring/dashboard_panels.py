@@ -17,6 +17,9 @@ from serve_app.paths import CONFIGS_DIR
 
 GRAFANA_DASHBOARD_FILE = CONFIGS_DIR / "grafana" / "dashboards" / "recognition-serve.json"
 GRAFANA_DATASOURCE_UID = "recserve-prometheus"
+# The forecast published at t is for t + lead time: drawn this much later it meets the actual rate
+# it forecast. The default forecaster.lead_time_s (180 s); tests/unit keep the two equal.
+FORECAST_LEAD = "3m"
 
 
 @dataclass(frozen=True)
@@ -270,21 +273,26 @@ ROWS: tuple[Row, ...] = (
             ),
             Panel(
                 id="forecast",
-                title="Forecast against actual QPS",
+                title="Forecast vs actual",
                 unit="reqps",
                 queries=(
                     Query("model_name:model_requests:rate1m", "{{model_name}} actual"),
                     Query(
-                        'max by (model_name) (ray_forecast_qps{bound="yhat"})',
+                        'max by (model_name) (ray_forecast_qps{bound="yhat"} '
+                        f"offset {FORECAST_LEAD})",
                         "{{model_name}} forecast",
                     ),
                     Query(
-                        'max by (model_name) (ray_forecast_qps{bound="upper"})',
+                        'max by (model_name) (ray_forecast_qps{bound="upper"} '
+                        f"offset {FORECAST_LEAD})",
                         "{{model_name}} forecast upper",
                     ),
                 ),
-                description="The forecast lines show the QPS expected one lead time ahead of the "
-                "actual line.",
+                description="Each forecast drawn at the time it was for: the forecast published "
+                f"one lead time earlier (offset {FORECAST_LEAD}, the default "
+                "forecaster.lead_time_s) against the actual rate. Its accuracy over the last days: "
+                "ray_forecast_mape_percent, ray_forecast_interval_coverage_ratio, "
+                "ray_forecast_under_forecast_minutes.",
             ),
             Panel(
                 id="autoscaler_decisions",

@@ -276,6 +276,29 @@ STORE_EVICTIONS_TOTAL = MetricSpec(
     ("reason",),
 )
 
+# Tiered circuit breaking (serving/overload.py): values of the tier gauge; the tier label of
+# the changes counter is the tier entered.
+OVERLOAD_TIERS = ("normal", "reduced_batch", "shedding")
+OVERLOAD_TIER = MetricSpec(
+    "model_overload_tier",
+    GAUGE,
+    "Overload tier of this replica: 0 normal, 1 reduced batch, 2 shedding.",
+    ("model_name",),
+)
+OVERLOAD_TIER_CHANGES_TOTAL = MetricSpec(
+    "model_overload_tier_changes_total",
+    COUNTER,
+    "Overload tier changes of this replica, by the tier entered.",
+    ("model_name", "tier"),
+)
+MAX_BATCH_SIZE = MetricSpec(
+    "model_max_batch_size",
+    GAUGE,
+    "Largest batch @serve.batch may form now (shrunk by the overload tier).",
+    ("model_name",),
+)
+OVERLOAD_METRICS = (OVERLOAD_TIER, OVERLOAD_TIER_CHANGES_TOTAL, MAX_BATCH_SIZE)
+
 SERVICE_METRICS = (
     REQUEST_TOTAL,
     LATENCY_SECONDS,
@@ -307,4 +330,4 @@ QUALITY_METRICS = (
     STORE_PREDICTIONS,
     STORE_EVICTIONS_TOTAL,
 )
-ALL_METRICS = SERVICE_METRICS + RESOURCE_METRICS + QUALITY_METRICS
+ALL_METRICS = SERVICE_METRICS + RESOURCE_METRICS + QUALITY_METRICS + OVERLOAD_METRICS

@@ -122,7 +122,7 @@ def process_specs(cfg: StackConfig, paths: dict[str, Path]) -> list[ProcessSpec]
     prometheus = [
         find_binary(PROMETHEUS_BINARIES, "RECSERVE_PROMETHEUS_BIN"),
         f"--config.file={paths['prometheus_config']}",
-        f"--storage.tsdb.path={d / 'prometheus' / 'data'}",
+        f"--storage.tsdb.path={cfg.prometheus_data_dir}",
         f"--storage.tsdb.retention.time={cfg.retention}",
         f"--web.listen-address={HOST}:{cfg.prometheus_port}",
         f"--web.external-url={cfg.prometheus_url}",

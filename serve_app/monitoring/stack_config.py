@@ -82,6 +82,11 @@ class StackConfig:
         """Where our Alertmanager answers."""
         return f"http://{HOST}:{self.alertmanager_port}"
 
+    @property
+    def prometheus_data_dir(self) -> Path:
+        """Our Prometheus's TSDB folder (history is backfilled into it)."""
+        return self.state_dir / "prometheus" / "data"
+
 
 def receiver_settings(cfg: StackConfig) -> ReceiverSettings | None:
     """The receivers Alertmanager is rendered for; None when a whole config document is given."""

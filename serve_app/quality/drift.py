@@ -94,6 +94,27 @@ class DriftTracker:
             return None
         return psi(self._binned(self._current_counts), self._binned(self._reference), self.epsilon)
 
+    def dump(self) -> dict[str, Any]:
+        """What ``load`` needs to continue after a restart: the learnt reference and the window."""
+        return {
+            "reference": None if self.configured_reference else dict(self._reference),
+            "reference_complete": self._reference_complete,
+            "current": list(self._current),
+        }
+
+    def load(self, dump: Mapping[str, Any]) -> None:
+        """Continue from ``dump``; a configured reference wins over a learnt one."""
+        if not self.configured_reference and dump.get("reference") is not None:
+            # JSON object keys are strings: class ids come back as ints
+            self._reference = Counter({int(c): n for c, n in dump["reference"].items()})
+            self._reference_n = sum(self._reference.values())
+            self._reference_complete = bool(dump["reference_complete"])
+            if self._reference_complete:
+                self._fix_bins()
+        # the newest predictions, cut to this tracker's window size (it may have changed)
+        self._current = deque(list(dump.get("current", []))[-self.window_size :])
+        self._current_counts = Counter(self._current)
+
     def state(self) -> dict[str, Any]:
         """JSON-ready drift state."""
         return {
@@ -122,6 +143,17 @@ class ConfidenceHistogram:
         self.counts[bisect.bisect_left(self.boundaries, score)] += 1
         self.total += 1
         self.sum += score
+
+    def dump(self) -> dict[str, Any]:
+        """Counts and sum, for ``load`` after a restart."""
+        return {"counts": list(self.counts), "sum": self.sum}
+
+    def load(self, dump: Mapping[str, Any]) -> None:
+        """Continue from ``dump`` (ignored if it was made with other buckets)."""
+        if len(dump.get("counts", [])) == len(self.counts):
+            self.counts = [int(c) for c in dump["counts"]]
+            self.total = sum(self.counts)
+            self.sum = float(dump["sum"])
 
     def state(self) -> dict[str, Any]:
         """Cumulative buckets like Prometheus (``le``), plus count and mean."""

@@ -61,6 +61,6 @@ class QualityExporter:
 
     def refresh(self) -> None:
         """Export everything (the periodic loop: time windows decay even without traffic)."""
-        self.tracker.store.expire()
+        self.tracker.maintain()
         self.refresh_windows()
         self.refresh_drift()

@@ -10,9 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from serve_app.errors import BadRequest, UnprocessableEntity
+from serve_app.config import LimitsConfig
+from serve_app.errors import BadRequest, PayloadTooLarge, UnprocessableEntity
 from serve_app.quality.wire import is_int
+from serve_app.request_ids import request_id_problem
 
+# Label names are a few words; the longest of ImageNet's is under 100 characters.
+MAX_LABEL_CHARS = 256
 USAGE = 'send {"request_id": "...", "label": "tabby" | 281, "index": 0} or {"items": [...]}'
 
 
@@ -42,13 +46,27 @@ def parse_item(position: int, item: Any) -> FeedbackItem:
         raise UnprocessableEntity(f"{where}.index must be a non-negative integer")
     if not item["request_id"]:
         raise UnprocessableEntity(f"{where}.request_id must be a non-empty string")
+    problem = request_id_problem(item["request_id"])
+    if problem is not None:  # an id no prediction of this service can have
+        raise UnprocessableEntity(f"{where}.request_id {problem}")
+    if isinstance(label, str) and len(label) > MAX_LABEL_CHARS:
+        raise UnprocessableEntity(
+            f"{where}.label is {len(label)} characters long, over the limit of {MAX_LABEL_CHARS}"
+        )
     return FeedbackItem(item["request_id"], label, index)
 
 
-def parse_feedback(doc: Any) -> tuple[list[FeedbackItem], bool]:
-    """Items of a decoded feedback body, and True when it was one object, not ``{"items": []}``."""
+def parse_feedback(
+    doc: Any, max_items: int = LimitsConfig.model_fields["max_feedback_items"].default
+) -> tuple[list[FeedbackItem], bool]:
+    """Items of a decoded feedback body, and True when it was one object, not ``{"items": []}``;
+    413 past `max_items` items, counted before any is parsed."""
     single = isinstance(doc, dict) and "items" not in doc
     items = [doc] if single else (doc.get("items") if isinstance(doc, dict) else doc)
     if not isinstance(items, list) or not items:
         raise BadRequest(USAGE)
+    if len(items) > max_items:
+        raise PayloadTooLarge(
+            f"{len(items)} feedback items in one request, over the limit of {max_items}"
+        )
     return [parse_item(i, item) for i, item in enumerate(items)], single

@@ -3,8 +3,9 @@
 One replica on purpose. Every Ingress replica records predictions and forwards feedback here,
 so a label always meets its prediction whichever Ingress replica served each request, and
 the windows count every label exactly once. The cost is one small actor call per request
-(a few hundred bytes); the state is bounded (see QualityConfig), and a restart of this
-replica starts the state empty, which feedback for older ids then reports as unknown (404).
+(a few hundred bytes); the state is bounded (see QualityConfig) and kept in the quality store
+(``quality.store_dir``), so a restarted or redeployed replica continues where the last one stopped:
+feedback for a prediction made before the restart still joins.
 
 Bind it in app.py:  ``QualityMonitor.options(name="QualityMonitor").bind(config, labels)``, the
 ``quality`` section as a dict and each model's class names.
@@ -26,7 +27,9 @@ from serve_app.monitoring.metric_backends import MetricBackend
 from serve_app.monitoring.metric_groups import QualityMetrics
 from serve_app.quality.exporter import QualityExporter
 from serve_app.quality.feedback import FeedbackItem
+from serve_app.quality.store import SQLiteQualityStore, store_path
 from serve_app.quality.tracker import QualityTracker
+from serve_app.quality.wire import FeedbackResult, feedback_summary
 
 FEEDBACK_GRACE_POLL_S = 0.02
 
@@ -47,14 +50,26 @@ class QualityMonitorCore:
         self.config = QualityConfig.model_validate(config or {})
         quality_metrics = QualityMetrics(backend)
         evictions = quality_metrics[m.STORE_EVICTIONS_TOTAL]
-        self.tracker = QualityTracker(
-            self.config,
-            labels,
-            clock=clock,
+        c = self.config
+        store = SQLiteQualityStore(
+            store_path(c.store_dir),
+            c.store_max_items,
+            c.store_max_age_s,
+            c.store_evicted_ids_max,
+            clock,
             on_evict=lambda reason, _model, n: evictions.inc(n, tags={"reason": reason}),
         )
+        self.tracker = QualityTracker(c, labels, clock=clock, store=store)
+        logger.info("quality store: %s", store.stats())
         self.exporter = QualityExporter(self.tracker, quality_metrics)
+        self.exporter.refresh()  # what the store brought back is on the gauges at once
         self._refresh_task: asyncio.Task | None = None
+
+    def close(self) -> None:
+        """Close the quality store (every write is already committed)."""
+        tracker = getattr(self, "tracker", None)  # None when the constructor failed
+        if tracker is not None:
+            tracker.store.close()
 
     def _ensure_refresh_loop(self) -> None:
         # Started on first use: the loop needs the replica's running event loop.
@@ -91,18 +106,21 @@ class QualityMonitorCore:
         sent right after a prediction (through another replica) can overtake them by milliseconds.
         """
 
-        def unknown() -> bool:
-            return any(
-                self.tracker.store.lookup(i.request_id).status == m.FEEDBACK_UNKNOWN_ID
-                for i in items
-            )
+        def known(request_id: str) -> bool:
+            return self.tracker.store.lookup(request_id).status != m.FEEDBACK_UNKNOWN_ID
 
+        # Each id is looked up once, then each poll re-checks only the last id still missing:
+        # the cost stays O(items + polls) even for a batch of ids that will never arrive.
+        pending = [i.request_id for i in items if not known(i.request_id)]
         deadline = time.monotonic() + self.config.feedback_grace_s
-        while unknown() and time.monotonic() < deadline:
-            await asyncio.sleep(FEEDBACK_GRACE_POLL_S)
+        while pending and time.monotonic() < deadline:
+            while pending and known(pending[-1]):
+                pending.pop()
+            if pending:
+                await asyncio.sleep(FEEDBACK_GRACE_POLL_S)
 
-    async def feedback(self, items: list[FeedbackItem]) -> list[dict[str, Any]]:
-        """Join parsed feedback items to predictions; one result dict per item."""
+    async def _join(self, items: list[FeedbackItem]) -> list[FeedbackResult]:
+        """Join parsed feedback items to predictions, counting each outcome."""
         self._ensure_refresh_loop()
         await self._await_unknown_ids(items)
         results = []
@@ -112,10 +130,18 @@ class QualityMonitorCore:
             self.exporter.feedback(result)
             if result.status == m.FEEDBACK_JOINED and result.model_name:
                 touched.add(result.model_name)
-            results.append(result.as_dict())
+            results.append(result)
         for name in touched:
             self.exporter.refresh_windows(name)
         return results
+
+    async def feedback(self, items: list[FeedbackItem]) -> list[dict[str, Any]]:
+        """Join parsed feedback items to predictions; one result dict per item."""
+        return [result.as_dict() for result in await self._join(items)]
+
+    async def feedback_summary(self, items: list[FeedbackItem]) -> dict[str, Any]:
+        """Join a batch of feedback items; the compact reply of wire.feedback_summary."""
+        return feedback_summary(await self._join(items))
 
     async def snapshot(self, model_name: str) -> dict[str, Any]:
         """What GET /v1/models/{name}/quality returns."""
@@ -134,3 +160,7 @@ class QualityMonitor(QualityMonitorCore):
         labels: Mapping[str, Sequence[str]] | None = None,
     ):
         super().__init__(config, labels)
+
+    def __del__(self) -> None:
+        # Serve calls this when the replica stops (scale-down, redeploy, shutdown)
+        self.close()

@@ -1,27 +1,42 @@
-"""The top-1 prediction of every image, kept for feedback joins, bounded by count and age.
+"""Where predictions, joined labels and the quality state live, so they survive a restart of the
+QualityMonitor and a redeploy.
 
-Evicted request ids are remembered in a second bounded record, so late feedback gets "expired"
-(HTTP 410) rather than "unknown" (HTTP 404); an id that has also fallen out of that record is
+``QualityStore`` is the interface the tracker uses; ``SQLiteQualityStore`` implements it with one
+embedded SQLite file (WAL journal, synchronous=NORMAL: a commit is not an fsync), or in memory
+when no folder is given. A server database for a cluster would implement the same interface.
+
+Predictions are bounded by image count and age, oldest request first; every eviction is counted.
+Evicted request ids are remembered in a second bounded table, so late feedback gets "expired"
+(HTTP 410) rather than "unknown" (HTTP 404); an id that has also fallen out of that table is
 reported as unknown.
 """
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from serve_app.monitoring.metrics import FEEDBACK_EXPIRED, FEEDBACK_UNKNOWN_ID
+from serve_app.paths import REPO_ROOT
 from serve_app.quality.windows import Outcome
 
 Clock = Callable[[], float]
 EvictionCallback = Callable[[str, str, int], None]  # (reason, model_name, n_predictions)
+VersionKey = tuple[str, str]  # (model_name, model_version)
+CounterKey = tuple[str, str, str]  # (kind, key, name), e.g. ("feedback", model, "joined")
 
 EVICTED_BY_AGE = "age"
 EVICTED_BY_SIZE = "size"
 FOUND = "found"
+STORE_FILE = "quality.sqlite3"
+SCHEMA_VERSION = 1
+IN_MEMORY = ":memory:"
 
 
 @dataclass
@@ -33,7 +48,7 @@ class StoredRequest:
     model_version: str
     timestamp: float
     predictions: dict[int, tuple[int, float]]  # image index -> (class id, score)
-    outcomes: dict[int, Outcome] = field(default_factory=dict)  # image index -> joined label
+    labels: dict[int, int] = field(default_factory=dict)  # image index -> joined true class id
 
 
 @dataclass(frozen=True)
@@ -46,87 +61,408 @@ class Lookup:
     eviction_reason: str | None = None
 
 
-class PredictionStore:
-    """Predictions by request id, bounded by image count and age, evictions counted."""
+@dataclass(frozen=True)
+class StoredOutcome:
+    """A labelled prediction still counted by a quality window, in arrival order (``seq``)."""
+
+    seq: int
+    request_id: str
+    index: int
+    model_name: str
+    model_version: str
+    outcome: Outcome
+
+
+class QualityStore(Protocol):
+    """What the tracker needs from a store; each write method is one transaction."""
+
+    max_predictions: int
+    max_age_s: float
+    size: int  # predictions (images) held
+
+    def put(self, entries: Sequence[StoredRequest], states: Mapping[VersionKey, dict]) -> None:
+        """Store requests (same id: latest wins) and per-version state, then apply the bounds."""
+
+    def lookup(self, request_id: str) -> Lookup:
+        """Find a request id: found, expired (evicted, still remembered) or unknown."""
+
+    def join(
+        self,
+        entry: StoredRequest,
+        index: int,
+        outcome: Outcome,
+        replaces: int | None,
+        counter: CounterKey,
+    ) -> int:
+        """Save a label and its outcome (dropping outcome ``replaces``) and add 1 to ``counter``;
+        returns the outcome's seq."""
+
+    def forget_outcomes(self, seqs: Sequence[int]) -> None:
+        """Drop outcomes that no quality window counts any more."""
+
+    def count(self, key: CounterKey, n: int = 1) -> None:
+        """Add ``n`` to a named counter."""
+
+    def counters(self, kind: str) -> dict[str, dict[str, int]]:
+        """Counters of one kind: key -> name -> value."""
+
+    def version_states(self) -> dict[VersionKey, dict]:
+        """The last saved state of every model version."""
+
+    def outcomes(self) -> Iterator[StoredOutcome]:
+        """Outcomes still counted by a window, in arrival order."""
+
+    def expire(self) -> None:
+        """Evict predictions older than max_age_s."""
+
+    def stats(self) -> dict[str, Any]:
+        """Bounds, fill and eviction counts."""
+
+    def close(self) -> None:
+        """Release the store (pending work is already committed)."""
+
+
+class StoreSchemaError(RuntimeError):
+    """The store folder holds data of another schema version."""
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    seq INTEGER PRIMARY KEY,               -- insertion order: eviction takes the lowest first
+    request_id TEXT NOT NULL UNIQUE,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    recorded_at REAL NOT NULL,
+    images INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS requests_by_age ON requests (recorded_at);
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT NOT NULL,
+    image_index INTEGER NOT NULL,
+    class_id INTEGER NOT NULL,
+    score REAL NOT NULL,
+    label INTEGER,                         -- the joined true class id, NULL until feedback
+    PRIMARY KEY (request_id, image_index)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS evicted (
+    seq INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL UNIQUE,
+    model_name TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outcomes (
+    seq INTEGER PRIMARY KEY,               -- arrival order of the labels
+    request_id TEXT NOT NULL,
+    image_index INTEGER NOT NULL,
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    labelled_at REAL NOT NULL,
+    truth INTEGER NOT NULL,
+    predicted INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS version_state (
+    model_name TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    state TEXT NOT NULL,                   -- JSON: predictions recorded, confidence, drift
+    PRIMARY KEY (model_name, model_version)
+);
+CREATE TABLE IF NOT EXISTS counters (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value INTEGER NOT NULL,
+    PRIMARY KEY (kind, key, name)
+);
+"""
+
+STORE_COUNTERS = "store"  # counter kind of the store's own eviction and replacement counts
+
+
+def store_path(store_dir: str | None) -> Path | None:
+    """The SQLite file for ``quality.store_dir`` (relative to the project folder), None: memory."""
+    if not store_dir:
+        return None
+    folder = Path(store_dir).expanduser()
+    return (folder if folder.is_absolute() else REPO_ROOT / folder) / STORE_FILE
+
+
+class SQLiteQualityStore:
+    """The quality store in one SQLite file (or in memory), bounded by image count and age."""
 
     def __init__(
         self,
+        path: Path | None,
         max_predictions: int,
         max_age_s: float,
         evicted_ids_max: int,
         clock: Clock = time.time,
         on_evict: EvictionCallback | None = None,
     ):
+        """``path``: the SQLite file (its folder is created); None keeps everything in memory."""
+        self.path = path
         self.max_predictions = max_predictions
         self.max_age_s = max_age_s
         self.evicted_ids_max = evicted_ids_max
         self._clock = clock
         self._on_evict = on_evict
-        self._entries: OrderedDict[str, StoredRequest] = OrderedDict()  # oldest first
-        self._evicted: OrderedDict[str, tuple[str, str]] = OrderedDict()  # id -> (model, reason)
-        self.size = 0  # predictions (images) held
-        self.evicted = {EVICTED_BY_AGE: 0, EVICTED_BY_SIZE: 0}  # predictions evicted, by reason
-        self.evicted_ids_forgotten = 0  # ids dropped from the evicted record: now answered 404
-        self.replaced = 0  # requests stored again under an id already held (latest wins)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # One replica owns the file; its calls are serialised by the replica's event loop.
+        self._db = sqlite3.connect(
+            IN_MEMORY if path is None else str(path), isolation_level=None, check_same_thread=False
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, SCHEMA_VERSION):
+            raise StoreSchemaError(
+                f"{path} holds quality data of schema {version}; this version reads schema "
+                f"{SCHEMA_VERSION}: move that folder aside (quality.store_dir) to start empty"
+            )
+        self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        counts = self.counters(STORE_COUNTERS).get("", {})
+        self.evicted = {r: counts.get(f"evicted_{r}", 0) for r in (EVICTED_BY_AGE, EVICTED_BY_SIZE)}
+        self.evicted_ids_forgotten = counts.get("evicted_ids_forgotten", 0)
+        self.replaced = counts.get("replaced_requests", 0)
+        self.size = self._db.execute("SELECT COALESCE(SUM(images), 0) FROM requests").fetchone()[0]
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
 
-    def put(self, entry: StoredRequest) -> None:
-        """Store one request's predictions (replacing one with the same id), then apply bounds."""
-        old = self._entries.pop(entry.request_id, None)
-        if old is not None:
-            self.size -= len(old.predictions)
-            self.replaced += 1
-        self._evicted.pop(entry.request_id, None)
-        self._entries[entry.request_id] = entry
-        self.size += len(entry.predictions)
-        self.expire()
-        while self.size > self.max_predictions and self._entries:
-            self._evict_oldest(EVICTED_BY_SIZE)
+    # ... writes
+
+    def put(self, entries: Sequence[StoredRequest], states: Mapping[VersionKey, dict]) -> None:
+        """Store requests (same id: latest wins) and per-version state, then apply the bounds."""
+        with self._transaction() as db:
+            for entry in entries:
+                old = db.execute(
+                    "SELECT images FROM requests WHERE request_id = ?", (entry.request_id,)
+                ).fetchone()
+                if old is not None:
+                    db.execute("DELETE FROM predictions WHERE request_id = ?", (entry.request_id,))
+                    db.execute("DELETE FROM requests WHERE request_id = ?", (entry.request_id,))
+                    self.size -= old[0]
+                    self.replaced += 1
+                    self._add(db, (STORE_COUNTERS, "", "replaced_requests"), 1)
+            db.executemany(
+                "DELETE FROM evicted WHERE request_id = ?", [(e.request_id,) for e in entries]
+            )
+            db.executemany(
+                "INSERT INTO requests (request_id, model_name, model_version, recorded_at, images)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (e.request_id, e.model_name, e.model_version, e.timestamp, len(e.predictions))
+                    for e in entries
+                ],
+            )
+            db.executemany(
+                "INSERT INTO predictions (request_id, image_index, class_id, score, label)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [
+                    (e.request_id, i, c, s, e.labels.get(i))
+                    for e in entries
+                    for i, (c, s) in e.predictions.items()
+                ],
+            )
+            self.size += sum(len(e.predictions) for e in entries)
+            db.executemany(
+                "INSERT OR REPLACE INTO version_state (model_name, model_version, state)"
+                " VALUES (?, ?, ?)",
+                [(model, version, json.dumps(s)) for (model, version), s in states.items()],
+            )
+            self._expire(db)
+            self._evict_over_size(db)
+
+    def join(
+        self,
+        entry: StoredRequest,
+        index: int,
+        outcome: Outcome,
+        replaces: int | None,
+        counter: CounterKey,
+    ) -> int:
+        """Save a label and its outcome (dropping outcome ``replaces``) and add 1 to ``counter``;
+        returns the outcome's seq."""
+        with self._transaction() as db:
+            self._add(db, counter, 1)
+            db.execute(
+                "UPDATE predictions SET label = ? WHERE request_id = ? AND image_index = ?",
+                (outcome.truth, entry.request_id, index),
+            )
+            if replaces is not None:
+                db.execute("DELETE FROM outcomes WHERE seq = ?", (replaces,))
+            cursor = db.execute(
+                "INSERT INTO outcomes (request_id, image_index, model_name, model_version,"
+                " labelled_at, truth, predicted) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    entry.request_id,
+                    index,
+                    entry.model_name,
+                    entry.model_version,
+                    outcome.timestamp,
+                    outcome.truth,
+                    outcome.predicted,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def forget_outcomes(self, seqs: Sequence[int]) -> None:
+        """Drop outcomes that no quality window counts any more."""
+        with self._transaction() as db:
+            db.executemany("DELETE FROM outcomes WHERE seq = ?", [(s,) for s in seqs])
+
+    def count(self, key: CounterKey, n: int = 1) -> None:
+        """Add ``n`` to a named counter."""
+        with self._transaction() as db:
+            self._add(db, key, n)
+
+    @staticmethod
+    def _add(db: sqlite3.Connection, key: CounterKey, n: int) -> None:
+        db.execute(
+            "INSERT INTO counters (kind, key, name, value) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (kind, key, name) DO UPDATE SET value = value + excluded.value",
+            (*key, n),
+        )
+
+    # ... eviction
 
     def expire(self) -> None:
-        """Evict entries older than max_age_s (age >= max_age_s is expired)."""
+        """Evict predictions older than max_age_s (age >= max_age_s is expired)."""
         horizon = self._clock() - self.max_age_s
-        while self._entries:
-            oldest = next(iter(self._entries.values()))
-            if oldest.timestamp > horizon:
-                break
-            self._evict_oldest(EVICTED_BY_AGE)
+        # the common case (nothing to evict) is one index probe, without a write transaction
+        if self._db.execute(
+            "SELECT 1 FROM requests WHERE recorded_at <= ? LIMIT 1", (horizon,)
+        ).fetchone():
+            with self._transaction() as db:
+                self._expire(db)
 
-    def _evict_oldest(self, reason: str) -> None:
-        request_id, entry = self._entries.popitem(last=False)
-        n = len(entry.predictions)
+    def _expire(self, db: sqlite3.Connection) -> None:
+        horizon = self._clock() - self.max_age_s
+        self._evict(db, EVICTED_BY_AGE, "recorded_at <= ?", horizon)
+
+    def _evict_over_size(self, db: sqlite3.Connection) -> None:
+        excess = self.size - self.max_predictions
+        if excess <= 0:
+            return
+        freed, last = 0, None
+        for seq, images in db.execute("SELECT seq, images FROM requests ORDER BY seq"):
+            freed, last = freed + images, seq
+            if freed >= excess:
+                break
+        self._evict(db, EVICTED_BY_SIZE, "seq <= ?", last)
+
+    def _evict(self, db: sqlite3.Connection, reason: str, where: str, value: float) -> None:
+        """Move the requests matching ``where`` to the evicted ids, counting their images."""
+        per_model = db.execute(
+            f"SELECT model_name, SUM(images) FROM requests WHERE {where} GROUP BY model_name",
+            (value,),
+        ).fetchall()
+        if not per_model:
+            return
+        db.execute(
+            "DELETE FROM predictions WHERE request_id IN"
+            f" (SELECT request_id FROM requests WHERE {where})",
+            (value,),
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO evicted (request_id, model_name, reason)"
+            f" SELECT request_id, model_name, ? FROM requests WHERE {where} ORDER BY seq",
+            (reason, value),
+        )
+        db.execute(f"DELETE FROM requests WHERE {where}", (value,))
+        n = sum(images for _, images in per_model)
         self.size -= n
         self.evicted[reason] += n
-        self._evicted[request_id] = (entry.model_name, reason)
-        while len(self._evicted) > self.evicted_ids_max:
-            self._evicted.popitem(last=False)
-            self.evicted_ids_forgotten += 1
+        self._add(db, (STORE_COUNTERS, "", f"evicted_{reason}"), n)
+        remembered = db.execute("SELECT COUNT(*) FROM evicted").fetchone()[0]
+        forget = remembered - self.evicted_ids_max
+        if forget > 0:
+            db.execute(
+                "DELETE FROM evicted WHERE seq IN (SELECT seq FROM evicted ORDER BY seq LIMIT ?)",
+                (forget,),
+            )
+            self.evicted_ids_forgotten += forget
+            self._add(db, (STORE_COUNTERS, "", "evicted_ids_forgotten"), forget)
         if self._on_evict is not None:
-            self._on_evict(reason, entry.model_name, n)
+            for model_name, images in per_model:
+                self._on_evict(reason, model_name, images)
+
+    # ... reads
 
     def lookup(self, request_id: str) -> Lookup:
         """Find a request id: found, expired (evicted, still remembered) or unknown."""
         self.expire()
-        entry = self._entries.get(request_id)
-        if entry is not None:
+        row = self._db.execute(
+            "SELECT model_name, model_version, recorded_at FROM requests WHERE request_id = ?",
+            (request_id,),
+        ).fetchone()
+        if row is not None:
+            entry = StoredRequest(request_id, row[0], row[1], row[2], {})
+            for index, class_id, score, label in self._db.execute(
+                "SELECT image_index, class_id, score, label FROM predictions WHERE request_id = ?",
+                (request_id,),
+            ):
+                entry.predictions[index] = (class_id, score)
+                if label is not None:
+                    entry.labels[index] = label
             return Lookup(FOUND, entry, entry.model_name)
-        evicted = self._evicted.get(request_id)
+        evicted = self._db.execute(
+            "SELECT model_name, reason FROM evicted WHERE request_id = ?", (request_id,)
+        ).fetchone()
         if evicted is not None:
             return Lookup(FEEDBACK_EXPIRED, None, evicted[0], evicted[1])
         return Lookup(FEEDBACK_UNKNOWN_ID)
 
+    def counters(self, kind: str) -> dict[str, dict[str, int]]:
+        """Counters of one kind: key -> name -> value."""
+        out: dict[str, dict[str, int]] = {}
+        for key, name, value in self._db.execute(
+            "SELECT key, name, value FROM counters WHERE kind = ?", (kind,)
+        ):
+            out.setdefault(key, {})[name] = value
+        return out
+
+    def version_states(self) -> dict[VersionKey, dict]:
+        """The last saved state of every model version."""
+        rows = self._db.execute("SELECT model_name, model_version, state FROM version_state")
+        return {(model, version): json.loads(state) for model, version, state in rows}
+
+    def outcomes(self) -> Iterator[StoredOutcome]:
+        """Outcomes still counted by a window, in arrival order."""
+        for seq, rid, index, model, version, at, truth, predicted in self._db.execute(
+            "SELECT seq, request_id, image_index, model_name, model_version, labelled_at, truth,"
+            " predicted FROM outcomes ORDER BY seq"
+        ).fetchall():
+            yield StoredOutcome(seq, rid, index, model, version, Outcome(at, truth, predicted))
+
     def stats(self) -> dict[str, Any]:
-        """Bounds, fill and eviction counts (part of the quality snapshot)."""
+        """Bounds, fill, eviction counts and where the data lives (part of the quality snapshot)."""
+        remembered = self._db.execute("SELECT COUNT(*) FROM evicted").fetchone()[0]
         return {
-            "requests": len(self._entries),
+            "requests": len(self),
             "predictions": self.size,
             "max_predictions": self.max_predictions,
             "max_age_s": self.max_age_s,
             "evicted_predictions": dict(self.evicted),
-            "evicted_ids_remembered": len(self._evicted),
+            "evicted_ids_remembered": remembered,
             "evicted_ids_max": self.evicted_ids_max,
             "evicted_ids_forgotten": self.evicted_ids_forgotten,
             "replaced_requests": self.replaced,
+            "location": IN_MEMORY if self.path is None else str(self.path),
         }
+
+    def close(self) -> None:
+        """Close the database (a clean close also folds the WAL back into the file)."""
+        self._db.close()

@@ -1,9 +1,15 @@
-"""Model quality from feedback labels, and drift without labels, for every model. Pure Python: no
-Ray, no I/O.
+"""Model quality from feedback labels, and drift without labels, for every model. No Ray.
 
-``QualityTracker`` is the state the QualityMonitor deployment owns: it stores predictions
-(store.py), joins feedback labels to them (labels.py resolves the label), counts the outcomes in
-sliding windows (windows.py) and follows confidence and drift (drift.py).
+``QualityTracker`` is the state the QualityMonitor deployment owns: it stores predictions in a
+``QualityStore`` (store.py), joins feedback labels to them (labels.py resolves the label), counts
+the outcomes in sliding windows (windows.py) and follows confidence and drift (drift.py).
+
+What survives a restart: every write goes to the store in one transaction (predictions with the
+per-version state they changed; a label with its outcome). A new tracker on the same store
+replays the outcomes the windows still count, in arrival order, which rebuilds the same windows
+(windows keep no state but their outcomes); the drift and confidence state and the counters are
+loaded as saved, since the drift reference (the first predictions) and the windowed drift sample
+need not be in the store any more.
 """
 
 from __future__ import annotations
@@ -25,9 +31,18 @@ from serve_app.monitoring.metrics import (
 from serve_app.quality.drift import ConfidenceHistogram, DriftTracker
 from serve_app.quality.feedback import FeedbackItem
 from serve_app.quality.labels import ClassLabels, UnknownLabel
-from serve_app.quality.store import Clock, EvictionCallback, PredictionStore, StoredRequest
+from serve_app.quality.store import (
+    Clock,
+    EvictionCallback,
+    QualityStore,
+    SQLiteQualityStore,
+    StoredRequest,
+    VersionKey,
+)
 from serve_app.quality.windows import Outcome, QualityWindows, Scores, window_specs
 from serve_app.quality.wire import FeedbackResult, RecordResult, prediction_problem
+
+FEEDBACK_COUNTERS = "feedback"  # store counter kind: model -> feedback result -> count
 
 
 class QualityTracker:
@@ -39,17 +54,23 @@ class QualityTracker:
         labels: Mapping[str, Sequence[str]] | None = None,
         clock: Clock = time.time,
         on_evict: EvictionCallback | None = None,
+        store: QualityStore | None = None,
     ):
-        """``labels``: each model's class names (a model without any takes class ids only)."""
+        """``labels``: each model's class names (a model without any takes class ids only);
+        ``store``: where the state lives and is restored from (default: memory, with the config's
+        bounds and ``on_evict``)."""
         self.config = config or QualityConfig()
         self._clock = clock
-        self.store = PredictionStore(
-            self.config.store_max_items,
-            self.config.store_max_age_s,
-            self.config.store_evicted_ids_max,
-            clock,
-            on_evict,
-        )
+        if store is None:
+            store = SQLiteQualityStore(
+                None,
+                self.config.store_max_items,
+                self.config.store_max_age_s,
+                self.config.store_evicted_ids_max,
+                clock,
+                on_evict,
+            )
+        self.store: QualityStore = store
         self.window_specs = window_specs(self.config.window_size, self.config.window_seconds)
         self.windows = QualityWindows(self.window_specs)
         self.labels = ClassLabels(labels)
@@ -58,6 +79,37 @@ class QualityTracker:
         self._recorded: Counter = Counter()  # (model, version) -> predictions recorded
         # model -> result -> count; ids matching nothing are counted under UNKNOWN_MODEL
         self._feedback: dict[str, Counter] = {}
+        # (request id, image index) -> (store seq, outcome) of labels a window may still count
+        self._live: dict[tuple[str, int], tuple[int, Outcome]] = {}
+        self._restore()
+
+    def _restore(self) -> None:
+        """Load counters, drift and confidence, and replay the windows' outcomes from the store."""
+        for model_name, counts in self.store.counters(FEEDBACK_COUNTERS).items():
+            self._feedback[model_name] = Counter(counts)
+        for key, state in self.store.version_states().items():
+            self._recorded[key] = state["recorded"]
+            self._drift_for(key).load(state["drift"])
+            self._confidence.setdefault(key, ConfidenceHistogram()).load(state["confidence"])
+        for stored in self.store.outcomes():
+            self.windows.add(stored.model_name, stored.model_version, stored.outcome)
+            self._live[(stored.request_id, stored.index)] = (stored.seq, stored.outcome)
+        self.maintain()
+
+    def maintain(self) -> None:
+        """Evict expired predictions; drop stored outcomes that no window counts any more."""
+        self.store.expire()
+        self.windows.advance(self._clock())
+        done = [key for key, (_, outcome) in self._live.items() if not outcome.holders]
+        if done:
+            self.store.forget_outcomes([self._live.pop(key)[0] for key in done])
+
+    def _version_state(self, key: VersionKey) -> dict[str, Any]:
+        return {
+            "recorded": self._recorded[key],
+            "drift": self._drift[key].dump(),
+            "confidence": self._confidence[key].dump(),
+        }
 
     # ... predictions
 
@@ -98,8 +150,8 @@ class QualityTracker:
             self._drift_for(key).add(p["class_id"])
             self._confidence.setdefault(key, ConfidenceHistogram()).observe(float(p["score"]))
             self._recorded[key] += 1
-        for entry in grouped.values():
-            self.store.put(entry)
+        touched = {(e.model_name, e.model_version) for e in grouped.values()}
+        self.store.put(list(grouped.values()), {k: self._version_state(k) for k in touched})
         return RecordResult(sum(len(e.predictions) for e in grouped.values()), accepted, rejected)
 
     def _drift_for(self, key: tuple[str, str]) -> DriftTracker:
@@ -119,6 +171,8 @@ class QualityTracker:
 
     def _count(self, model_name: str, status: str) -> None:
         self._feedback.setdefault(model_name, Counter())[status] += 1
+        if status != FEEDBACK_JOINED:  # a join is counted in the store with its label
+            self.store.count((FEEDBACK_COUNTERS, model_name, status))
 
     def _refused(
         self,
@@ -168,24 +222,33 @@ class QualityTracker:
         except UnknownLabel as problem:
             return self._refused(item, FEEDBACK_UNKNOWN_LABEL, str(problem), *model)
         predicted = prediction[0]
-        previous = entry.outcomes.get(index)
-        if previous is not None:
-            self.windows.retract(entry.model_name, entry.model_version, previous)
+        replaced = index in entry.labels
+        # the earlier label's outcome, if a window may still count it
+        previous = self._live.pop((request_id, index), None) if replaced else None
         outcome = Outcome(self._clock(), truth, predicted)
-        entry.outcomes[index] = outcome
+        seq = self.store.join(
+            entry,
+            index,
+            outcome,
+            previous[0] if previous else None,
+            (FEEDBACK_COUNTERS, entry.model_name, FEEDBACK_JOINED),
+        )
+        if previous is not None:
+            self.windows.retract(entry.model_name, entry.model_version, previous[1])
+        self._live[(request_id, index)] = (seq, outcome)
         self.windows.add(entry.model_name, entry.model_version, outcome)
         self._count(entry.model_name, FEEDBACK_JOINED)
         return FeedbackResult(
             FEEDBACK_JOINED,
             request_id,
             index,
-            "label replaced the earlier one" if previous is not None else "label joined",
+            "label replaced the earlier one" if replaced else "label joined",
             model_name=entry.model_name,
             model_version=entry.model_version,
             label=truth,
             predicted_class_id=predicted,
             correct=truth == predicted,
-            replaced=previous is not None,
+            replaced=replaced,
         )
 
     # ... reading
@@ -206,7 +269,7 @@ class QualityTracker:
 
     def snapshot(self, model_name: str) -> dict[str, Any]:
         """One model's quality per version (windows, confidence, drift), feedback and store."""
-        self.store.expire()
+        self.maintain()
         versions = {}
         for name, version in self.versions(model_name):
             key = (name, version)

@@ -11,6 +11,9 @@ Definitions (docs/METRICS.md repeats them):
   present classes (the same as scikit-learn's ``average="macro"`` with ``zero_division=0``):
   macro F1 is the mean of per-class F1, not the harmonic mean of macro precision and recall.
 - Windows are timed by when the label arrived (the join), so they slide in arrival order.
+
+Replaying the live outcomes in arrival order rebuilds the same windows, which is how the tracker
+restores them from the store after a restart.
 """
 
 from __future__ import annotations
@@ -208,6 +211,12 @@ class QualityWindows:
         """Uncount an outcome from every window still holding it."""
         for w in self._for((model_name, model_version)):
             w.retract(outcome)
+
+    def advance(self, now: float) -> None:
+        """Drop what every time window no longer covers at ``now``."""
+        for windows in self._windows.values():
+            for w in windows:
+                w.advance(now)
 
     def keys(self) -> list[tuple[str, str]]:
         """(model, version) pairs with windows."""

@@ -63,6 +63,30 @@ class FeedbackResult:
         }
 
 
+# A batch reply details at most this many items that were not joined; the counts cover all.
+FEEDBACK_DETAIL_LIMIT = 100
+
+
+def feedback_summary(
+    results: list[FeedbackResult], detail_limit: int = FEEDBACK_DETAIL_LIMIT
+) -> dict[str, Any]:
+    """The reply to a batch of feedback: counts by status, and the detail of the items that were
+    not joined, at most `detail_limit` of them (`not_joined_truncated` says when more were)."""
+    counts = {status: 0 for status in HTTP_STATUS}
+    not_joined = []
+    for position, result in enumerate(results):
+        counts[result.status] += 1
+        if result.status != FEEDBACK_JOINED and len(not_joined) < detail_limit:
+            not_joined.append({"item": position, **result.as_dict()})
+    missed = len(results) - counts[FEEDBACK_JOINED]
+    return {
+        "items": len(results),
+        "counts": counts,
+        "not_joined": not_joined,
+        "not_joined_truncated": missed > len(not_joined),
+    }
+
+
 @dataclass(frozen=True)
 class RecordResult:
     """How many predictions were stored, which input positions were, and why others were not."""

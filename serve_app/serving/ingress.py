@@ -17,6 +17,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+import serve_app.serving.openapi_bodies as bodies
 import serve_app.serving.protocol as protocol
 from serve_app.config import AppConfig, ModelConfig
 from serve_app.errors import (
@@ -35,9 +36,11 @@ from serve_app.serving.logs import log_request, outcome_of, request_logger
 from serve_app.serving.models import default_preprocess, load_labels
 from serve_app.serving.prediction_sender import PredictionSender
 from serve_app.serving.request_parsing import (
+    check_client_request_id,
     check_image_count,
     decode_json,
     images_from_request,
+    parse_off_loop,
     parse_top_k,
     read_body,
 )
@@ -59,6 +62,28 @@ api = FastAPI(
 
 # /dashboard: live charts from Prometheus, proxied here so the page needs no CORS.
 api.include_router(dashboard_router)
+
+
+class ClientRequestIdCheck:
+    """ASGI middleware: refuses (400) a client's X-Request-Id the service would not issue (too
+    long, unsafe characters) before any route runs; the service's own ids pass unchanged."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for key, value in scope.get("headers", ()):
+                if key.lower() == b"x-request-id":
+                    try:
+                        check_client_request_id(value.decode("latin-1"))
+                    except ServiceError as err:
+                        await err.to_response()(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
+
+
+api.add_middleware(ClientRequestIdCheck)
 
 
 @api.exception_handler(ServiceError)
@@ -254,6 +279,7 @@ class Ingress:
         summary="Top-k classes for one or several images",
         description="Send images as multipart files, as a raw image/* body, or as JSON "
         '{"images": ["<base64>", ...]}. `top_k` as query parameter or field (default 5).',
+        openapi_extra=bodies.with_request_id(bodies.PREDICT),
     )
     async def predict(self, name: str, request: Request) -> Response:
         request_id = current_request_id()
@@ -261,9 +287,9 @@ class Ingress:
         async def handle() -> tuple[Response, list[int]]:
             started = time.perf_counter()
             self._model(name)
-            body = await read_body(request, self.config.limits.max_body_bytes)
-            images, fields = await images_from_request(request, body)
             limits = self.config.limits
+            body = await read_body(request, limits.max_body_bytes)
+            images, fields = await images_from_request(request, body, limits)
             k = parse_top_k(request.query_params.get("top_k", fields.get("top_k")), limits)
             check_image_count(len(images), limits.max_images_per_request)
             self.metrics[name].observe_images_per_request(len(images))
@@ -300,16 +326,20 @@ class Ingress:
     @api.post(
         "/v1/feedback",
         summary="True labels for earlier predictions (one, or a batch under `items`)",
+        description="One item answers with its own result and status; a batch answers 200 with "
+        "counts by status and the detail of the items that were not joined (the first 100).",
+        openapi_extra=bodies.with_request_id(bodies.FEEDBACK),
     )
     async def feedback(self, request: Request) -> JSONResponse:
         quality = self._quality_monitor()
-        body = await read_body(request, self.config.limits.max_body_bytes)
-        items, single = parse_feedback(decode_json(body))
-        results = await quality.feedback.remote(items)
+        limits = self.config.limits
+        body = await read_body(request, min(limits.max_body_bytes, limits.max_feedback_body_bytes))
+        doc = await parse_off_loop(len(body), decode_json, body, limits.max_json_depth)
+        items, single = parse_feedback(doc, limits.max_feedback_items)
         if single:
-            r = results[0]
+            (r,) = await quality.feedback.remote(items)
             return JSONResponse(r, status_code=r.get("http_status", 200))
-        return JSONResponse({"results": results})
+        return JSONResponse(await quality.feedback_summary.remote(items))
 
     @api.get(
         "/v1/models/{name}/quality", summary="Accuracy, precision, recall, F1 and drift of a model"
@@ -370,19 +400,23 @@ class Ingress:
         return await self.v2_model(name)
 
     @api.post(
-        "/v2/models/{name}/infer", summary="OIP inference: BYTES `image` or FP32 `pixels` [N,3,H,W]"
+        "/v2/models/{name}/infer",
+        summary="OIP inference: BYTES `image` or FP32 `pixels` [N,3,H,W]",
+        openapi_extra=bodies.with_request_id(bodies.INFER),
     )
     async def v2_infer(self, name: str, request: Request) -> Response:
         request_id = current_request_id()
 
         async def handle() -> tuple[Response, list[int]]:
             model = self._model(name)
-            body = await read_body(request, self.config.limits.max_body_bytes)
+            limits = self.config.limits
+            body = await read_body(request, limits.max_body_bytes)
             header_length = protocol.parse_header_length(
                 request.headers.get("inference-header-content-length")
             )
-            req = protocol.parse_infer_request(body, header_length)
-            limits = self.config.limits
+            req = await parse_off_loop(
+                len(body), protocol.parse_infer_request, body, header_length, limits
+            )
             k = parse_top_k(req.parameters.get("top_k"), limits)
             images = protocol.images_from_tensors(
                 req.inputs, self.preprocess[name].crop, limits.max_images_per_request

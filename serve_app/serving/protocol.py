@@ -13,14 +13,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from serve_app.errors import BadRequest
-from serve_app.serving.request_parsing import check_image_count
+from serve_app.config import LimitsConfig
+from serve_app.errors import BadRequest, PayloadTooLarge
+from serve_app.quality.wire import is_int
+from serve_app.serving.request_parsing import check_image_count, decode_json, is_decimal, shown
 
 NUMPY_DTYPES = {
     "BOOL": np.bool_,
@@ -39,6 +42,7 @@ OUTPUT_SCORES = "scores"  # FP32 [N, k]
 OUTPUT_CLASS_IDS = "class_ids"  # INT64 [N, k]
 OUTPUT_LABELS = "labels"  # BYTES [N, k]
 ALL_OUTPUTS = (OUTPUT_SCORES, OUTPUT_CLASS_IDS, OUTPUT_LABELS)
+MAX_DIMS = 8  # the most dimensions an input shape may have
 
 
 @dataclass
@@ -58,63 +62,81 @@ class InferRequest:
 
 
 def _element_count(shape: list[int]) -> int:
-    return int(np.prod(shape)) if shape else 1
+    return math.prod(shape)  # exact: numpy's prod wraps around on enormous shapes
 
 
-def _decode_bytes_json(values: list, content_type: str | None, name: str) -> list[bytes]:
+def _shape(raw: Any, where: str, max_elements: int) -> list[int]:
+    """A tensor's shape: non-negative integer dimensions whose element count is within the limit,
+    checked before anything is allocated for it."""
+    if not isinstance(raw, list):
+        raise BadRequest(f"{where}.shape must be a list of non-negative integers")
+    if len(raw) > MAX_DIMS:
+        raise BadRequest(f"{where}.shape has {len(raw)} dimensions, over the limit of {MAX_DIMS}")
+    for d, dim in enumerate(raw):
+        if not is_int(dim) or dim < 0:
+            raise BadRequest(f"{where}.shape[{d}] must be a non-negative integer, got {shown(dim)}")
+    count = _element_count(raw)
+    if count > max_elements:
+        raise PayloadTooLarge(
+            f"{where}.shape {shown(raw)} declares {count} elements, over the limit of "
+            f"{max_elements}"
+        )
+    return raw
+
+
+def _decode_bytes_json(values: list, content_type: Any, where: str) -> list[bytes]:
     """BYTES elements from JSON: base64 when `content_type` says so (or when they decode as base64),
     else UTF-8."""
+    if content_type not in (None, "base64", "str", "string"):
+        raise BadRequest(
+            f"{where}.parameters.content_type {shown(content_type)} is not supported (use base64)"
+        )
     out = []
-    for v in values:
+    for e, v in enumerate(values):
         if not isinstance(v, str):
-            raise BadRequest(
-                f"input {name!r}: BYTES elements must be strings, got {type(v).__name__}"
-            )
+            raise BadRequest(f"{where}.data[{e}]: BYTES elements must be strings, got {shown(v)}")
         if content_type == "base64":
             try:
                 out.append(base64.b64decode(v, validate=True))
             except (binascii.Error, ValueError):
                 raise BadRequest(
-                    f"input {name!r}: content_type is base64 but an element is not valid base64"
+                    f"{where}.data[{e}]: content_type is base64 but the element is not valid base64"
                 ) from None
-        elif content_type in (None, "str", "string"):
+        else:
             try:
                 # Images cannot travel as raw JSON strings, so clients (KServe's examples among
                 # them) send them base64 without saying so.
                 out.append(base64.b64decode(v, validate=True))
             except (binascii.Error, ValueError):
-                out.append(v.encode("utf-8"))
-        else:
-            raise BadRequest(
-                f"input {name!r}: unsupported content_type {content_type!r} (use base64)"
-            )
+                out.append(v.encode("utf-8"))  # decode_json has refused lone surrogates
     return out
 
 
-def _decode_bytes_binary(raw: bytes, count: int, name: str) -> list[bytes]:
+def _decode_bytes_binary(raw: bytes, count: int, where: str) -> list[bytes]:
     """BYTES elements from the binary extension: each a 4-byte little-endian length, then the
     bytes."""
     out, offset = [], 0
-    while offset < len(raw):
+    while offset < len(raw) and len(out) <= count:
         if offset + 4 > len(raw):
-            raise BadRequest(f"input {name!r}: binary BYTES data ends inside a length prefix")
+            raise BadRequest(f"{where}: binary BYTES data ends inside a length prefix")
         (length,) = struct.unpack_from("<I", raw, offset)
         offset += 4
         if offset + length > len(raw):
-            raise BadRequest(
-                f"input {name!r}: binary BYTES element of {length} bytes runs past the data"
-            )
+            raise BadRequest(f"{where}: binary BYTES element of {length} bytes runs past the data")
         out.append(raw[offset : offset + length])
         offset += length
-    if len(out) != count:
-        raise BadRequest(
-            f"input {name!r}: shape says {count} elements, binary data holds {len(out)}"
-        )
+    if len(out) != count or offset != len(raw):
+        held = f"{len(out)}" if offset == len(raw) else f"more than {count}"
+        raise BadRequest(f"{where}: shape says {count} elements, binary data holds {held}")
     return out
 
 
-def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
-    """Parse an OIP v2 infer request body (JSON, or JSON header + binary tensor data)."""
+def parse_infer_request(
+    body: bytes, header_length: int | None, limits: LimitsConfig | None = None
+) -> InferRequest:
+    """Parse an OIP v2 infer request body (JSON, or JSON header + binary tensor data), every
+    count and size checked against `limits` (the config's defaults when None) before use."""
+    limits = limits or LimitsConfig()
     if not body:
         raise BadRequest("empty body: an infer request needs a JSON object with `inputs`")
     if header_length is not None:
@@ -126,85 +148,113 @@ def parse_infer_request(body: bytes, header_length: int | None) -> InferRequest:
         header_bytes, binary = body[:header_length], body[header_length:]
     else:
         header_bytes, binary = body, b""
-    try:
-        header = json.loads(header_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the infer request header is not valid JSON: {exc}") from None
+    header = decode_json(header_bytes, limits.max_json_depth)
     if not isinstance(header, dict):
         raise BadRequest("the infer request must be a JSON object")
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("`inputs` must be a non-empty list of tensors")
-
+    if len(raw_inputs) > limits.max_images_per_request:
+        raise PayloadTooLarge(
+            f"`inputs` holds {len(raw_inputs)} tensors, over the limit of "
+            f"{limits.max_images_per_request} (each tensor carries at least one image)"
+        )
     inputs, offset = [], 0
-    for i, t in enumerate(raw_inputs):
-        if not isinstance(t, dict):
-            raise BadRequest(f"inputs[{i}] must be an object with name, shape, datatype, data")
-        name, datatype, shape = t.get("name"), t.get("datatype"), t.get("shape")
-        if not isinstance(name, str) or not isinstance(datatype, str):
-            raise BadRequest(f"inputs[{i}] needs a string `name` and `datatype`")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise BadRequest(f"input {name!r}: `shape` must be a list of non-negative integers")
-        params = t.get("parameters") or {}
-        if not isinstance(params, dict):
-            raise BadRequest(f"input {name!r}: `parameters` must be an object")
-        count = _element_count(shape)
-        size = params.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise BadRequest(
-                    f"input {name!r}: binary_data_size {size!r} runs past the binary data"
-                )
-            raw, offset = binary[offset : offset + size], offset + size
-            if datatype == "BYTES":
-                data: Any = _decode_bytes_binary(raw, count, name)
-            else:
-                data = _array_from_binary(raw, datatype, shape, name)
-        else:
-            values = t.get("data")
-            if values is None:
-                raise BadRequest(
-                    f"input {name!r} has neither `data` nor `parameters.binary_data_size`"
-                )
-            if datatype == "BYTES":
-                flat = _flatten(values)
-                if len(flat) != count:
-                    raise BadRequest(
-                        f"input {name!r}: shape says {count} elements, data holds {len(flat)}"
-                    )
-                data = _decode_bytes_json(flat, params.get("content_type"), name)
-            else:
-                data = _array_from_json(values, datatype, shape, name)
-        inputs.append(InputTensor(name, datatype, shape, data))
+    for i, raw in enumerate(raw_inputs):
+        tensor, offset = _parse_input(f"inputs[{i}]", raw, binary, offset, limits)
+        inputs.append(tensor)
     if offset != len(binary):
         raise BadRequest(
             f"{len(binary) - offset} bytes of binary data are not claimed by any input"
         )
-
     parameters = header.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest("`parameters` must be an object")
-    binary_default = bool(parameters.get("binary_data_output", False))
-    requested: dict[str, bool] = {}
-    raw_outputs = header.get("outputs")
-    if raw_outputs is None:
-        requested = {name: binary_default for name in ALL_OUTPUTS}
-    else:
-        if not isinstance(raw_outputs, list):
-            raise BadRequest("`outputs` must be a list")
-        for o in raw_outputs:
-            if not isinstance(o, dict) or o.get("name") not in ALL_OUTPUTS:
-                raise BadRequest(f"unknown output {o!r}: available outputs are {list(ALL_OUTPUTS)}")
-            requested[o["name"]] = bool(
-                (o.get("parameters") or {}).get("binary_data", binary_default)
-            )
     request_id = header.get("id")
-    return InferRequest(
-        str(request_id) if request_id is not None else None, inputs, requested, parameters
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f"`id` must be a string, got {type(request_id).__name__}")
+    requested = _requested_outputs(
+        header.get("outputs"), bool(parameters.get("binary_data_output"))
     )
+    return InferRequest(request_id, inputs, requested, parameters)
+
+
+def _parse_input(
+    where: str, t: Any, binary: bytes, offset: int, limits: LimitsConfig
+) -> tuple[InputTensor, int]:
+    """One input tensor from its JSON object, and the offset of the next input's binary data."""
+    if not isinstance(t, dict):
+        raise BadRequest(f"{where} must be an object with name, shape, datatype, data")
+    name, datatype = t.get("name"), t.get("datatype")
+    if not isinstance(name, str) or not isinstance(datatype, str):
+        raise BadRequest(f"{where} needs a string `name` and `datatype`")
+    if datatype != "BYTES" and datatype not in NUMPY_DTYPES:
+        raise BadRequest(
+            f"{where}.datatype: unsupported datatype {shown(datatype)}; known: "
+            f"{['BYTES', *NUMPY_DTYPES]}"
+        )
+    shape = _shape(t.get("shape"), where, limits.max_tensor_elements)
+    params = t.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where}.parameters must be an object")
+    count = _element_count(shape)
+    if datatype == "BYTES" and count > limits.max_images_per_request:
+        raise PayloadTooLarge(
+            f"{where}.shape {shape} declares {count} images, over the limit of "
+            f"{limits.max_images_per_request}"
+        )
+    size = params.get("binary_data_size")
+    if size is not None:
+        if not is_int(size) or size < 0 or offset + size > len(binary):
+            raise BadRequest(
+                f"{where}.parameters.binary_data_size {shown(size)} runs past the "
+                f"{len(binary)} bytes of binary data"
+            )
+        raw, offset = binary[offset : offset + size], offset + size
+        if datatype == "BYTES":
+            return InputTensor(
+                name, datatype, shape, _decode_bytes_binary(raw, count, where)
+            ), offset
+        return InputTensor(
+            name, datatype, shape, _array_from_binary(raw, datatype, shape, where)
+        ), offset
+    values = t.get("data")
+    if values is None:
+        raise BadRequest(f"{where} has neither `data` nor `parameters.binary_data_size`")
+    flat = _flatten(values)
+    if len(flat) != count:
+        raise BadRequest(f"{where}: shape says {count} elements, data holds {len(flat)}")
+    if datatype == "BYTES":
+        data: Any = _decode_bytes_json(flat, params.get("content_type"), where)
+    else:
+        data = _array_from_json(flat, datatype, shape, where)
+    return InputTensor(name, datatype, shape, data), offset
+
+
+def _requested_outputs(raw_outputs: Any, binary_default: bool) -> dict[str, bool]:
+    """Output name -> binary, from the request's `outputs` (every output when absent)."""
+    if raw_outputs is None:
+        return {name: binary_default for name in ALL_OUTPUTS}
+    if not isinstance(raw_outputs, list):
+        raise BadRequest("`outputs` must be a list")
+    requested: dict[str, bool] = {}
+    for j, o in enumerate(raw_outputs):
+        if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+            raise BadRequest(f"outputs[{j}] must be an object with a string `name`")
+        if o["name"] not in ALL_OUTPUTS:
+            raise BadRequest(
+                f"outputs[{j}]: unknown output {shown(o['name'])}: available outputs are "
+                f"{list(ALL_OUTPUTS)}"
+            )
+        params = o.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise BadRequest(f"outputs[{j}].parameters must be an object")
+        requested[o["name"]] = bool(params.get("binary_data", binary_default))
+    return requested
 
 
 def _flatten(values: Any) -> list:
+    """Nested lists as one flat list (the JSON depth limit bounds the recursion)."""
     if isinstance(values, list):
         out = []
         for v in values:
@@ -213,34 +263,55 @@ def _flatten(values: Any) -> list:
     return [values]
 
 
-def _dtype(datatype: str, name: str) -> np.dtype:
-    try:
-        return np.dtype(NUMPY_DTYPES[datatype])
-    except KeyError:
-        raise BadRequest(f"input {name!r}: unsupported datatype {datatype!r}") from None
-
-
-def _array_from_binary(raw: bytes, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    dtype = _dtype(datatype, name)
+def _array_from_binary(raw: bytes, datatype: str, shape: list[int], where: str) -> np.ndarray:
+    dtype = np.dtype(NUMPY_DTYPES[datatype])
     expected = _element_count(shape) * dtype.itemsize
     if len(raw) != expected:
-        raise BadRequest(
-            f"input {name!r}: {datatype}{shape} needs {expected} bytes, got {len(raw)}"
-        )
+        raise BadRequest(f"{where}: {datatype}{shape} needs {expected} bytes, got {len(raw)}")
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
-def _array_from_json(values: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    dtype = _dtype(datatype, name)
-    flat = _flatten(values)
-    if len(flat) != _element_count(shape):
-        raise BadRequest(
-            f"input {name!r}: shape {shape} needs {_element_count(shape)} values, got {len(flat)}"
-        )
+def _array_from_json(flat: list, datatype: str, shape: list[int], where: str) -> np.ndarray:
+    """A numeric tensor from its flattened JSON values: each of the datatype's kind, finite and
+    within its range, or 400 naming the first element that is not."""
+    dtype = np.dtype(NUMPY_DTYPES[datatype])
+    if dtype.kind == "b":
+        accepted: tuple[type, ...] = (bool,)
+    elif dtype.kind in "iu":
+        accepted = (int,)
+    else:
+        accepted = (int, float)
+    for e, v in enumerate(flat):
+        if type(v) not in accepted:
+            raise BadRequest(f"{where}.data[{e}] is not {datatype}: got {shown(v)}")
     try:
-        return np.asarray(flat, dtype=dtype).reshape(shape)
-    except (TypeError, ValueError) as exc:
-        raise BadRequest(f"input {name!r}: values are not {datatype}: {exc}") from None
+        wide = np.asarray(flat, dtype=np.float64 if dtype.kind == "f" else np.int64)
+    except OverflowError:
+        wide = None
+    if dtype.kind == "f":
+        with np.errstate(over="ignore"):  # values past FP16/FP32's range become inf, refused below
+            arr = wide.astype(dtype) if wide is not None else None
+        bad = None if arr is None else np.flatnonzero(~np.isfinite(arr))
+        if arr is None or bad.size:
+            first = _first_out_of_range(flat, dtype) if arr is None else int(bad[0])
+            raise BadRequest(f"{where}.data[{first}] is not a finite {datatype} number")
+        return arr.reshape(shape)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        outside = None if wide is None else np.flatnonzero((wide < info.min) | (wide > info.max))
+        if wide is None or outside.size:
+            first = _first_out_of_range(flat, dtype) if wide is None else int(outside[0])
+            raise BadRequest(
+                f"{where}.data[{first}] is outside the {datatype} range {info.min}..{info.max}"
+            )
+    return wide.astype(dtype).reshape(shape)
+
+
+def _first_out_of_range(flat: list, dtype: np.dtype) -> int:
+    """The index of the first value too large for a 64-bit number of `dtype`'s kind."""
+    # Python numbers, so that the comparison is exact (numpy's would convert a huge int first).
+    bound = float(np.finfo(np.float64).max) if dtype.kind == "f" else int(np.iinfo(np.int64).max)
+    return next(i for i, v in enumerate(flat) if abs(v) > bound)
 
 
 def _bytes_binary(elements: list[bytes]) -> bytes:
@@ -313,10 +384,9 @@ def parse_header_length(raw: str | None) -> int | None:
     """The Inference-Header-Content-Length header as a number (None when absent)."""
     if raw is None:
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"Inference-Header-Content-Length {raw!r} is not a number") from None
+    if not is_decimal(raw):
+        raise BadRequest(f"Inference-Header-Content-Length {shown(raw)} is not a number")
+    return int(raw)
 
 
 def images_from_tensors(inputs: list[InputTensor], crop: int, max_images: int) -> list:

@@ -21,7 +21,7 @@ from ray import serve
 
 from serve_app.config import LimitsConfig, ModelConfig
 from serve_app.errors import ModelExecutionError, ServiceError
-from serve_app.monitoring.gpu import ResourceMetricsReporter
+from serve_app.monitoring.gpu import ResourceMetricsReporter, ResourceReadings
 from serve_app.monitoring.metric_groups import ServiceMetrics
 from serve_app.monitoring.metrics import (
     STAGE_DECODE,
@@ -30,8 +30,10 @@ from serve_app.monitoring.metrics import (
     STAGE_PREPROCESS,
     STAGE_QUEUE_WAIT,
 )
-from serve_app.serving.imaging import decode_and_crop, normalize_batch
+from serve_app.serving.image_limits import check_request
+from serve_app.serving.imaging import decode_and_crop, normalize_batch, read_header
 from serve_app.serving.models import load_model
+from serve_app.serving.overload_control import OverloadController
 from serve_app.serving.runtimes import check_batch, is_cuda_oom, run_with_oom_split, select_runtime
 
 log = logging.getLogger("ray.serve")
@@ -86,7 +88,16 @@ class Recognizer:
         self._infer.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)
         self._warm_up()
         self.metrics = ServiceMetrics(self.cfg.name, self.cfg.version)
+        self._resources: ResourceReadings | None = None
         self._start_resource_reporter()
+        self.overload = OverloadController(
+            self.cfg.name,
+            self.cfg.max_batch_size,
+            self.cfg.overload,
+            self._infer.set_max_batch_size,
+        )
+        if self.cfg.overload.enabled:
+            self.overload.start(lambda: self._resources)
         self.startup_s = time.perf_counter() - started
         log.info(
             "model %s v%s ready on %s/%s in %.1fs (%s)",
@@ -113,7 +124,8 @@ class Recognizer:
         # serves requests, and NVML calls block.
         def loop() -> None:
             while True:
-                reporter.report_safely()
+                # Kept for the overload control loop: GPU memory and RSS are two of its signals.
+                self._resources = reporter.report_safely()
                 time.sleep(RESOURCE_REPORT_INTERVAL_S)
 
         threading.Thread(target=loop, name="resource-metrics", daemon=True).start()
@@ -143,31 +155,26 @@ class Recognizer:
         Client errors come back as `{"error": ServiceError.to_wire()}` rather than raised, so the
         Ingress answers them with their own status whatever Ray does to exceptions on the way.
         """
+        started = time.perf_counter()
         try:
+            self.overload.admit(len(images))
             crops, decode_s = await self._decode(images)
-            return await self._predict_crops(crops, k, decode_s)
+            result = await self._predict_crops(crops, k, decode_s)
         except ServiceError as err:
             return {"error": err.to_wire()}
+        self.overload.request_done(time.perf_counter() - started)
+        return result
 
     async def _decode(self, images: list) -> tuple[list[np.ndarray], float]:
         started = time.perf_counter()
         encoded = [i for i, img in enumerate(images) if isinstance(img, (bytes, bytearray))]
         if not encoded:
             return list(images), 0.0
-        loop = asyncio.get_running_loop()
-        spec, max_pixels = self.loaded.preprocess, self.limits.max_image_pixels
-        decoded = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    self._decoder, decode_and_crop, bytes(images[i]), spec, max_pixels
-                )
-                for i in encoded
-            ),
-            return_exceptions=True,
-        )
-        for result in decoded:
-            if isinstance(result, BaseException):
-                raise result
+        spec, limits = self.loaded.preprocess, self.limits
+        data = [bytes(images[i]) for i in encoded]
+        # Every header first: the request's decoded bytes are judged before any pixel is decoded.
+        check_request(await self._in_decoder(read_header, data, spec, limits), limits)
+        decoded = await self._in_decoder(decode_and_crop, data, spec, limits)
         crops = list(images)
         for i, crop in zip(encoded, decoded, strict=True):
             crops[i] = crop
@@ -175,8 +182,22 @@ class Recognizer:
         self.metrics.observe_stage(STAGE_DECODE, decode_s)
         return crops, decode_s
 
+    async def _in_decoder(self, fn, data: list[bytes], *args) -> list:
+        """`fn(one, *args)` for each encoded image in the decode threads; the first error is
+        raised once all are done."""
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(
+            *(loop.run_in_executor(self._decoder, fn, one, *args) for one in data),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results
+
     async def _predict_crops(self, crops: list[np.ndarray], k: int, decode_s: float) -> dict:
         enqueued = time.perf_counter()
+        self.overload.enqueued(len(crops))
         results: list[CropResult] = await asyncio.gather(
             *(self._infer((c, enqueued)) for c in crops)
         )
@@ -206,10 +227,14 @@ class Recognizer:
         batch_start = time.perf_counter()
         n = len(items)
         self.metrics.observe_batch_size(n)
-        batch = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._run_batch, [c for c, _ in items]
-        )
-        inference_s = time.perf_counter() - batch_start
+        self.overload.batch_started([batch_start - enqueued for _, enqueued in items])
+        try:
+            batch = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, [c for c, _ in items]
+            )
+        finally:
+            inference_s = time.perf_counter() - batch_start
+            self.overload.batch_finished(inference_s)
         out = []
         for (_, enqueued), row in zip(items, batch, strict=True):
             wait = batch_start - enqueued

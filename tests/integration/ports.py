@@ -30,6 +30,8 @@ def config_with_ports(source: Path, target: Path) -> Path:
     """A copy of the test config with Serve's port and every Prometheus address moved."""
     doc = yaml.safe_load(source.read_text())
     doc["http_options"]["port"] = SERVE_PORT
+    # each session its own quality store: none sees another's predictions or an earlier session's
+    doc["applications"][0]["args"]["quality"]["store_dir"] = str(target.parent / "quality-store")
     text = yaml.safe_dump(doc, sort_keys=False)
     target.write_text(text.replace("http://127.0.0.1:19090", PROMETHEUS_URL))
     return target

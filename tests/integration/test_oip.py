@@ -62,9 +62,7 @@ def test_tritonclient_json_outputs_and_top_k_parameter(client, coffee_jpeg):
 
 
 def test_preprocessed_fp32_pixels(client, coffee_jpeg):
-    pixels = normalize_batch(
-        [decode_and_crop(coffee_jpeg, LITE_PREPROCESS, 10**8)], LITE_PREPROCESS
-    )
+    pixels = normalize_batch([decode_and_crop(coffee_jpeg, LITE_PREPROCESS)], LITE_PREPROCESS)
     t = httpclient.InferInput("pixels", list(pixels.shape), "FP32")
     t.set_data_from_numpy(pixels)
     result = client.infer(MODEL, [t])

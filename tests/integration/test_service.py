@@ -74,6 +74,8 @@ def test_models_listing_and_health(service_url):
         "lite0_canary",
         "lite0_autoscale",
         "lite0_fallback",
+        "lite0_predictive",
+        "lite0_overload",
     }  # models side by side, each its own deployment
     m = models[MODEL]
     assert (

@@ -31,7 +31,7 @@ def test_embedded_weights_match_the_architecture_exactly(lite0):
 
 
 def _probs(loaded, *jpegs):
-    crops = [decode_and_crop(j, loaded.preprocess, 10**8) for j in jpegs]
+    crops = [decode_and_crop(j, loaded.preprocess) for j in jpegs]
     return TorchRuntime(loaded.module, "cpu", "fp32", 1).run(
         normalize_batch(crops, loaded.preprocess)
     )

@@ -66,28 +66,33 @@ def sig(
         # The seeds' example: 1 instance at 132 QPS > 100 -> 1 + step_up 2 = 3 (ceil(132/100) = 2 is
         # fewer).
         (sig(1, qps=132, p99_ms=300, gpu_utilization=0.5), 3, "scale_up_threshold"),
-        # 3 instances at 950 QPS: 317 each > 100; ceil(950/100) = 10 beats 3 + 2 = 5.
-        (sig(3, qps=950, p99_ms=300, gpu_utilization=0.5), 10, "scale_up_threshold"),
-        # Only p99 is above (640 > 500): not proportional, so 4 + 2 = 6.
+        # 3 instances at 1200 QPS: 400 each > 100; landing at target_fill 0.8 needs
+        # ceil(1200 / (0.8 * 100)) = 15, more than 3 + 2 = 5 -> max_replicas 10... so use 600:
+        # 200 each > 100, ceil(600 / 80) = ceil(7.5) = 8 beats 3 + 2 = 5.
+        (sig(3, qps=600, p99_ms=300, gpu_utilization=0.5), 8, "scale_up_threshold"),
+        # Only p99 is above (640 > 500): 4 + 2 = 6 beats the load signals' landing needs, QPS
+        # ceil(200 / 80) = 3 and GPU ceil(4 * 0.5 / (0.8 * 0.7)) = ceil(3.6) = 4.
         (sig(4, qps=200, p99_ms=640, gpu_utilization=0.5), 6, "scale_up_threshold"),
-        # GPU 0.98 > 0.7 on 4: max(4 + 2, ceil(4 * 0.98 / 0.7) = ceil(5.6) = 6) = 6.
-        (sig(4, qps=200, p99_ms=300, gpu_utilization=0.98), 6, "scale_up_threshold"),
+        # GPU 0.98 > 0.7 on 4: max(4 + 2, ceil(4 * 0.98 / (0.8 * 0.7)) = ceil(7.0) = 7) = 7.
+        (sig(4, qps=200, p99_ms=300, gpu_utilization=0.98), 7, "scale_up_threshold"),
         (
             sig(8, qps=200, p99_ms=300, gpu_utilization=0.98),
             10,
             "scale_up_threshold",
-        ),  # on 8: max(8 + 2, ceil(8 * 0.98 / 0.7) = ceil(11.2) = 12) -> max_replicas 10
-        # All below (10 each < 20, 150 < 200 ms, 0.2 < 0.3): 5 - step_down 1 = 4; ceil(50/100) = 1
-        # allows it.
-        (sig(5, qps=50, p99_ms=150, gpu_utilization=0.2), 4, "scale_down_threshold"),
+        ),  # on 8: max(8 + 2, ceil(8 * 0.98 / 0.56) = 14) -> max_replicas 10
+        # All below (10 each < 20, 150 < 200 ms, 0.2 < 0.3): down to what the load needs at
+        # target_fill, max(QPS ceil(50 / 80) = 1, GPU ceil(5 * 0.2 / 0.56) = ceil(1.8) = 2) = 2.
+        (sig(5, qps=50, p99_ms=150, gpu_utilization=0.2), 2, "scale_down_threshold"),
         # One signal within its band (p99 300 between 200 and 500) holds.
         (sig(5, qps=50, p99_ms=300, gpu_utilization=0.2), 5, "hold_within"),
         # Any above wins over others below: 1 instance at 132 QPS with idle GPU still scales up.
         (sig(1, qps=132, p99_ms=100, gpu_utilization=0.1), 3, "scale_up_threshold"),
         # A missing signal is left out: QPS and p99 below, GPU absent (CPU host) -> down 2 -> 1.
         (sig(2, qps=10, p99_ms=100), 1, "scale_down_threshold"),
-        # Already at the minimum: all below, 1 - 1 = 0 clamps back to min 1.
-        (sig(1, qps=5, p99_ms=100, gpu_utilization=0.1), 1, "scale_down_threshold"),
+        # All below on 1, but 5 QPS still needs ceil(5 / 80) = 1 instance: hold.
+        (sig(1, qps=5, p99_ms=100, gpu_utilization=0.1), 1, "hold_needed"),
+        # No load at all needs 0; min_replicas 1 keeps one.
+        (sig(2, qps=0, p99_ms=100), 1, "scale_down_threshold"),
     ],
 )
 def test_threshold_rules(signals, expected, code):
@@ -102,12 +107,19 @@ def test_scale_up_reason_uses_the_users_words():
     assert with_more.reason == "QPS=390 (130 per instance) > 100, scaling up: 3 → 5 instances"
 
 
-def test_scale_down_never_goes_below_what_qps_needs():
-    # qps band 60..100: 5 instances at 250 QPS is 50 each (< 60, below) but ceil(250/100) = 3 are
-    # needed, so a step_down of 3 stops at max(5 - 3, 3) = 3 instead of 2.
+def test_scale_down_lands_at_target_fill_not_at_the_up_threshold():
+    # qps band 60..100: 5 instances at 250 QPS is 50 each (< 60, below). Landing exactly at `up`
+    # (ceil(250 / 100) = 3, 83 each) would leave 17% to the next scale-up; at target_fill 0.8 it is
+    # ceil(250 / 80) = ceil(3.1) = 4 (62.5 each), step_down not used: the load says how many.
     r = rules(step_down=3, thresholds={"qps": {"up": 100, "down": 60}})
     decision = decide(sig(5, qps=250), {}, MONDAY_10, r)
-    assert decision.replicas == 3
+    assert (decision.replicas, decision.code) == (4, "scale_down_threshold")
+
+
+def test_step_down_applies_when_no_load_signal_sizes_the_fleet():
+    # Only p99 is configured (it cannot say how many instances the load needs): 5 - step_down 2.
+    r = rules(step_down=2, thresholds={"p99_ms": {"up": 500, "down": 200}})
+    assert decide(sig(5, p99_ms=100), {}, MONDAY_10, r).replicas == 3
 
 
 def test_p99_alone_waits_for_starting_instances():
@@ -334,7 +346,10 @@ PREDICTIVE = {
 @pytest.mark.parametrize(
     "forecast, fit_age_s, expected, code",
     [
-        (700, 600, 9, "scale_up_forecast"),  # ceil(700 / (100 * 0.8)) = 9 while the load is calm
+        # Floor ceil(700 / (100 * 0.8)) = 9 > 2 while the load is calm; the scale-up lands at
+        # target_fill: ceil(700 / (100 * 0.8 * 0.8)) = ceil(10.9) = 11, so the next rise of the
+        # forecast does not add one instance at a time.
+        (700, 600, 11, "scale_up_forecast"),
         (150, 600, 2, "hold_within"),  # ceil(150 / 80) = 2 = current
         (700, 8000, 2, "hold_within"),  # fitted 8000 s ago > 7200: stale, ignored
         (None, None, 2, "hold_within"),  # no forecast: reactive only
@@ -344,6 +359,7 @@ def test_forecast_floor(forecast, fit_age_s, expected, code):
     # 2 instances at 100 QPS: 50 each, within 20..100; p99 within.
     s = sig(
         2,
+        hi=20,
         qps=100,
         p99_ms=300,
         forecast_qps=forecast,
@@ -354,14 +370,14 @@ def test_forecast_floor(forecast, fit_age_s, expected, code):
 
 
 def test_forecast_scale_up_is_planned_and_skips_the_up_cooldown():
-    s = sig(2, qps=100, p99_ms=300, forecast_qps=700, forecast_fit_time=MONDAY_10 - 60)
+    s = sig(2, hi=20, qps=100, p99_ms=300, forecast_qps=700, forecast_fit_time=MONDAY_10 - 60)
     decision = decide(
         s, {"last_scale_up_s": MONDAY_10 - 5}, MONDAY_10, rules(predictive=PREDICTIVE)
     )
-    assert decision.replicas == 9
-    assert (
-        decision.reason
-        == "forecast 700 QPS at +120s needs 9 instances, scaling up: 2 → 9 instances"
+    assert decision.replicas == 11
+    assert decision.reason == (
+        "forecast 700 QPS at +120s needs 9 instances, 11 at target_fill, scaling up: 2 → 11 "
+        "instances"
     )
 
 
@@ -374,33 +390,27 @@ def test_stale_forecast_says_so_nowhere_it_scales():
 @pytest.mark.parametrize(
     "qps, forecast, expected, code",
     [
-        # 6 instances, 300 QPS (50 each, within 20..100), forecast 160 -> floor ceil(160/80) = 2:
-        # the forecast and the load agree, so go straight to max(floor 2, ceil(300/100) = 3) = 3
-        # rather than one step.
-        (300, 160, 3, "scale_down_forecast"),
-        # All below (60 QPS: 10 each < 20; p99 100 < 200): thresholds alone would step to 5; with
-        # the forecast, max(floor 2, ceil(60/100) = 1) = 2.
-        (60, 160, 2, "scale_down_forecast"),
-        # 560 QPS needs ceil(560/100) = 6 now: no forecast-driven scale-down below it.
-        (560, 160, 6, "hold_within"),
-        # Forecast rising (floor 9 > 6) beats the calm present.
-        (300, 700, 9, "scale_up_forecast"),
+        # 6 instances, 300 QPS (50 each, within 20..100): the load band holds; a forecast of less
+        # load (160) no longer takes a calm deployment down early.
+        (300, 160, 6, "hold_within"),
+        # 60 QPS (10 each < 20, below): the load needs ceil(60 / 80) = 1, the forecast lands at
+        # ceil(160 / (100 * 0.8 * 0.8)) = ceil(2.5) = 3: down to 3, not to 1.
+        (60, 160, 3, "scale_down_threshold"),
+        # Forecast 330: floor ceil(330 / 80) = 5 <= 6, landing ceil(330 / 64) = 6: hold at 6.
+        (60, 330, 6, "hold_forecast"),
+        # Forecast rising (floor ceil(700 / 80) = 9 > 6) beats the calm present: lands at
+        # ceil(700 / 64) = 11 -> max_replicas 10.
+        (300, 700, 10, "scale_up_forecast"),
     ],
 )
-def test_forecast_lets_a_calm_deployment_step_down(qps, forecast, expected, code):
-    s = sig(
-        6,
-        qps=qps,
-        p99_ms=100 if qps == 60 else 300,
-        forecast_qps=forecast,
-        forecast_fit_time=MONDAY_10 - 60,
-    )
+def test_forecast_stops_a_scale_down_at_its_landing(qps, forecast, expected, code):
+    s = sig(6, qps=qps, p99_ms=100, forecast_qps=forecast, forecast_fit_time=MONDAY_10 - 60)
     decision = decide(s, {}, MONDAY_10, rules(predictive=PREDICTIVE))
     assert (decision.replicas, decision.code) == (expected, code)
 
 
 def test_forecast_scale_down_respects_the_down_cooldown():
-    s = sig(6, qps=300, p99_ms=300, forecast_qps=160, forecast_fit_time=MONDAY_10 - 60)
+    s = sig(6, qps=60, p99_ms=100, forecast_qps=160, forecast_fit_time=MONDAY_10 - 60)
     decision = decide(
         s, {"last_scale_down_s": MONDAY_10 - 100}, MONDAY_10, rules(predictive=PREDICTIVE)
     )
@@ -421,21 +431,21 @@ def test_forecast_floor_holds_a_threshold_scale_down():
 @pytest.mark.parametrize(
     "signals, expected, why",
     [
-        # Prometheus down, 3 instances with 18 ongoing: 6 each > 4 -> max(3 + 2, ceil(18/4) = 5) =
-        # 5.
+        # Prometheus down, 3 instances with 18 ongoing: 6 each > 4 -> max(3 + 2,
+        # ceil(18 / (0.8 * 4)) = ceil(5.6) = 6) = 6.
         (
             sig(3, ongoing_requests=18, prometheus_available=False),
-            5,
+            6,
             "Prometheus unavailable: queue-based fallback",
         ),
         # Prometheus up but none of its signals present (e.g. metric names wrong): same fallback.
         (
             sig(3, ongoing_requests=18),
-            5,
+            6,
             "QPS, p99 and GPU signals unavailable: queue-based fallback",
         ),
-        # 3 instances with 2 ongoing: 0.67 each < 1 -> 3 - 1 = 2.
-        (sig(3, ongoing_requests=2, prometheus_available=False), 2, "queue-based fallback"),
+        # 3 instances with 2 ongoing: 0.67 each < 1 -> ceil(2 / (0.8 * 4)) = 1.
+        (sig(3, ongoing_requests=2, prometheus_available=False), 1, "queue-based fallback"),
     ],
 )
 def test_queue_fallback(signals, expected, why):
@@ -451,7 +461,7 @@ def test_fallback_uses_configured_ongoing_thresholds_and_cooldown():
     )
     s = sig(
         2, ongoing_requests=40, prometheus_available=False
-    )  # 20 each > 16 -> max(4, ceil(40/16) = 3)
+    )  # 20 each > 16 -> max(2 + 2, ceil(40 / (0.8 * 16)) = ceil(3.1) = 4) = 4
     assert decide(s, {}, MONDAY_10, r).replicas == 4
     assert decide(s, {"last_scale_up_s": MONDAY_10 - 1}, MONDAY_10, r).replicas == 2
 

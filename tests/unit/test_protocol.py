@@ -7,9 +7,12 @@ import struct
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tritonclient.http._utils import _get_inference_request
 
-from serve_app.errors import BadRequest, PayloadTooLarge
+from serve_app.config import LimitsConfig
+from serve_app.errors import BadRequest, PayloadTooLarge, ServiceError
 from serve_app.serving.protocol import (
     InputTensor,
     encode_infer_response,
@@ -227,3 +230,189 @@ def test_header_length_is_a_number_or_absent(raw, expected):
 def test_header_length_that_is_not_a_number_is_a_bad_request():
     with pytest.raises(BadRequest, match="'12a' is not a number"):
         parse_header_length("12a")
+
+
+def infer_body(*tensors, **header):
+    return json.dumps({"inputs": list(tensors), **header}).encode()
+
+
+def fp(datatype, shape, data):
+    return {"name": "pixels", "datatype": datatype, "shape": shape, "data": data}
+
+
+@pytest.mark.parametrize(
+    "body, error, message",
+    [
+        # shapes: checked before anything is allocated for them
+        (infer_body(fp("FP32", [1, -1], [])), BadRequest, r"inputs\[0\]\.shape\[1\] must be a non"),
+        (infer_body(fp("FP32", [True], [1.0])), BadRequest, r"inputs\[0\]\.shape\[0\] must be"),
+        (infer_body(fp("FP32", [1.5], [1.0])), BadRequest, r"inputs\[0\]\.shape\[0\] must be"),
+        (infer_body(fp("FP32", "1", [1.0])), BadRequest, r"inputs\[0\]\.shape must be a list"),
+        (infer_body(fp("FP32", [1] * 9, [1.0])), BadRequest, "9 dimensions, over the limit of 8"),
+        # 2**32 * 2**32 wraps to 0 in numpy's int64 prod; math.prod counts it exactly
+        (
+            infer_body(fp("FP32", [2**32, 2**32], [])),
+            PayloadTooLarge,
+            r"declares 18446744073709551616 elements, over the limit of 16777216",
+        ),
+        (
+            infer_body({"name": "image", "datatype": "BYTES", "shape": [10**6], "data": []}),
+            PayloadTooLarge,
+            r"inputs\[0\]\.shape \[1000000\] declares 1000000 images, over the limit of 32",
+        ),
+        # values: each of the datatype's kind, finite, within its range
+        (infer_body(fp("FP32", [2], [1.0, 1e39])), BadRequest, r"data\[1\] is not a finite FP32"),
+        (infer_body(fp("FP32", [1], [10**400])), BadRequest, r"data\[0\] is not a finite FP32"),
+        (
+            b'{"inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [1e400]}]}',
+            BadRequest,
+            r"data\[0\] is not a finite FP64",  # 1e400 parses to inf
+        ),
+        (infer_body(fp("INT8", [2], [1, 128])), BadRequest, r"data\[1\] is outside the INT8 range"),
+        (infer_body(fp("UINT8", [1], [-1])), BadRequest, r"data\[0\] is outside the UINT8 range"),
+        (infer_body(fp("INT64", [1], [2**63])), BadRequest, r"data\[0\] is outside the INT64"),
+        (infer_body(fp("INT32", [1], [1.0])), BadRequest, r"data\[0\] is not INT32: got 1\.0"),
+        (infer_body(fp("FP32", [1], [True])), BadRequest, r"data\[0\] is not FP32: got True"),
+        (infer_body(fp("BOOL", [1], [1])), BadRequest, r"data\[0\] is not BOOL: got 1"),
+        (infer_body(fp("FP32", [1], [{"a": 1}])), BadRequest, r"data\[0\] is not FP32"),
+        (infer_body(fp("FP32", [1], [[]])), BadRequest, "shape says 1 elements, data holds 0"),
+        # BYTES elements and their content type
+        (
+            infer_body({"name": "image", "datatype": "BYTES", "shape": [1], "data": [5]}),
+            BadRequest,
+            r"inputs\[0\]\.data\[0\]: BYTES elements must be strings, got 5",
+        ),
+        (
+            infer_body(
+                {"name": "image", "datatype": "BYTES", "shape": [1], "data": ["YQ=="]}
+                | {"parameters": {"content_type": ["base64"]}}
+            ),
+            BadRequest,
+            r"content_type \['base64'\] is not supported",
+        ),
+        # the rest of the document
+        (infer_body(fp("COMPLEX", [1], [1])), BadRequest, r"inputs\[0\]\.datatype: unsupported"),
+        (infer_body(fp("FP32", [1], [1.0]), id=7), BadRequest, "`id` must be a string, got int"),
+        (
+            infer_body(fp("FP32", [1], [1.0]), outputs=[{"name": "scores", "parameters": [1]}]),
+            BadRequest,
+            r"outputs\[0\]\.parameters must be an object",
+        ),
+        (
+            infer_body(fp("FP32", [1], [1.0]), outputs=[{"name": ["scores"]}]),
+            BadRequest,
+            r"outputs\[0\] must be an object with a string `name`",
+        ),
+        (
+            infer_body(*[fp("FP32", [1], [1.0])] * 33),
+            PayloadTooLarge,
+            "`inputs` holds 33 tensors, over the limit of 32",
+        ),
+        (
+            b'{"inputs": ' + b"[" * 50 + b"]" * 50 + b"}",
+            BadRequest,
+            "nests deeper than the limit of 32 levels",
+        ),
+        (b'{"inputs": [], "parameters": {"top_k": NaN}}', BadRequest, "holds NaN"),
+    ],
+)
+def test_every_edge_of_a_json_infer_request_is_a_4xx_naming_the_field(body, error, message):
+    with pytest.raises(error, match=message):
+        parse_infer_request(body, None)
+
+
+@pytest.mark.parametrize(
+    "tensor_header, blob, message",
+    [
+        # binary_data_size must be a plain non-negative integer
+        ({"binary_data_size": True}, b"\x00", "binary_data_size True runs past"),
+        ({"binary_data_size": -1}, b"", "binary_data_size -1 runs past"),
+        ({"binary_data_size": "4"}, b"\x00" * 4, "binary_data_size '4' runs past"),
+        # 2 elements declared, 3 length-prefixed elements sent
+        (
+            {"binary_data_size": 15},
+            struct.pack("<I", 1) + b"a" + struct.pack("<I", 1) + b"b" + struct.pack("<I", 1) + b"c",
+            "shape says 2 elements, binary data holds 3",
+        ),
+    ],
+)
+def test_binary_extension_sizes_that_do_not_fit_are_bad_requests(tensor_header, blob, message):
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [2], "parameters": tensor_header}
+            ]
+        }
+    ).encode()
+    with pytest.raises(BadRequest, match=message):
+        parse_infer_request(header + blob, len(header))
+
+
+@pytest.mark.parametrize("raw", ["-1", "1e3", "\u0663", "9" * 5000, ""])
+def test_header_lengths_that_are_not_plain_numbers_are_bad_requests(raw):
+    with pytest.raises(BadRequest, match="is not a number"):
+        parse_header_length(raw)
+
+
+def test_integer_values_in_range_become_their_datatype():
+    req = parse_infer_request(infer_body(fp("INT8", [2, 1], [[-128], [127]])), None)
+    assert req.inputs[0].data.dtype == np.int8 and req.inputs[0].data.tolist() == [[-128], [127]]
+
+
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.sampled_from(["BYTES", "FP32", "INT8", "UINT8", "BOOL", "image", "pixels", "base64"])
+    | st.text(max_size=6)
+)
+JSON_VALUES = st.recursive(
+    JSON_LEAVES,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                ["inputs", "outputs", "name", "datatype", "shape", "data", "parameters", "id"]
+                + ["binary_data_size", "content_type", "top_k", "binary_data"]
+            ),
+            children,
+            max_size=5,
+        )
+    ),
+    max_leaves=30,
+)
+TENSORS = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["image", "pixels"]),
+        "datatype": st.sampled_from(["BYTES", "FP32", "FP16", "INT8", "UINT8", "INT64", "BOOL"]),
+        "shape": st.lists(st.integers(-2, 2**40), max_size=5),
+        "data": JSON_VALUES,
+    },
+    optional={"parameters": JSON_VALUES},
+)
+
+
+def _parses_or_is_a_client_error(body, header_length):
+    try:
+        req = parse_infer_request(body, header_length, LimitsConfig(max_json_depth=8))
+        images_from_tensors(req.inputs, CROP, max_images=4)
+    except ServiceError as err:
+        assert 400 <= err.status < 500, err
+
+
+@settings(max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(st.one_of(JSON_VALUES, st.fixed_dictionaries({"inputs": st.lists(TENSORS, max_size=3)})))
+def test_no_json_infer_document_makes_the_parser_fail_other_than_with_a_4xx(doc):
+    _parses_or_is_a_client_error(json.dumps(doc).encode(), None)
+
+
+@settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(
+    st.fixed_dictionaries({"inputs": st.lists(TENSORS, min_size=1, max_size=2)}),
+    st.binary(max_size=64),
+    st.integers(-4, 200),
+)
+def test_no_binary_infer_body_makes_the_parser_fail_other_than_with_a_4xx(doc, blob, extra):
+    header = json.dumps(doc).encode()
+    _parses_or_is_a_client_error(header + blob, len(header) + extra)

@@ -39,6 +39,7 @@ def monitor(**config):
     backend = InMemoryMetricsBackend()
     clock = FakeClock()
     labels = {MODEL: ["cat", "dog", "fox"]}
+    config.setdefault("store_dir", None)  # memory: the restart tests give a folder
     return QualityMonitorCore(config, labels, clock=clock, backend=backend), backend, clock
 
 
@@ -147,7 +148,7 @@ def test_feedback_waits_briefly_for_a_prediction_still_on_its_way():
 
     from serve_app.quality.monitor import QualityMonitorCore
 
-    core = QualityMonitorCore({"feedback_grace_s": 1.0}, {"m": ["a", "b"]})
+    core = QualityMonitorCore({"feedback_grace_s": 1.0, "store_dir": None}, {"m": ["a", "b"]})
     record = {
         "request_id": "r1",
         "index": 0,
@@ -172,6 +173,29 @@ def test_feedback_for_a_never_issued_id_is_unknown_after_the_grace():
 
     from serve_app.quality.monitor import QualityMonitorCore
 
-    core = QualityMonitorCore({"feedback_grace_s": 0.05}, {"m": ["a"]})
+    core = QualityMonitorCore({"feedback_grace_s": 0.05, "store_dir": None}, {"m": ["a"]})
     (result,) = asyncio.run(core.feedback([FeedbackItem("never", "a")]))
     assert result["status"] == "unknown_id" and result["http_status"] == 404
+
+
+def test_a_restarted_monitor_continues_from_its_store_folder(tmp_path):
+    """A new replica on the same folder: same snapshot, and older predictions still join."""
+    config = {"store_dir": str(tmp_path), "reference_size": 10, "drift_window_size": 10}
+    first, _, clock = monitor(**config)
+
+    async def before():
+        await first.record([pred(f"r{i}", i % 3) for i in range(12)])
+        await first.feedback([FeedbackItem("r0", "cat"), FeedbackItem("r1", "cat")])
+        return await first.snapshot(MODEL)
+
+    snapshot = asyncio.run(before())
+    first.close()
+    backend = InMemoryMetricsBackend()
+    second = QualityMonitorCore(config, {MODEL: ["cat", "dog", "fox"]}, clock, backend)
+    # the restored windows are on the gauges before any new traffic
+    tags = {"model_name": MODEL, "model_version": "1", "window": "last_1000"}
+    assert backend.get(m.MODEL_LABELLED).value(**tags) == 2
+    assert asyncio.run(second.snapshot(MODEL)) == snapshot
+    (result,) = asyncio.run(second.feedback([FeedbackItem("r2", "fox")]))
+    assert result["status"] == "joined" and result["correct"] is True  # r2 predicted fox (2)
+    assert backend.get(m.MODEL_LABELLED).value(**tags) == 3

@@ -108,10 +108,9 @@ def test_adapter_reads_prometheus_and_decides(prometheus):
 def test_adapter_without_prometheus_falls_back_to_queue(monkeypatch):
     monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
     policy = ForecastPolicy(deployment="recognizer", model_name="m")
-    replicas, state = policy(
-        context(target=2, ongoing=20.0)
-    )  # 10 each > 4 -> max(4, ceil(20/4) = 5)
-    assert replicas == 5
+    # 10 each > 4 -> max(2 + 2, ceil(20 / (0.8 * 4)) = ceil(6.25) = 7): lands at target_fill.
+    replicas, state = policy(context(target=2, ongoing=20.0))
+    assert replicas == 7
     assert state[STATE_KEY]["last_code"] == "fallback_scale_up_threshold"
 
 
@@ -120,9 +119,8 @@ def test_adapter_state_travels_in_the_dict_not_on_self(monkeypatch):
     policy = ForecastPolicy(deployment="recognizer", model_name="m")
     _, state = policy(context(target=2, ongoing=20.0))
     # Same instance, a fresh (empty) state: no memory of the scale-up, so no cooldown.
-    assert (
-        policy(context(target=5, ongoing=24.0, now=MONDAY_10 + 1))[0] == 7
-    )  # 4.8 each > 4: max(5 + 2, 6)
+    # 4.8 each > 4: max(5 + 2, ceil(24 / (0.8 * 4)) = ceil(7.5) = 8).
+    assert policy(context(target=5, ongoing=24.0, now=MONDAY_10 + 1))[0] == 8
     # With the returned state the up cooldown applies.
     assert policy(context(target=5, ongoing=24.0, state=state, now=MONDAY_10 + 1))[0] == 5
 
@@ -162,7 +160,7 @@ def test_adapter_inside_rays_own_wrapper(monkeypatch):
     monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
     wrapped = _apply_autoscaling_config(ForecastPolicy(deployment="recognizer", model_name="m"))
     replicas, state = wrapped(context(target=2, ongoing=20.0))
-    assert replicas == 5
+    assert replicas == 7  # max(2 + 2, ceil(20 / (0.8 * 4)) = 7)
     assert STATE_KEY in state
 
 
@@ -183,3 +181,17 @@ def test_serve_loads_the_policy_from_its_import_path():
     assert cloudpickle.loads(config.get_serialized_policy_def()) is ForecastPolicy
     policy = _resolve_policy_callable(config)
     assert policy.config_error is None and policy.rules.windows[0].name == "peak-hours"
+
+
+def test_adapter_warns_when_the_scale_event_budget_holds(monkeypatch, caplog):
+    monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
+    policy = ForecastPolicy(deployment="recognizer", model_name="m", max_scale_events_per_hour=1)
+    # One change a minute ago spent the hour's budget: 10 ongoing each > 4 would scale up; holds.
+    spent = {STATE_KEY: {"scale_events": [MONDAY_10 - 60]}}
+    with caplog.at_level("WARNING", logger="ray.serve"):
+        replicas, state = policy(context(target=2, ongoing=20.0, state=spent))
+    assert replicas == 2 and state[STATE_KEY]["last_code"] == "hold_event_budget"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("scale-event budget (max_scale_events_per_hour=1) is spent" in m for m in warned)
+    # The state still remembers the spent event, so the next period holds too.
+    assert state[STATE_KEY]["scale_events"] == [MONDAY_10 - 60]

@@ -96,9 +96,10 @@ def test_settings_come_from_the_shipped_config():
 
 def test_the_simulated_policy_scales_up_on_a_step_and_back_down_after_its_cooldown():
     settings = deployment_settings(CONFIG)
-    # 120 s at 5 req/s, 240 s at 70 req/s, then 600 s at 2 req/s; 02:00 UTC = 10:00 in Asia/Shanghai
-    # (peak-hours).
-    load = np.concatenate([np.full(120, 5.0), np.full(240, 70.0), np.full(600, 2.0)])
+    # 120 s at 5 req/s, 240 s at 70 req/s, then 900 s at 2 req/s; 02:00 UTC = 10:00 in Asia/Shanghai
+    # (peak-hours). A scale-down goes to the most the load needed within the 300 s down cooldown,
+    # so 3 -> 1 takes two steps 300 s apart after the load falls.
+    load = np.concatenate([np.full(120, 5.0), np.full(240, 70.0), np.full(900, 2.0)])
     start = pd.Timestamp("2026-06-10T02:00:00Z").timestamp()
     sim = simulate_replay(load, settings, start, ReplayOptions(startup_s=15, replica_rps=25))
     # 5 req/s on one instance is below every threshold.

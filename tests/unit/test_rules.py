@@ -98,6 +98,7 @@ def test_issue_alerts_are_all_present():
         "LatencyP99Critical",
         "ErrorRatioHigh",
         "ErrorRatioCritical",
+        "OverloadShedding",
         "ModelAccuracyDropped",
         "ReplicasIdleOffPeak",
         "DeploymentUnhealthy",

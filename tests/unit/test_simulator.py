@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lab.backtest import oracle_schedule
 from lab.controllers import (
     ForecastPolicyController,
     RayDefaultController,
@@ -22,6 +21,7 @@ from lab.simulator import (
     share_within,
     simulate,
 )
+from lab.yardsticks import oracle_schedule
 
 # l(b) = 10 ms + 30/7 ms per extra image up to 8: max throughput 8 / 0.040 s = 200 req/s.
 LINEAR = LatencyCurve((1.0, 8.0), (10.0, 40.0))
@@ -238,9 +238,10 @@ def test_scale_down_removes_starting_replicas_first():
 
 
 def test_oracle_schedule_pays_for_startup_ahead():
-    # capacity 100: rates 50, 250, 50 need 1, 3, 1; starting 2 s ahead, 3 are allocated from t=0 to
-    # t=1.
-    ready, allocated = oracle_schedule(np.array([50.0, 50.0, 250.0, 50.0, 50.0]), 100.0, 2, 1)
+    # fleet capacities 100, 200, 300: rates 50, 250, 50 need 1, 3, 1; starting 2 s ahead, 3 are
+    # allocated from t=0 to t=1.
+    capacities = np.array([0.0, 100.0, 200.0, 300.0])
+    ready, allocated = oracle_schedule(np.array([50.0, 50.0, 250.0, 50.0, 50.0]), capacities, 2, 1)
     assert ready.tolist() == [1, 1, 3, 1, 1]
     assert allocated.tolist() == [3, 3, 3, 1, 1]
 
@@ -339,3 +340,59 @@ def test_control_period_of_one_second_decides_like_the_controllers_tenth():
     changes = lambda x: np.flatnonzero(np.diff(x))  # noqa: E731
     assert len(changes(a)) == len(changes(b))
     assert np.abs(changes(a) - changes(b)).max() <= 1  # the same moves, at most a second apart
+
+
+class Recorder:
+    """A controller that records when it was asked and holds its target."""
+
+    def __init__(self):
+        self.moments: list[float] = []
+
+    def decide(self, obs: Observation) -> int:
+        self.moments.append(obs.now)
+        return obs.target
+
+
+@pytest.mark.parametrize(
+    "period, expected",
+    [
+        (1.0, [0.0, 1.0, 2.0]),  # once per simulated second
+        (0.5, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]),  # twice, at the half second too
+        (0.1, [k / 10 for k in range(30)]),  # Serve's controller loop: ten times a second
+        (2.0, [0.0, 2.0]),  # a slower controller skips seconds
+    ],
+)
+def test_the_control_period_is_real(period, expected):
+    recorder = Recorder()
+    arrivals = np.zeros(3, dtype=int)
+    simulate(
+        "x",
+        arrivals.astype(float),
+        arrivals,
+        model(),
+        SimConfig(control_period_s=period),
+        0.0,
+        controller=recorder,
+    )
+    assert recorder.moments == pytest.approx(expected)
+
+
+def test_a_replica_asked_for_within_a_second_serves_from_the_first_whole_second_after_startup():
+    # Asked at 2.3 s with a 5 s start-up: ready at 7.3 s, so it serves from second 8.
+    class AskAt:
+        def decide(self, obs):
+            return 2 if obs.now >= 2.3 - 1e-9 else obs.target
+
+    arrivals = np.zeros(10, dtype=int)
+    run = simulate(
+        "x",
+        arrivals.astype(float),
+        arrivals,
+        model(),
+        SimConfig(startup_s=5, control_period_s=0.1),
+        0.0,
+        controller=AskAt(),
+        initial_replicas=1,
+    )
+    assert run.ready.tolist() == [1] * 8 + [2] * 2
+    assert run.allocated.tolist() == [1] * 3 + [2] * 7  # paid for from the ask

@@ -226,6 +226,7 @@ def alert_rules(t: AlertThresholds) -> dict:
     off = idle.off_peak
     traffic = t.NoTrafficWhenExpected
     stale = t.ForecasterStale
+    shedding = m.OVERLOAD_TIERS.index("shedding")
     candidates = [
         _alert(
             "GPUUtilizationHigh",
@@ -304,6 +305,19 @@ def alert_rules(t: AlertThresholds) -> dict:
             f"More than {errors_crit.threshold:.1%} of requests to {model} ended as "
             f"{' or '.join(errors_crit.statuses)} over 5 minutes, for {errors_crit.for_} "
             f"(now {percent}).",
+        ),
+        _alert(
+            "OverloadShedding",
+            t.OverloadShedding,
+            "overload",
+            f"max by (application, deployment, model_name) ({exported(m.OVERLOAD_TIER)}) "
+            f">= {shedding}",
+            f"{deployment} sheds {model} requests",
+            f"A replica of {deployment} has been in the shedding tier (tier {{{{ $value }}}}) "
+            f"for {t.OverloadShedding.for_}: requests whose expected queue wait breaks the "
+            "budget get 503 with Retry-After, and batches are shrunk. Add replicas, or find "
+            "what fills the queue or memory: the replica log line `overload tier of` names "
+            "the signal.",
         ),
         _alert(
             "ModelAccuracyDropped",

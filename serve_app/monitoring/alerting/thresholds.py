@@ -141,6 +141,13 @@ class ErrorRatioCriticalSettings(ErrorRatioHighSettings):
     severity: Severity = "critical"
 
 
+class OverloadSheddingSettings(AlertSection):
+    """A model's replica is in the shedding tier of its overload control (docs/RELIABILITY.md)."""
+
+    for_: Duration = Field("1m", alias="for")
+    severity: Severity = "critical"
+
+
 class ModelAccuracyDroppedSettings(AlertSection):
     """Accuracy of a model below its baseline."""
 
@@ -263,6 +270,7 @@ class AlertThresholds(Section):
     ErrorRatioCritical: ErrorRatioCriticalSettings = Field(
         default_factory=ErrorRatioCriticalSettings
     )
+    OverloadShedding: OverloadSheddingSettings = Field(default_factory=OverloadSheddingSettings)
     ModelAccuracyDropped: ModelAccuracyDroppedSettings = Field(
         default_factory=ModelAccuracyDroppedSettings
     )
