@@ -29,7 +29,8 @@ def api_schema(service_url):
     """The service's OpenAPI document, with path parameters narrowed to what is served."""
     raw = requests.get(f"{service_url}/openapi.json", timeout=10).json()
     served = requests.get(f"{service_url}/v1/models", timeout=10).json()["models"]
-    names = [m["name"] for m in served] + [UNKNOWN_MODEL]
+    # lite0_canary's quality counts are test_metrics_live's to compute by hand: fuzz the others.
+    names = [m["name"] for m in served if m["name"] != "lite0_canary"] + [UNKNOWN_MODEL]
     versions = sorted({str(m["version"]) for m in served}) + ["0"]
     doc = copy.deepcopy(raw)
     for operations in doc["paths"].values():

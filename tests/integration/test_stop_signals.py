@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -54,11 +55,13 @@ def small_config(target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
+def workdir() -> Path:
     taken = [f"{name} {port}" for name, port in PORTS.items() if port_in_use(port)]
     if taken:
         pytest.skip(f"ports already in use: {', '.join(taken)}")
-    return tmp_path_factory.mktemp("stop-signals")
+    # Ray's socket paths live under RAY_TMPDIR and must stay under 107 bytes: pytest's own
+    # temporary folders are too deep once a session has made many of them.
+    return Path(tempfile.mkdtemp(prefix="rs-stop-", dir="/tmp"))
 
 
 def start_up(workdir: Path, run: str) -> subprocess.Popen:
