@@ -121,6 +121,7 @@ class _DeclaringBackend:
         self._lock = threading.Lock()
 
     def _create(self, spec: MetricSpec) -> object:
+        # Each backend says how it makes a metric object; this base class only declares once.
         raise NotImplementedError
 
     def get(self, spec: MetricSpec):

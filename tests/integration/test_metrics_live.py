@@ -9,23 +9,11 @@ from collections import defaultdict
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.ray_metrics import scrape
 
 MODEL = "lite0_canary"
 EXPORT_TIMEOUT_S = 90  # Ray's metrics agent exports every few seconds
-
-
-def scrape(targets: list[str]) -> list:
-    """Every sample from every Ray metrics endpoint of the cluster, parsed by prometheus_client."""
-    samples = []
-    for url in targets:
-        try:
-            text = requests.get(url, timeout=10).text
-        except requests.RequestException:
-            continue
-        for family in text_string_to_metric_families(text):
-            samples.extend(family.samples)
-    return samples
 
 
 def request_counts(targets) -> dict:

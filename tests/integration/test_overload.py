@@ -14,26 +14,14 @@ from collections import Counter
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.ray_metrics import scrape
 
 MODEL = "lite0_overload"
 DEPLOYMENT = f"Recognizer_{MODEL}"
 CLIENTS = 24  # concurrent clients: 24 queued crops in batches of 2 are ~12 batches deep
 LOAD_S = 12.0  # how long the burst lasts
 EXPORT_TIMEOUT_S = 120  # Ray exports every few seconds; a fresh replica on a busy host is slower
-
-
-def scrape(targets: list[str]) -> list:
-    """Every sample of every Ray metrics endpoint of the cluster."""
-    samples = []
-    for url in targets:
-        try:
-            text = requests.get(url, timeout=10).text
-        except requests.RequestException:
-            continue
-        for family in text_string_to_metric_families(text):
-            samples.extend(family.samples)
-    return samples
 
 
 def overload_view(targets: list[str]) -> dict:

@@ -58,6 +58,7 @@ def small_config(target: Path) -> Path:
 def workdir() -> Path:
     taken = [f"{name} {port}" for name, port in PORTS.items() if port_in_use(port)]
     if taken:
+        # Another service on these fixed ports (e.g. someone's `make run`) is not ours to stop.
         pytest.skip(f"ports already in use: {', '.join(taken)}")
     # Ray's socket paths live under RAY_TMPDIR and must stay under 107 bytes: pytest's own
     # temporary folders are too deep once a session has made many of them.
