@@ -42,7 +42,7 @@ run: install system-deps
 
 # The overload and stop-signal tests each get a Serve of their own: the first needs a replica that
 # only its traffic loads, the second starts a whole second stack and wants the cores to itself.
-ISOLATED := tests/integration/test_overload.py tests/integration/test_stop_signals.py
+ISOLATED := tests/integration/test_overload_live.py tests/integration/test_stop_signals_live.py
 test: install system-deps lint
 	$(BIN)/python -m pytest -q tests/unit tests/integration $(addprefix --ignore=,$(ISOLATED))
 	for t in $(ISOLATED); do $(BIN)/python -m pytest -q $$t || exit 1; done

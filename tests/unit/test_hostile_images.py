@@ -2,7 +2,7 @@
 4xx, and the memory a decode adds stays within a bound set by the limits.
 
 The limits are the integration service's (configs/serve_config.test.yaml), so the same cases are
-sized the same here and on the live service (tests/integration/test_hostile_images.py).
+sized the same here and on the live service (tests/integration/test_hostile_images_live.py).
 """
 
 import numpy as np

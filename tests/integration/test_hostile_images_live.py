@@ -132,7 +132,7 @@ def test_hostile_corpus_on_the_live_service(service_url, metrics_targets, cat_jp
     report = {
         "command": "RECSERVE_HOSTILE_REPORT=docs/reliability/hostile_images_live.json "
         "RECSERVE_TEST_PORT_OFFSET=<n> .venv/bin/python -m pytest -q -p no:cacheprovider "
-        "tests/integration/test_hostile_images.py",
+        "tests/integration/test_hostile_images_live.py",
         "model": MODEL,
         "limits": LIMITS.model_dump(),
         "requests": len(statuses),
