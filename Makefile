@@ -12,7 +12,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager chromium
 # Ray's CLI and dashboard need the cluster token; Ray writes it to ~/.ray/auth_token on first start.
 export RAY_AUTH_MODE := token
 
-.PHONY: run test lint unit integration bench stack stack-down loadtest soak loadtest-sim backtest backtest-suite traces install system-deps clean-cache config-doc
+.PHONY: run test lint unit integration bench profile stack stack-down loadtest soak loadtest-sim backtest backtest-suite traces install system-deps clean-cache config-doc cluster-demo kuberay-manifest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,12 @@ run: install system-deps
 
 # The overload and stop-signal tests each get a Serve of their own: the first needs a replica that
 # only its traffic loads, the second starts a whole second stack and wants the cores to itself.
-ISOLATED := tests/integration/test_overload_live.py tests/integration/test_stop_signals_live.py
+# The cluster test starts a two-node Ray cluster of its own, which must not share the cores with
+# the session's Serve.
+# The fault tests start a Serve of their own and size their load by the capacity they measure:
+# nothing else may load the cores meanwhile.
+ISOLATED := tests/integration/test_overload_live.py tests/integration/test_stop_signals_live.py tests/integration/test_cluster_live.py \
+	tests/integration/test_faults_live.py
 test: install system-deps lint
 	$(BIN)/python -m pytest -q tests/unit tests/integration $(addprefix --ignore=,$(ISOLATED))
 	for t in $(ISOLATED); do $(BIN)/python -m pytest -q $$t || exit 1; done
@@ -60,6 +65,12 @@ integration: install system-deps
 
 bench: install
 	$(BIN)/python -m serve_app.devtools.bench --out docs/bench
+	$(BIN)/recserve quantize --model efficientnet_lite0 --out docs/bench
+
+# The backtest's CPU latency curve (lab/profiles/cpu.csv), remeasured in-process; the run that made it
+# stays in docs/bench/profile-run/ (results.json keeps the curve it replaced).
+profile: install
+	$(BIN)/python -m serve_app.devtools.bench --skip-served --update-profile --out docs/bench/profile-run $(PROFILE_ARGS)
 
 stack: install system-deps
 	$(BIN)/recserve stack up
@@ -93,6 +104,16 @@ backtest-suite: install
 
 traces: install
 	$(BIN)/recserve gen-traces
+
+# A head and a worker on this machine, the cluster config deployed, a node and a replica killed
+# under load; a short report (docs/DEPLOYMENT.md). CLUSTER_PORT_BASE: 1000 ports from there.
+CLUSTER_PORT_BASE ?= 35000
+cluster-demo: install
+	$(BIN)/python -m serve_app.devtools.cluster_demo --base-port $(CLUSTER_PORT_BASE) --out docs/cluster/cluster_demo.json
+
+# deploy/ (RayService, volume, monitoring ConfigMaps) rendered from configs/serve_config.cluster.yaml.
+kuberay-manifest: install
+	$(BIN)/python -m serve_app.devtools.kuberay
 
 config-doc: install
 	$(BIN)/recserve config-doc > docs/CONFIG.md

@@ -26,6 +26,7 @@ import math
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,9 @@ class BacktestOptions:
     min_replicas: int = 1
     # None: half again static_peak's count, room to drain a backlog after a surge.
     max_replicas: int | None = None
+    # (dotted policy_kwargs key, value) pairs set on both replayed policies, reactive and
+    # predictive alike, so a comparison changes one thing at a time (the tuning runs).
+    policy: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         if self.slo_ms <= 0:
@@ -128,13 +132,14 @@ class DayForecasts:
         i = int(np.searchsorted(self.day_starts, now, side="right")) - 1
         return self.forecasts[i] if 0 <= i < len(self.forecasts) else None
 
-    def lookup(self, now: float) -> tuple[float | None, float | None]:
-        """(upper bound at now + lead, fit time) from the forecast fitted at the start of now's
-        day."""
+    def lookup(self, now: float) -> tuple[float | None, float | None, float | None]:
+        """(upper bound at now + lead, fit time, yhat at now + lead) from the forecast fitted at
+        the start of now's day."""
         forecast = self.of_day(now)
         if forecast is None:
-            return None, None
-        return forecast.at(now + self.lead_time_s, "upper"), forecast.fitted_at
+            return None, None, None
+        at = now + self.lead_time_s
+        return forecast.at(at, "upper"), forecast.fitted_at, forecast.at(at, "yhat")
 
 
 @dataclass
@@ -233,19 +238,29 @@ def policy_kwargs(
             "qps": {"up": options.headroom * capacity, "down": 0.5 * capacity},
             "p99_ms": {"up": options.slo_ms, "down": 0.4 * options.slo_ms},
         },
-        "predictive": {"enabled": False},
+        # The same capacity for both: knowing it, a slow model's p99 does not pin reactive at max.
+        "predictive": {
+            "enabled": False,
+            "replica_capacity_qps": capacity,
+            "headroom": options.headroom,
+        },
     }
     if config.gpu_signal:
         kwargs["thresholds"]["gpu_utilization"] = {"up": options.headroom, "down": 0.5}
     if predictive:
         kwargs["predictive"] = {
+            **kwargs["predictive"],
             "enabled": True,
-            "replica_capacity_qps": capacity,
-            "headroom": options.headroom,
             "lead_time_s": lead_time_s,
             "startup_s": options.startup_s,
             "max_forecast_age_s": 2 * DAY,
         }
+    for key, value in options.policy:
+        *parents, leaf = key.split(".")
+        node = kwargs
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
     return kwargs
 
 
@@ -413,52 +428,26 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     mape_overall = round(float(np.mean(known)), 2) if known else None
 
     initial = int(ready[0])
+    # Every strategy replays the same arrivals on the same simulated service.
+    job = partial(
+        StrategyJob, rate=rate, arrivals=arrivals, model=model, config=config, start_unix=sim_start
+    )
     jobs = [
-        StrategyJob(
-            "static_peak",
-            rate,
-            arrivals,
-            model,
-            config,
-            sim_start,
-            schedule=np.full(seconds, static_n, dtype=np.int32),
-        ),
-        StrategyJob(
-            "fixed_headroom",
-            rate,
-            arrivals,
-            model,
-            config,
-            sim_start,
-            schedule=np.full(seconds, headroom_n, dtype=np.int32),
-        ),
-        StrategyJob(
-            "ray_default", rate, arrivals, model, config, sim_start, initial_replicas=initial
-        ),
-        StrategyJob(
+        job("static_peak", schedule=np.full(seconds, static_n, dtype=np.int32)),
+        job("fixed_headroom", schedule=np.full(seconds, headroom_n, dtype=np.int32)),
+        job("ray_default", initial_replicas=initial),
+        job(
             "reactive",
-            rate,
-            arrivals,
-            model,
-            config,
-            sim_start,
             kwargs=policy_kwargs(planning, options, config, False, lead_time_s),
             initial_replicas=initial,
         ),
-        StrategyJob(
+        job(
             "predictive",
-            rate,
-            arrivals,
-            model,
-            config,
-            sim_start,
             kwargs=policy_kwargs(planning, options, config, True, lead_time_s),
             forecasts=forecasts,
             initial_replicas=initial,
         ),
-        StrategyJob(
-            "oracle", rate, arrivals, model, config, sim_start, schedule=ready, allocated=allocated
-        ),
+        job("oracle", schedule=ready, allocated=allocated),
     ]
     workers = max(1, min(options.workers, os.cpu_count() or 1))
     if workers > 1:

@@ -11,6 +11,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 
 def _fail(message: str) -> int:
@@ -381,6 +382,16 @@ def main_gen_traces(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------
 
 
+def _policy_setting(text: str) -> tuple[str, Any]:
+    """`KEY=VALUE` as (key, value), the value read as YAML (true, 0.9, a list)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--policy takes KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
 def main_backtest_suite(argv: list[str] | None = None) -> int:
     """`recserve backtest-suite`: the robustness matrix (every trace x every per-replica capacity)
     as matrix.csv, matrix.md and matrix.png."""
@@ -421,6 +432,14 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
         help="the replayed policy's headroom (default 1.0, chosen on the training traces)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
+    p.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a policy_kwargs key of both replayed policies (dotted, value as YAML), e.g. "
+        "predictive.follow_down=false (repeatable; for tuning runs)",
+    )
     args = p.parse_args(argv)
     started = time.monotonic()
     try:
@@ -432,6 +451,7 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
             replay_days=args.replay_days,
             headroom=args.headroom,
             seed=args.seed,
+            policy=tuple(_policy_setting(text) for text in args.policy),
         )
         rows = run_suite(options)
     except ValueError as exc:
@@ -447,6 +467,8 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
         command += f" --headroom {args.headroom:g}"
     if args.seed:
         command += f" --seed {args.seed}"
+    for text in args.policy:
+        command += f" --policy {text}"
     files = write_matrix(args.out, rows, command)
     print(files["markdown"].read_text())
     print(f"wrote {', '.join(map(str, files.values()))} in {time.monotonic() - started:.0f}s")

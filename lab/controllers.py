@@ -15,8 +15,8 @@ from typing import Any, Callable
 from lab.simulator import Observation, SimConfig
 from serve_app.autoscaling.ray_policy import STATE_KEY, ForecastPolicy
 
-# now -> (forecast upper bound at now + lead time, fit time)
-ForecastLookup = Callable[[float], tuple[float | None, float | None]]
+# now -> (forecast upper bound at now + lead time, fit time, yhat at now + lead time)
+ForecastLookup = Callable[[float], tuple[float | None, float | None, float | None]]
 
 
 def autoscaling_context(
@@ -158,9 +158,10 @@ class ForecastPolicyController:
         if obs.gpu_utilization is not None:
             values["gpu_utilization"] = obs.gpu_utilization
         if self.forecast is not None:
-            upper, fit_time = self.forecast(obs.now)
+            upper, fit_time, yhat = self.forecast(obs.now)
             if upper is not None and fit_time is not None:
                 values["forecast_qps"] = upper
+                values["forecast_yhat_qps"] = yhat
                 values["forecast_fit_time"] = fit_time
         self.policy.values = values
         ctx = autoscaling_context(obs, self.state, self.autoscaling)

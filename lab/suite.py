@@ -119,6 +119,8 @@ class SuiteOptions:
     # Chosen on the training traces (docs/AUTOSCALING.md, "Tuned on training traces").
     headroom: float = 1.0
     seed: int = 0
+    # Policy overrides for tuning runs (BacktestOptions.policy).
+    policy: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         unknown = set(self.sets) - set(SETS)
@@ -218,6 +220,7 @@ def cells_of(options: SuiteOptions) -> list[Cell]:
                 headroom=options.headroom,
                 seed=options.seed,
                 workers=1,
+                policy=options.policy,
             )
             cells.append(Cell(spec, path, backtest))
     return cells

@@ -9,6 +9,7 @@ from ray.serve import Application
 from serve_app.autoscaling.deployment_policy import app_forecaster, autoscaling_options
 from serve_app.autoscaling.forecaster_config import ForecasterConfig
 from serve_app.config import AppConfig, ModelConfig, recognizer_deployment_name
+from serve_app.serving.auth_middleware import missing_keys
 from serve_app.serving.ingress import Ingress
 from serve_app.serving.recognizer import Recognizer
 
@@ -109,6 +110,11 @@ def warn_if_replicas_do_not_fit(cfg: AppConfig) -> None:
 def build_app(args: dict) -> Application:
     """Build the whole application from the `args` of configs/serve_config.yaml."""
     cfg = AppConfig.model_validate(args)
+    # Here the deploy fails with the reason in `serve status`; each Ingress replica checks again
+    # on its own node, where the keys file has to be too.
+    problem = missing_keys(cfg.auth)
+    if problem:
+        raise ValueError(problem)
     options = deployment_options(cfg, cluster_has_gpu())
     warn_if_replicas_do_not_fit(cfg)
     limits = cfg.limits.model_dump()
@@ -128,12 +134,17 @@ def build_app(args: dict) -> Application:
         from serve_app.autoscaling.forecaster_service import build_forecaster
 
         forecaster = build_forecaster(cfg.forecaster)
+    shadow = None
+    if any(m.shadow is not None for m in cfg.models):
+        from serve_app.serving.shadow_service import ShadowMonitor
+
+        shadow = ShadowMonitor.options(name="ShadowMonitor").bind(cfg.model_dump(), quality)
     return Ingress.options(
         name="Ingress",
         num_replicas=cfg.ingress.num_replicas,
         max_ongoing_requests=cfg.ingress.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
-    ).bind(cfg.model_dump(), recognizers, quality, forecaster)
+    ).bind(cfg.model_dump(), recognizers, quality, forecaster, shadow)
 
 
 def quality_settings(cfg: AppConfig) -> dict:

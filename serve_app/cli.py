@@ -13,6 +13,10 @@ SUBCOMMANDS = {
         "serve_app.launcher:main",
         "start the monitoring stack and `serve run` the application",
     ),
+    "keys": (
+        "serve_app.api_keys_cli:main",
+        "make, list and revoke the API keys the ingress accepts (docs/SECURITY.md)",
+    ),
     "stack": (
         "serve_app.monitoring.stack_cli:main",
         "start/stop/status of the local Prometheus + Alertmanager",
@@ -26,6 +30,14 @@ SUBCOMMANDS = {
         "measure sustainable per-replica throughput on the running service",
     ),
     "soak": ("serve_app.devtools.soak:main", "long steady load: replica memory and success ratio"),
+    "quantize": (
+        "serve_app.devtools.quantize_cli:main",
+        "build a model's INT8 graph; print its size, speed and agreement with fp32",
+    ),
+    "promote": (
+        "serve_app.devtools.promote:main",
+        "write the config in which a model serves its shadow candidate (serve deploy it)",
+    ),
     "config-doc": (
         "serve_app.devtools.config_doc:main",
         "print docs/CONFIG.md generated from the config models",

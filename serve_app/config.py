@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serve_app.overload_config import OverloadConfig
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+# A deployment of one replica (QualityMonitor, Forecaster, ShadowMonitor) has no sibling to take its
+# calls while it is down: its death is noticed at the next health check, Serve's default 10 s.
+SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S = 2.0
 
 
 class Section(BaseModel):
@@ -120,6 +123,16 @@ class AutoscalingSpec(Section):
         return self.model_dump(exclude_none=True)
 
 
+class ShadowSpec(Section):
+    """A candidate model that sees a share of this model's live traffic; its answers are compared
+    with this model's and never returned."""
+
+    model: str = Field(..., description="Name of another model in `models:`, the candidate.")
+    fraction: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of this model's requests also sent to it."
+    )
+
+
 def recognizer_deployment_name(model_name: str) -> str:
     """Deployment name of a model's Recognizer (the `deployment` label of its metrics)."""
     return f"Recognizer_{model_name}"
@@ -156,8 +169,10 @@ class ModelConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="`auto` uses a GPU when the cluster has one, else the CPU."
     )
-    precision: Literal["fp32", "fp16"] = Field(
-        "fp16", description="fp16 applies on CUDA only; the CPU runs fp32."
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16",
+        description="fp16 applies on CUDA only; the CPU runs fp32. `int8`: ONNX Runtime static "
+        "quantization on CPU (needs `device: cpu`; docs/MODELS.md), built once and cached.",
     )
     runtime: Literal["auto", "torch", "onnxruntime"] = Field(
         "auto",
@@ -201,12 +216,27 @@ class ModelConfig(Section):
         default_factory=OverloadConfig,
         description="Tiered circuit breaking: smaller batches, then shedding, under overload.",
     )
+    shadow: ShadowSpec | None = Field(
+        None,
+        description="Send a share of this model's requests also to another configured model, "
+        "off the response path, and compare their answers (GET /v1/models/{name}/shadow).",
+    )
 
     def max_replicas(self) -> int:
         """The most replicas this model's deployment may run."""
         if self.autoscaling_config is not None:
             return self.autoscaling_config.max_replicas
         return self.num_replicas
+
+    @model_validator(mode="after")
+    def _int8_runs_on_cpu_onnxruntime(self) -> "ModelConfig":
+        if self.precision == "int8" and (self.device != "cpu" or self.runtime == "torch"):
+            raise ValueError(
+                f"model {self.name!r}: precision int8 is ONNX Runtime's static quantization on the "
+                f"CPU; set `device: cpu` and `runtime: auto` or `onnxruntime` (got device "
+                f"{self.device!r}, runtime {self.runtime!r}); on a GPU use fp16"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -234,6 +264,13 @@ class LimitsConfig(Section):
         ge=1,
         description="Largest long side / short side, checked from the header before decoding "
         "(422).",
+    )
+    max_jpeg_scans: int = Field(
+        64,
+        ge=1,
+        description="Most scans in a JPEG, counted from its markers before decoding (422): each "
+        "scan of a progressive JPEG is a pass over the whole image. Encoders write 1 (baseline), "
+        "about 10 (progressive), at most 60 (libjpeg's progression of 10 components).",
     )
     max_decoded_bytes: int = Field(
         128 * 1024 * 1024,
@@ -361,6 +398,31 @@ class QualityConfig(Section):
     )
 
 
+class AuthConfig(Section):
+    """API keys: who may predict, send feedback, and open the admin pages (docs/SECURITY.md)."""
+
+    keys_file: str | None = Field(
+        None,
+        description="JSON file of hashed API keys (`recserve keys add`); unset: "
+        "$RECSERVE_API_KEYS_FILE; neither: no keys, and the API serves loopback only.",
+    )
+    require_keys: bool = Field(
+        False,
+        description="Refuse to start without a keys file holding at least one key: the "
+        "application fails to build, and an Ingress replica to start, naming this setting. Set "
+        "wherever the API listens beyond loopback (the cluster config does).",
+    )
+    reload_interval_s: float = Field(
+        2.0, gt=0, description="How often the ingress looks for a changed keys file (revocations)."
+    )
+    feedback_rate_per_s: float = Field(
+        5.0, gt=0, description="Feedback requests per second each key may send (token bucket)."
+    )
+    feedback_burst: int = Field(
+        50, ge=1, description="Feedback requests a key may send at once before the rate applies."
+    )
+
+
 class AppConfig(Section):
     """Everything under `args:` of the application in configs/serve_config.yaml."""
 
@@ -371,6 +433,9 @@ class AppConfig(Section):
     ingress: IngressConfig = Field(default_factory=IngressConfig, description="The HTTP front.")
     quality: QualityConfig = Field(
         default_factory=QualityConfig, description="Model quality tracking."
+    )
+    auth: AuthConfig = Field(
+        default_factory=AuthConfig, description="API keys and their rate limits."
     )
     forecaster: dict[str, Any] | None = Field(
         None,
@@ -384,6 +449,12 @@ class AppConfig(Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"model names must be unique, repeated: {dupes}")
+        for m in self.models:
+            if m.shadow is not None and (m.shadow.model == m.name or m.shadow.model not in names):
+                raise ValueError(
+                    f"model {m.name!r}: shadow.model {m.shadow.model!r} must name another model "
+                    f"in `models:` ({names})"
+                )
         return self
 
     def model(self, name: str) -> ModelConfig:

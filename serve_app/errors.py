@@ -91,24 +91,64 @@ class UnprocessableEntity(ServiceError):
     code = "unprocessable_entity"
 
 
-class Overloaded(ServiceError):
+class RetryLater(ServiceError):
+    """A refusal the client may send again: its reply says when, in Retry-After (seconds)."""
+
+    retry_after_s = 1
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None):
+        wait = self.retry_after_s if retry_after_s is None else retry_after_s
+        super().__init__(message, headers={"Retry-After": str(wait)})
+
+
+class Overloaded(RetryLater):
     """503: the model's queue is full; the client should retry after the given delay."""
 
     status = 503
     code = "overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: int = 1):
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+    retry_after_s = 1
 
 
-class NotReady(ServiceError):
+class NotReady(RetryLater):
     """503: the model is still loading or warming up."""
 
     status = 503
     code = "not_ready"
+    retry_after_s = 5
 
-    def __init__(self, message: str, *, retry_after_s: int = 5):
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+class StoreUnavailable(RetryLater):
+    """503: the quality store cannot write (disk full, read-only, I/O error); feedback can be sent
+    again after the given delay."""
+
+    status = 503
+    code = "quality_store_unavailable"
+    retry_after_s = 30
+
+
+class Unauthorized(ServiceError):
+    """401: no API key, or one that is not valid; the reply asks for a bearer token."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="recognition-serve"'})
+
+
+class Forbidden(ServiceError):
+    """403: a valid API key without the scope the route needs."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRequests(RetryLater):
+    """429: this API key is over its rate limit; Retry-After says when to try again."""
+
+    status = 429
+    code = "too_many_requests"
+    retry_after_s = 1
 
 
 class ModelExecutionError(ServiceError):

@@ -19,6 +19,15 @@ from pathlib import Path
 import yaml
 
 from serve_app.config import load_config
+from serve_app.exposure import (
+    config_with,
+    configured_keys_file,
+    haproxy_env,
+    private_dir,
+    public_refusal,
+    secure_ray_token,
+    serve_host,
+)
 from serve_app.monitoring.stack import NAMES as STACK_NAMES
 from serve_app.monitoring.stack import stack_down, stack_up
 from serve_app.monitoring.stack_config import DEFAULT_STATE_DIR, StackConfig, StackError
@@ -188,6 +197,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-stack", action="store_true", help="do not start Prometheus and Alertmanager"
     )
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="the API's bind address (default: the config's http_options.host, 127.0.0.1); "
+        "anything beyond loopback, e.g. 0.0.0.0, needs API keys (docs/SECURITY.md)",
+    )
+    parser.add_argument(
+        "--api-keys",
+        type=Path,
+        default=None,
+        metavar="KEYS.json",
+        help="the API keys file (`recserve keys add`); default: the config's auth.keys_file, "
+        "or $RECSERVE_API_KEYS_FILE",
+    )
     parser.add_argument("--prometheus-port", type=int, default=9090)
     parser.add_argument("--alertmanager-port", type=int, default=9093)
     parser.add_argument(
@@ -214,6 +237,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     load_config(args.config)  # fail fast, with the bad value quoted, before anything starts
+    host = args.host if args.host is not None else serve_host(args.config)
+    keys_file = args.api_keys or configured_keys_file(args.config, os.environ)
+    refusal = public_refusal(host, keys_file)
+    if refusal is not None:
+        print(f"recserve up: {refusal}", file=sys.stderr)
+        return 2
+    config_path = args.config
+    if args.host is not None or args.api_keys is not None:
+        config_path = config_with(
+            args.config, args.stack_dir / "serve_config.yaml", args.host, args.api_keys
+        )
     # From here on a stop signal is only noted; it is acted on between starts, so what a start
     # brought up is always known to the stop.
     signals = StopSignals()
@@ -223,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     # took the proxy's cost per request from ~10 ms to ~2 ms here and is what makes the latency goal
     # reachable.
     env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "0" if args.python_proxy else "1")
+    if env["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
+        env.update(haproxy_env(private_dir(args.stack_dir / "hp"), env))
+    print(f"recserve up: {secure_ray_token(env)}", file=sys.stderr)
     started_stack = None
     prometheus = alertmanager = None
     if not args.no_stack:
@@ -270,14 +307,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if signals.received:
             return 0
-        print_urls(_serve_port(args.config), prometheus, alertmanager, dashboard_port=8265)
+        print_urls(_serve_port(config_path), prometheus, alertmanager, dashboard_port=8265)
         serve_bin = Path(sys.executable).parent / "serve"
         # Its own process group, with its output on this terminal: a Ctrl-C reaches this command
         # alone, which sends serve run exactly one SIGINT (a second one would cut its shutdown
         # short). Should this command be killed outright, the kernel sends serve run SIGTERM.
         serve = start_process(
             "serve run",
-            [str(serve_bin), "run", str(args.config)],
+            [str(serve_bin), "run", str(config_path)],
             env=env,
             own_group=True,
             die_with_parent=True,

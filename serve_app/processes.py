@@ -201,6 +201,20 @@ def _child_setup(die_with_parent: bool) -> Callable[[], None]:
     return setup
 
 
+# A child that needs none of them (Prometheus, Alertmanager, the bridges) inherits no variable
+# whose name says it holds a secret: /proc/PID/environ and crash dumps would show it.
+SECRET_NAME_PARTS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "API_KEY", "WEBHOOK", "CREDENTIAL")
+
+
+def inherited_environment(scrub_secrets: bool) -> dict[str, str]:
+    """This process' environment, less the secret-looking variables when `scrub_secrets`."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not (scrub_secrets and any(part in k.upper() for part in SECRET_NAME_PARTS))
+    }
+
+
 def start_process(
     name: str,
     argv: list[str],
@@ -209,11 +223,13 @@ def start_process(
     cwd: Path | None = None,
     own_group: bool = True,
     die_with_parent: bool = False,
+    scrub_secrets: bool = False,
 ) -> StartedProcess:
     """Start `argv` with its output appended to `log_path` (None: this process' own output).
 
     In its own process group (and session) by default, so it outlives the shell that started this
-    command and its whole group can be stopped by PID. `env` is added to this process' environment.
+    command and its whole group can be stopped by PID. `env` is added to this process' environment
+    (less the variables that look like secrets, with `scrub_secrets`).
     """
     # The child holds its own copy of the log's file descriptor: ours closes after the start.
     with open(log_path, "ab") if log_path is not None else contextlib.nullcontext() as log:
@@ -222,7 +238,7 @@ def start_process(
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
             stdin=subprocess.DEVNULL if log is not None else None,
-            env={**os.environ, **(env or {})},
+            env={**inherited_environment(scrub_secrets), **(env or {})},
             cwd=cwd,
             start_new_session=own_group,
             preexec_fn=_child_setup(die_with_parent),

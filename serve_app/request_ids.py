@@ -24,3 +24,19 @@ def request_id_problem(value: str) -> str | None:
     if not _REQUEST_ID.fullmatch(value):
         return f"may hold only {REQUEST_ID_CHARS}"
     return None
+
+
+# '/' is outside REQUEST_ID_PATTERN, so a bound id never equals an id a client can send or ask for.
+PRINCIPAL_SEPARATOR = "/"
+
+
+def bound_request_id(principal: str | None, request_id: str) -> str:
+    """The id a prediction is stored under: bound to the API key that made it, so another key
+    can neither label it nor overwrite it by reusing its X-Request-Id. Without keys (no
+    principal) the id is stored as sent, as before keys existed."""
+    return f"{principal}{PRINCIPAL_SEPARATOR}{request_id}" if principal else request_id
+
+
+def unbound_request_id(stored_id: str) -> str:
+    """The id the client knows, from the id a prediction is stored under."""
+    return stored_id.rpartition(PRINCIPAL_SEPARATOR)[2]

@@ -151,6 +151,42 @@ def jpeg_declaring(jpeg: bytes, width: int, height: int) -> bytes:
     return bytes(out)
 
 
+def jpeg_segments(jpeg: bytes) -> list[tuple[int, int, int]]:
+    """(start, end, marker) of each segment from after SOI to EOI; a scan (SOS) runs on through its
+    entropy-coded data to the next marker that is neither a stuffed 0xFF nor a restart."""
+    out, at = [], 2
+    while True:
+        if jpeg[at] != 0xFF:
+            raise ValueError(f"no JPEG marker at byte {at}")
+        marker = jpeg[at + 1]
+        if marker == 0xD9:
+            out.append((at, at + 2, marker))
+            return out
+        end = at + 2 + int.from_bytes(jpeg[at + 2 : at + 4], "big")
+        if marker == 0xDA:
+            end = jpeg.index(b"\xff", end)
+            while jpeg[end + 1] == 0x00 or 0xD0 <= jpeg[end + 1] <= 0xD7:
+                end = jpeg.index(b"\xff", end + 2)
+        out.append((at, end, marker))
+        at = end
+
+
+def jpeg_with_scans(img: Image.Image, scans: int) -> bytes:
+    """A progressive JPEG of `img` holding `scans` scans: its last scan, with the Huffman table
+    written before it, repeated. libjpeg decodes every repeat as one more pass over all blocks; of
+    a flat image a repeat is a few dozen bytes, so thousands of scans fit in a small file."""
+    jpeg = saved(img, "JPEG", progressive=True)
+    segments = jpeg_segments(jpeg)
+    markers = [marker for _, _, marker in segments]
+    last = max(i for i, marker in enumerate(markers) if marker == 0xDA)
+    first = last - 1 if markers[last - 1] == 0xC4 else last
+    written = markers.count(0xDA)
+    if scans < written:
+        raise ValueError(f"the encoder wrote {written} scans already, more than {scans}")
+    end = segments[last][1]
+    return jpeg[:end] + jpeg[segments[first][0] : end] * (scans - written) + jpeg[end:]
+
+
 def gif_with_screen(gif: bytes, width: int, height: int) -> bytes:
     """The GIF with its logical screen patched to width x height."""
     return gif[:6] + struct.pack("<HH", width, height) + gif[10:]
@@ -361,6 +397,8 @@ def _shapes(limits: LimitsConfig, spec) -> list[Case]:
     progressive = saved(
         Image.new("RGB", (side, side), (90, 40, 160)), "JPEG", progressive=True, subsampling=0
     )
+    flat = Image.new("RGB", (1024, 1024), (90, 40, 160))
+    scans = limits.max_jpeg_scans
     tall = saved(Image.new("RGB", (1, ratio), (200, 30, 30)), "PNG")
     taller = saved(Image.new("RGB", (1, ratio + 1), (200, 30, 30)), "PNG")
     jpeg, gif = saved(photo(), "JPEG"), saved(photo(), "GIF")
@@ -403,6 +441,20 @@ def _shapes(limits: LimitsConfig, spec) -> list[Case]:
         ),
         Case("png text bomb (100 x 1 MiB zTXt)", png_text_bomb(), frozenset({400})),
         Case(f"progressive jpeg {side}x{side} 4:4:4 (coefficients)", progressive, over),
+        _crop_case(
+            f"progressive jpeg with {scans} scans (at the limit)",
+            jpeg_with_scans(flat, scans),
+            flat,
+            spec,
+            2,
+        ),
+        Case(
+            f"progressive jpeg with {scans + 1} scans (over the limit)",
+            jpeg_with_scans(flat, scans + 1),
+            frozenset({422}),
+        ),
+        # The decode time grows with the scans while the bytes barely do: the count refuses it.
+        Case("progressive jpeg with 2000 scans", jpeg_with_scans(flat, 2000), frozenset({422})),
     ]
 
 

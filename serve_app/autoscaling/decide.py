@@ -7,9 +7,11 @@ controller; the lab's simulator feeds it the same way.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from serve_app.autoscaling.bands import state_after_bands, window_need
+from serve_app.autoscaling.margin import planning_signals, record_samples
 from serve_app.autoscaling.readings import instances_phrase
 from serve_app.autoscaling.rules import PolicyRules
 from serve_app.autoscaling.signals import Decision, Signals
@@ -19,8 +21,10 @@ from serve_app.autoscaling.steps import (
     apply_cooldown,
     apply_event_budget,
     apply_forecast,
+    cooldown_left,
     cost_optimize_proposal,
     effective_thresholds,
+    follow_forecast_down,
     forecast_need,
     next_state,
     queue_fallback,
@@ -44,6 +48,7 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
         getattr(signals, name) is not None for name in PROMETHEUS_SIGNALS
     )
     need = None
+    forecast = None
     if not signals.prometheus_available:
         proposal = queue_fallback(signals, thresholds, current, "Prometheus unavailable", rules)
     elif not prometheus_signals_present:
@@ -54,13 +59,24 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
         readings = read_signals(signals, thresholds, current, rules.target_fill)
         needs = [r.need for r in readings if r.need is not None]
         need = max(needs) if needs else None
+        remembered = None
         if rules.mode == "cost-optimize":
             proposal = cost_optimize_proposal(readings, current, state, rules)
         else:
             remembered = window_need(state.get("need_window") or [], now, rules.cooldown_down_s)
             proposal = threshold_proposal(readings, current, signals, rules, remembered)
         proposal = apply_cooldown(proposal, current, state, now, rules)
-        proposal = apply_forecast(proposal, forecast_need(signals, rules, now), current)
+        planning, basis = planning_signals(signals, state, rules)
+        forecast = forecast_need(planning, rules, now)
+        if forecast is not None and basis:
+            forecast = replace(forecast, why=f"{forecast.why} ({basis})")
+        proposal = apply_forecast(proposal, forecast, current)
+        if need is not None and rules.mode != "cost-optimize":
+            load_need = max(need, remembered or 0)
+            down_wait = cooldown_left(state, now, rules, "down")
+            proposal = follow_forecast_down(
+                proposal, forecast, current, load_need, down_wait, rules
+            )
     if proposal.code.startswith("fallback_"):
         proposal = apply_cooldown(proposal, current, state, now, rules)
     proposal = apply_bounds(proposal, low, high)
@@ -74,4 +90,6 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
         reason = f"[{window.name}] {reason}"
     new_state = next_state(state, proposal, current, now, proposal.code)
     new_state.update(state_after_bands(state, now, need, proposal.replicas != current, rules))
+    if rules.predictive.enabled and rules.predictive.plan_on == "learned":
+        new_state.update(record_samples(state, signals, now, rules, forecast is not None))
     return Decision(proposal.replicas, new_state, reason, proposal.code)

@@ -65,9 +65,13 @@ from serve_app.autoscaling.planned_events import (
     planned_qps,
 )
 from serve_app.autoscaling.rate_history import RateHistory, prometheus_rate_history
+from serve_app.config import SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S
 from serve_app.monitoring.metric_backends import default_backend
 
 logger = logging.getLogger("ray.serve")
+# status() is an API reply: it names files and kinds of error; folders, URLs and exception texts
+# go to the log, where the operator reads them.
+SEE_LOG = " (details in the forecaster's log)"
 
 STATUSES = ("ok", "insufficient_history", "error")
 
@@ -154,11 +158,14 @@ class ForecastPublisher:
                     now, self._horizon_s(), self.config.forecast_step_s
                 )
             except Exception as exc:  # a corrupt or foreign file must not stop the forecaster
-                state.status, state.message = "error", f"saved model {path} unusable: {exc}"
-                logger.warning("forecaster: %s", state.message)
+                logger.warning("forecaster: saved model %s unusable: %s", path, exc)
+                state.status, state.message = (
+                    "error",
+                    (f"saved model {path.name} unusable: {type(exc).__name__}{SEE_LOG}"),
+                )
                 continue
             state.status, state.model_path = "ok", path
-            state.message = f"loaded the model saved at {path}"
+            state.message = f"loaded the saved model {path.name}"
             fitted_at = forecaster.fitted_at or 0.0
             state.next_refit = fitted_at + self.config.refit_interval_s
 
@@ -196,7 +203,8 @@ class ForecastPublisher:
                     state.model_path = path
         except Exception as exc:
             # Prometheus down, Prophet failing: keep the last good forecast, say why
-            state.status, state.message = "error", f"{type(exc).__name__}: {exc}"
+            logger.warning("forecaster: %s refit failed: %s: %s", model, type(exc).__name__, exc)
+            state.status, state.message = "error", f"refit failed: {type(exc).__name__}{SEE_LOG}"
         ok = state.status == "ok"
         state.next_refit = now + (
             self.config.refit_interval_s if ok else self.config.retry_interval_s
@@ -224,7 +232,7 @@ class ForecastPublisher:
             "last_fit_timestamp": None,
             "last_fit_age_s": None,
             "next_refit_in_s": round(max(0.0, state.next_refit - now), 1),
-            "model_path": str(state.model_path) if state.model_path else None,
+            "model_file": state.model_path.name if state.model_path else None,
             "planned_events": [
                 {
                     "name": e.name,
@@ -326,8 +334,8 @@ class ForecastPublisher:
         try:
             actual = self.history(model, due[0].target_s - step, now, step) if due else None
         except Exception as exc:  # Prometheus down: keep the last figures, say why
-            state.accuracy_message = f"actual rate unavailable: {type(exc).__name__}: {exc}"
-            logger.warning("forecaster: %s accuracy: %s", model, state.accuracy_message)
+            logger.warning("forecaster: %s accuracy: actual rate unavailable: %s", model, exc)
+            state.accuracy_message = f"actual rate unavailable: {type(exc).__name__}{SEE_LOG}"
             return state.accuracy
         if actual is not None:
             # the actual rate of a step is keyed by the step's end; half a step either way is it
@@ -384,14 +392,15 @@ class ForecastPublisher:
         self.backend.get(FORECAST_UNDER_MINUTES).set(figures.under_forecast_minutes, tags=tags)
 
     def status(self) -> dict[str, Any]:
-        """Every model's figures plus the schedule, as plain JSON-able values."""
+        """Every model's figures plus the schedule, as plain JSON-able values; files by name."""
+        path, error = self.planned.path, self.planned.error
         return {
             "models": {model: self.published(model) for model in self.models},
             "refit_interval_s": self.config.refit_interval_s,
             "lead_time_s": self.config.lead_time_s,
             "horizon_h": self.config.horizon_h,
-            "planned_events_file": str(self.planned.path) if self.planned.path else None,
-            "planned_events_error": self.planned.error,
+            "planned_events_file": path.name if path else None,
+            "planned_events_error": error.replace(str(path), path.name) if error else None,
         }
 
 
@@ -399,7 +408,11 @@ def _deployment_class():
     """The Serve deployment, built on first use so this module imports without starting anything."""
     from ray import serve
 
-    @serve.deployment(num_replicas=1, max_ongoing_requests=8)
+    @serve.deployment(
+        num_replicas=1,
+        max_ongoing_requests=8,
+        health_check_period_s=SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S,
+    )
     class Forecaster:
         """Refits on a schedule and publishes forecasts; one replica."""
 

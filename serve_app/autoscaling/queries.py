@@ -22,5 +22,9 @@ def default_queries(rules: PolicyRules) -> dict[str, str]:
         "forecast_qps": f"max({exported(FORECAST_QPS)}{matchers(model_name=model, bound='upper')})",
         "forecast_fit_time": f"max({exported(FORECASTER_LAST_FIT)}{matchers(model_name=model)})",
     }
+    # Only a policy planning on yhat reads it: the others fetch nothing they do not use.
+    if rules.predictive.plan_on == "learned":
+        yhat = matchers(model_name=model, bound="yhat")
+        queries["forecast_yhat_qps"] = f"max({exported(FORECAST_QPS)}{yhat})"
     queries.update(rules.queries)
     return queries

@@ -21,7 +21,14 @@ from serve_app.validation import validation_problems
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SIGNAL_NAMES = ("qps", "p99_ms", "gpu_utilization", "ongoing_per_replica")
-QUERY_NAMES = ("qps", "p99_ms", "gpu_utilization", "forecast_qps", "forecast_fit_time")
+QUERY_NAMES = (
+    "qps",
+    "p99_ms",
+    "gpu_utilization",
+    "forecast_qps",
+    "forecast_yhat_qps",
+    "forecast_fit_time",
+)
 
 
 class Rule(BaseModel):
@@ -191,6 +198,39 @@ class PredictiveRules(Rule):
         gt=0,
         description="A forecast fitted longer ago than this is ignored (the policy runs reactive).",
     )
+    follow_down: bool = Field(
+        True,
+        description="Let the forecast lead scale-downs: when no signal is above its `up` and "
+        "both the forecast's landing count and the most instances the load needed within the last "
+        "cooldown_down_s are at most target_fill of the current instances, go down to the larger "
+        "of the two (after the down cooldown). Off: only the load band takes the fleet down.",
+    )
+    plan_on: Literal["upper", "learned"] = Field(
+        "upper",
+        description="What the forecast floor plans on: `upper`, the forecast's upper bound; "
+        "`learned`, the point forecast (yhat) times a margin learned from the recent forecast "
+        "error (the margin_quantile of actual / yhat over margin_window_s, at least margin_floor; "
+        "the upper bound until margin_min_samples one-minute samples are known).",
+    )
+    margin_quantile: float = Field(
+        0.95, ge=0.5, le=1, description="`plan_on: learned`: the quantile of actual / yhat."
+    )
+    margin_window_s: float = Field(
+        21600.0,
+        ge=600,
+        description="`plan_on: learned`: how far back the forecast error is remembered.",
+    )
+    margin_floor: float = Field(
+        1.0,
+        gt=0,
+        description="`plan_on: learned`: the margin is never below this (1: never plan under "
+        "yhat).",
+    )
+    margin_min_samples: int = Field(
+        30,
+        ge=1,
+        description="`plan_on: learned`: one-minute samples needed before the margin is used.",
+    )
     mode: Literal["scale", "forecast_only"] = Field(
         "scale",
         description="`forecast_only` reads and reports the forecast floor in each decision's "
@@ -316,7 +356,7 @@ class PolicyRules(Rule):
     queries: dict[str, str] = Field(
         {},
         description="PromQL overrides by signal name (qps, p99_ms, gpu_utilization, forecast_qps, "
-        "forecast_fit_time).",
+        "forecast_yhat_qps, forecast_fit_time).",
     )
 
     @field_validator("timezone")

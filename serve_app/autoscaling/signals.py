@@ -20,6 +20,7 @@ class Signals:
     p99_ms: float | None = None
     gpu_utilization: float | None = None
     forecast_qps: float | None = None  # forecast upper bound at now + lead time
+    forecast_yhat_qps: float | None = None  # the point forecast (yhat) at now + lead time
     forecast_fit_time: float | None = None  # unix seconds of the fit that produced forecast_qps
     prometheus_available: bool = True
 

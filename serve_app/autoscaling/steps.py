@@ -318,6 +318,40 @@ def apply_forecast(proposal: Proposal, forecast: ForecastNeed | None, current: i
     return proposal
 
 
+def follow_forecast_down(
+    proposal: Proposal,
+    forecast: ForecastNeed | None,
+    current: int,
+    load_need: int | None,
+    down_wait_s: float,
+    rules: PolicyRules,
+) -> Proposal:
+    """A hold whose forecast landing and recent load both need at most target_fill of the current
+    instances goes down to the larger of the two (`predictive.follow_down`)."""
+    if (
+        forecast is None
+        or forecast.landing is None
+        or load_need is None
+        or not rules.predictive.follow_down
+        or proposal.code != "hold_within"
+        or down_wait_s > 0
+    ):
+        return proposal
+    target = max(forecast.landing, load_need)
+    # The same hysteresis as the load band: the fleet shrinks only when it is at least
+    # 1 / target_fill too big, so the next rise of the forecast does not undo it.
+    if target > math.floor(current * rules.target_fill + 1e-9):
+        return proposal
+    return Proposal(
+        target,
+        f"{forecast.why} ({forecast.landing} at target_fill) and the load needed "
+        f"{instances_phrase(load_need)} within the last {rules.cooldown_down_s:.0f}s",
+        "scale_down_forecast",
+        "down",
+        extra_state=proposal.extra_state,
+    )
+
+
 def queue_fallback(
     signals: Signals, thresholds: Thresholds, current: int, why: str, rules: PolicyRules
 ) -> Proposal:

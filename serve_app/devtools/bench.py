@@ -5,7 +5,8 @@
    inference thread, at the best batch size: the ceiling a server of the same runtime can reach.
 3. Served over HTTP (real `serve run`, real proxy): our application and a naive eager-torch
    deployment, closed-loop at a concurrency that fills the batches; latency percentiles at a fixed
-   request rate; single-image latency at low load.
+   request rate; single-image latency at low load. Single-image requests over OIP gRPC too
+   (tritonclient.grpc), next to HTTP in the same Serve.
 
 Writes DIR/results.json and DIR/results.md, and the batch-latency curve the backtest simulator uses
 (lab/profiles/cpu.csv).
@@ -31,13 +32,19 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from serve_app.devtools.grpc_load import grpc_closed_loop
 from serve_app.devtools.loadgen import closed_loop, open_loop, photos_jpeg
 from serve_app.paths import REPO_ROOT
 from serve_app.processes import StartedProcess, StopStep, http_ok, start_process
+from serve_app.serving.grpc_service import SERVICER_FUNCTION
 
 BATCH_SIZES = (1, 4, 8, 16)
 PORT = 18100
 BASE_URL = f"http://127.0.0.1:{PORT}"
+GRPC_PORT = 18101
+GRPC_TARGET = f"127.0.0.1:{GRPC_PORT}"
+# Two applications run side by side here, so gRPC calls name theirs (tritonclient sends none).
+GRPC_HEADERS = {"application": "recognition"}
 READY_TIMEOUT_S = 300.0
 # Ctrl-C first (serve run then shuts Serve and its local Ray down), then whatever is left of the
 # process group it leads.
@@ -152,6 +159,7 @@ def serve_config(variant: dict) -> dict:
     }
     return {
         "http_options": {"host": "127.0.0.1", "port": PORT},
+        "grpc_options": {"port": GRPC_PORT, "grpc_servicer_functions": [SERVICER_FUNCTION]},
         "logging_config": {"encoding": "JSON", "log_level": "WARNING", "enable_access_log": False},
         "applications": [
             {
@@ -235,6 +243,12 @@ def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: fl
             closed_loop(ours, singles, 1, concurrency, seconds, raw=True)
         )
         print(f"  served ours (1 img/request):  {out['ours_1_image_requests']}", flush=True)
+        # OIP over gRPC, same photos and clients: its front against HTTP's in the same Serve.
+        asyncio.run(grpc_closed_loop(GRPC_TARGET, singles, 1, 4, 3, GRPC_HEADERS))
+        out["ours_grpc_1_image_requests"] = asyncio.run(
+            grpc_closed_loop(GRPC_TARGET, singles, 1, concurrency, seconds, GRPC_HEADERS)
+        )
+        print(f"  served gRPC (1 img/request):  {out['ours_grpc_1_image_requests']}", flush=True)
         out["ours_4_image_requests"] = asyncio.run(
             closed_loop(ours, fours, 4, max(4, concurrency // 4), seconds, raw=False)
         )
@@ -247,6 +261,10 @@ def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: fl
         print(f"  fixed rate {fixed_rate}/s: {out['ours_fixed_rate']}", flush=True)
         out["ours_low_load"] = asyncio.run(closed_loop(ours, singles, 1, 1, seconds / 2, raw=True))
         print(f"  low load (1 client): {out['ours_low_load']}", flush=True)
+        out["ours_grpc_low_load"] = asyncio.run(
+            grpc_closed_loop(GRPC_TARGET, singles, 1, 1, seconds / 2, GRPC_HEADERS)
+        )
+        print(f"  gRPC low load (1 client): {out['ours_grpc_low_load']}", flush=True)
     return out
 
 
@@ -256,8 +274,8 @@ def write_profile(runtimes: dict, path: Path) -> None:
         f"{bs},{v['batch_latency_ms']}" for bs, v in runtimes["onnxruntime"].items()
     ]
     path.write_text(
-        "# Measured by `make bench` (serve_app/devtools/bench.py): ONNX Runtime, 1 thread, "
-        "EfficientNet-Lite0, this CPU.\n" + "\n".join(rows) + "\n"
+        "# Measured by `make profile` (serve_app/devtools/bench.py --update-profile): ONNX "
+        "Runtime, 1 thread, EfficientNet-Lite0, this CPU.\n" + "\n".join(rows) + "\n"
     )
 
 
@@ -267,6 +285,8 @@ SERVED_LOADS = (
     "naive_1_image_requests",
     "ours_fixed_rate",
     "ours_low_load",
+    "ours_grpc_1_image_requests",
+    "ours_grpc_low_load",
 )
 
 
@@ -281,7 +301,7 @@ def _served_markdown(served: dict, pipeline_rate: float) -> list[str]:
         "| load | images/s | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|",
     ]
-    for key in SERVED_LOADS:
+    for key in (k for k in SERVED_LOADS if k in served):  # runs before gRPC lack its rows
         r = served[key]
         lines.append(
             f"| {key} | {r.get('images_per_s', '-')} | {r['p50_ms']} | {r['p95_ms']} "
@@ -298,6 +318,9 @@ def _served_markdown(served: dict, pipeline_rate: float) -> list[str]:
         f"best / naive = {best / naive:.2f}",
         "",
     ]
+    if "ours_grpc_1_image_requests" in served:
+        grpc_rate = served["ours_grpc_1_image_requests"]["images_per_s"]
+        lines += [f"gRPC 1-image / HTTP 1-image = {grpc_rate / max(single, 0.1):.2f}", ""]
     return lines
 
 
@@ -361,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also overwrite lab/profiles/cpu.csv, the backtest's default latency curve",
     )
+    parser.add_argument(
+        "--note",
+        default="",
+        help="words kept in results.json as `notes` (how loaded the machine was, say)",
+    )
     return parser
 
 
@@ -384,7 +412,16 @@ def main(argv: list[str] | None = None) -> int:
     write_profile(results["runtimes"], out / "cpu_profile.csv")
     # Opt-in: the backtest figures in docs/AUTOSCALING.md were made with the committed curve.
     if args.update_profile:
+        # The curve it replaces stays in the artifact, so a distorted measurement can be seen.
+        replaced = SIMULATOR_PROFILE.read_text() if SIMULATOR_PROFILE.exists() else ""
         write_profile(results["runtimes"], SIMULATOR_PROFILE)
+        results["profile"] = {
+            "path": str(SIMULATOR_PROFILE.relative_to(REPO_ROOT)),
+            "written": SIMULATOR_PROFILE.read_text(),
+            "replaced": replaced,
+        }
+    if args.note:
+        results["notes"] = args.note
     results["served"] = []
     if not args.skip_served:
         for proxy in args.proxies:

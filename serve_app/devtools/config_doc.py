@@ -20,6 +20,7 @@ from serve_app.autoscaling.rules import (
 )
 from serve_app.config import (
     AppConfig,
+    AuthConfig,
     AutoscalingPolicySpec,
     AutoscalingSpec,
     IngressConfig,
@@ -27,6 +28,7 @@ from serve_app.config import (
     ModelConfig,
     PreprocessSpec,
     QualityConfig,
+    ShadowSpec,
 )
 from serve_app.overload_config import OverloadConfig, ReduceBatchLevels, ShedLevels
 
@@ -34,6 +36,7 @@ SECTIONS = [
     ("args", AppConfig),
     ("args.models[]", ModelConfig),
     ("args.models[].preprocess", PreprocessSpec),
+    ("args.models[].shadow", ShadowSpec),
     ("args.models[].autoscaling_config", AutoscalingSpec),
     ("args.models[].autoscaling_config.policy", AutoscalingPolicySpec),
     ("args.models[].overload", OverloadConfig),
@@ -43,6 +46,7 @@ SECTIONS = [
     ("args.ingress", IngressConfig),
     ("args.quality", QualityConfig),
     ("args.forecaster", ForecasterConfig),
+    ("args.auth", AuthConfig),
     ("args.models[].autoscaling_config.policy.policy_kwargs", PolicyRules),
     ("...policy_kwargs.thresholds", Thresholds),
     ("...policy_kwargs.thresholds.<signal>", Threshold),

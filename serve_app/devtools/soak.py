@@ -4,9 +4,9 @@ and the success ratio sampled; it fails when the service lost requests or a repl
 Open loop at a fraction of the capacity the operator states (`recserve capacity` measures it),
 against a running service on 127.0.0.1 only, bounded in time, in requests and in requests in
 flight. Replicas are found through Ray's state API (actor name and PID of each ServeReplica), their
-RSS read from /proc (the service runs on this host). Writes soak.json (settings, totals, per-replica
-growth, verdict), rss.csv, traffic.csv and soak.png to the output folder; exits 1 when the verdict
-fails.
+RSS read from /proc (the service runs on this host). Writes soak.json (settings, totals, failures
+by reason, per-replica growth, verdict), rss.csv, traffic.csv and soak.png to the output folder;
+exits 1 when the verdict fails.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import re
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -150,12 +150,30 @@ def rss_bytes(pid: int) -> int | None:
 @dataclass
 class Traffic:
     """Requests of one sampling interval: sent, answered 200, failed (other status, error,
-    timeout, or not sent because too many were in flight)."""
+    timeout, or not sent because too many were in flight), and the failures by reason."""
 
     t_s: float
     sent: int = 0
     ok: int = 0
     failed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, reason: str) -> None:
+        """Count one failed request and its reason (`failure_reason`)."""
+        self.failed += 1
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+
+NOT_SENT = "not sent: max in flight"
+
+
+def failure_reason(status: int | None = None, error: BaseException | None = None) -> str:
+    """What a failure is filed under: the HTTP status, `timeout`, or the client error's type."""
+    if status is not None:
+        return str(status)
+    if isinstance(error, asyncio.TimeoutError):
+        return "timeout"
+    return type(error).__name__ if error is not None else "unknown"
 
 
 async def run_soak(args: argparse.Namespace, out: Path) -> tuple[list[RssSample], list[Traffic]]:
@@ -183,9 +201,9 @@ async def run_soak(args: argparse.Namespace, out: Path) -> tuple[list[RssSample]
                 if response.status == 200:
                     bucket.ok += 1
                 else:
-                    bucket.failed += 1
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            bucket.failed += 1
+                    bucket.fail(failure_reason(response.status))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            bucket.fail(failure_reason(error=exc))
         finally:
             in_flight -= 1
 
@@ -220,7 +238,7 @@ async def run_soak(args: argparse.Namespace, out: Path) -> tuple[list[RssSample]
             await asyncio.sleep(max(0.0, start + i / rate - time.monotonic()))
             if in_flight >= args.max_in_flight:
                 traffic[-1].sent += 1
-                traffic[-1].failed += 1  # the service fell behind: a lost request
+                traffic[-1].fail(NOT_SENT)  # the service fell behind: a lost request
                 continue
             task = asyncio.create_task(one(session, photos[i % len(photos)]))
             tasks.add(task)
@@ -241,8 +259,14 @@ def write_results(
         writer.writerows([s.t_s, s.replica, s.pid, s.rss_bytes] for s in rss)
     with (out / "traffic.csv").open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["t_s", "sent", "ok", "failed"])
-        writer.writerows([t.t_s, t.sent, t.ok, t.failed] for t in traffic)
+        writer.writerow(["t_s", "sent", "ok", "failed", "reasons"])
+        writer.writerows(
+            [t.t_s, t.sent, t.ok, t.failed, json.dumps(t.reasons, sort_keys=True)] for t in traffic
+        )
+    by_reason: dict[str, int] = {}
+    for t in traffic:
+        for reason, n in t.reasons.items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
     ok = sum(t.ok for t in traffic)
     total = sum(t.sent for t in traffic)
     growth = replica_growth(rss, warmup_s)
@@ -252,6 +276,7 @@ def write_results(
         "requests": total,
         "ok": ok,
         "success_ratio": ok / total if total else None,
+        "failures_by_reason": dict(sorted(by_reason.items())),
         "replicas": [{**asdict(g), "growth": round(g.growth, 4)} for g in growth],
         "limits": {"min_success": MIN_SUCCESS, "max_rss_growth": MAX_RSS_GROWTH},
         "passed": passed,

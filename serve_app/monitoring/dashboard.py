@@ -10,6 +10,7 @@ dashboard reads), else http://127.0.0.1:9090.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -28,6 +29,7 @@ from serve_app.monitoring.prometheus_api import (
     did_not_answer,
 )
 
+log = logging.getLogger("ray.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 DEFAULT_PROMETHEUS_URL = "http://127.0.0.1:9090"
 MAX_RANGE_S = 7 * 24 * 3600
@@ -48,6 +50,16 @@ def prometheus_url() -> str:
         or os.environ.get("RAY_PROMETHEUS_HOST")
         or DEFAULT_PROMETHEUS_URL
     )
+
+
+def serve_request_id() -> str:
+    """The id of the request being answered (empty outside Serve), for error replies and logs."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        return _get_serve_request_context().request_id or ""
+    except Exception:
+        return ""
 
 
 def check_range(start: float, end: float, step: float) -> str | None:
@@ -135,17 +147,27 @@ def make_router(
             async with httpx.AsyncClient(timeout=DEFAULT_TIMEOUT_S, transport=transport) as client:
                 response = await client.get(url, params=params)
         except httpx.HTTPError as exc:
+            # Where Prometheus is goes to the log, not to the client.
+            request_id = serve_request_id()
+            log.warning("request %s: %s", request_id, did_not_answer(base, exc))
             return error_response(
                 503,
                 "prometheus_unavailable",
-                f"{did_not_answer(base, exc)}; start it with `recserve stack up` "
-                "or point RECSERVE_PROMETHEUS_URL at yours",
+                f"Prometheus did not answer (request {request_id}; the ingress log says where "
+                "it was asked); start it with `recserve stack up` or set RECSERVE_PROMETHEUS_URL",
             )
         try:
             body = response.json()
         except ValueError:
+            request_id = serve_request_id()
+            log.warning(
+                "request %s: %s", request_id, answered_without_json(url, response.status_code)
+            )
             return error_response(
-                502, "prometheus_bad_answer", answered_without_json(url, response.status_code)
+                502,
+                "prometheus_bad_answer",
+                f"Prometheus answered HTTP {response.status_code} without JSON "
+                f"(request {request_id})",
             )
         # Prometheus' own errors (400 bad_data, 422 execution, 503 timeout) pass through as it
         # sent them.

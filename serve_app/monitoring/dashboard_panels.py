@@ -102,6 +102,26 @@ ROWS: tuple[Row, ...] = (
                 description="Population stability index of predicted classes against the "
                 "reference; above 0.2 is a shift.",
             ),
+            Panel(
+                id="shadow_agreement",
+                title="Shadow agreement (30 min)",
+                unit="percentunit",
+                queries=tuple(
+                    Query(
+                        f"sum by (model_name, shadow_model) (increase({exported(num)}[30m]))\n"
+                        f"/ sum by (model_name, shadow_model) "
+                        f"(increase({exported(m.SHADOW_IMAGES_TOTAL)}[30m]))",
+                        "{{model_name}} vs {{shadow_model}} " + what,
+                    )
+                    for num, what in (
+                        (m.SHADOW_TOP1_AGREEMENTS_TOTAL, "top-1"),
+                        (m.SHADOW_TOP5_OVERLAP_TOTAL, "top-5 overlap"),
+                    )
+                ),
+                description="How often a shadow candidate gives its model's top-1 class, and the "
+                "share of the top-5 it shares, over images compared in the last 30 minutes. "
+                "The ShadowAgreementLow alert fires below 95% top-1.",
+            ),
         ),
     ),
     Row(

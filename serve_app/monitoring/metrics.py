@@ -275,6 +275,12 @@ STORE_EVICTIONS_TOTAL = MetricSpec(
     "Predictions evicted from the feedback store, by reason (age or size).",
     ("reason",),
 )
+STORE_WRITABLE = MetricSpec(
+    "prediction_store_writable",
+    GAUGE,
+    "1 while the quality store accepts writes, 0 while they fail (disk full, read-only, I/O).",
+    (),
+)
 
 # Tiered circuit breaking (serving/overload.py): values of the tier gauge; the tier label of
 # the changes counter is the tier entered.
@@ -298,6 +304,60 @@ MAX_BATCH_SIZE = MetricSpec(
     ("model_name",),
 )
 OVERLOAD_METRICS = (OVERLOAD_TIER, OVERLOAD_TIER_CHANGES_TOTAL, MAX_BATCH_SIZE)
+
+# Shadow testing (serving/shadow_service.py): a candidate model answers a share of a model's
+# requests off the response path; `model_name` is the model, `shadow_model` the candidate.
+SHADOW_TAGS = ("model_name", "shadow_model")
+SHADOW_REQUESTS_TOTAL = MetricSpec(
+    "shadow_requests_total", COUNTER, "Shadowed requests whose answers were compared.", SHADOW_TAGS
+)
+SHADOW_IMAGES_TOTAL = MetricSpec(
+    "shadow_images_total", COUNTER, "Images compared between model and candidate.", SHADOW_TAGS
+)
+SHADOW_TOP1_AGREEMENTS_TOTAL = MetricSpec(
+    "shadow_top1_agreements_total",
+    COUNTER,
+    "Compared images on whose top-1 class model and candidate agree.",
+    SHADOW_TAGS,
+)
+SHADOW_TOP5_OVERLAP_TOTAL = MetricSpec(
+    "shadow_top5_overlap_total",
+    COUNTER,
+    "Sum over compared images of the share of the model's top-5 classes the candidate also has.",
+    SHADOW_TAGS,
+)
+SHADOW_DROPPED_TOTAL = MetricSpec(
+    "shadow_dropped_total",
+    COUNTER,
+    "Sampled requests not sent to the candidate because its queue was full.",
+    SHADOW_TAGS,
+)
+SHADOW_ERRORS_TOTAL = MetricSpec(
+    "shadow_errors_total", COUNTER, "Candidate calls that failed or timed out.", SHADOW_TAGS
+)
+SHADOW_TOP1_AGREEMENT = MetricSpec(
+    "shadow_top1_agreement",
+    GAUGE,
+    "Top-1 agreement of the candidate with the model since the shadow monitor started.",
+    SHADOW_TAGS,
+)
+SHADOW_LATENCY_SECONDS = MetricSpec(
+    "shadow_latency_seconds",
+    HISTOGRAM,
+    "Time from the ingress to each model and back for shadowed requests, by role.",
+    SHADOW_TAGS + ("role",),
+    LATENCY_BUCKETS_S,
+)
+SHADOW_METRICS = (
+    SHADOW_REQUESTS_TOTAL,
+    SHADOW_IMAGES_TOTAL,
+    SHADOW_TOP1_AGREEMENTS_TOTAL,
+    SHADOW_TOP5_OVERLAP_TOTAL,
+    SHADOW_DROPPED_TOTAL,
+    SHADOW_ERRORS_TOTAL,
+    SHADOW_TOP1_AGREEMENT,
+    SHADOW_LATENCY_SECONDS,
+)
 
 SERVICE_METRICS = (
     REQUEST_TOTAL,
@@ -329,5 +389,8 @@ QUALITY_METRICS = (
     PREDICTION_DRIFT_PSI,
     STORE_PREDICTIONS,
     STORE_EVICTIONS_TOTAL,
+    STORE_WRITABLE,
 )
-ALL_METRICS = SERVICE_METRICS + RESOURCE_METRICS + QUALITY_METRICS + OVERLOAD_METRICS
+ALL_METRICS = (
+    SERVICE_METRICS + RESOURCE_METRICS + QUALITY_METRICS + OVERLOAD_METRICS + SHADOW_METRICS
+)

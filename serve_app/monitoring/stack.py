@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -48,6 +50,7 @@ from serve_app.processes import (
 )
 
 READY_TIMEOUT_S = 60.0
+RELOAD_TIMEOUT_S = 15.0
 PROMETHEUS_BINARIES = ("prometheus",)
 # Debian names the Alertmanager binary prometheus-alertmanager; upstream tarballs call it
 # alertmanager.
@@ -126,7 +129,8 @@ def process_specs(cfg: StackConfig, paths: dict[str, Path]) -> list[ProcessSpec]
         f"--storage.tsdb.retention.time={cfg.retention}",
         f"--web.listen-address={HOST}:{cfg.prometheus_port}",
         f"--web.external-url={cfg.prometheus_url}",
-        "--web.enable-lifecycle",
+        # No --web.enable-lifecycle: it lets anyone who reaches the port POST /-/quit and
+        # /-/reload. A reload is a SIGHUP to the recorded PID instead (_reload).
     ]
     specs.append(ProcessSpec("prometheus", prometheus, f"{cfg.prometheus_url}/-/ready"))
     return specs
@@ -171,19 +175,44 @@ def stack_status(state_dir: Path) -> dict[str, dict]:
     return out
 
 
-def _reload(name: str, url: str) -> None:
-    # A running Prometheus / Alertmanager re-reads the freshly rendered files; ports and data dirs
-    # stay.
+def reload_state(name: str, url: str) -> tuple[float, float] | None:
+    """(last reload successful 0/1, time of the last successful reload) from a process' own
+    metrics; None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+            text = response.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError):
+        return None
+    found = {}
+    for line in text.splitlines():
+        metric, _, value = line.partition(" ")
+        if metric.startswith(f"{name}_config_last_reload_success"):
+            found[metric] = float(value)
+    ok = found.get(f"{name}_config_last_reload_successful")
+    at = found.get(f"{name}_config_last_reload_success_timestamp_seconds")
+    return None if ok is None or at is None else (ok, at)
+
+
+def _reload(name: str, url: str, pid: int, timeout_s: float = RELOAD_TIMEOUT_S) -> None:
+    # A running Prometheus / Alertmanager re-reads the freshly rendered files on SIGHUP; ports
+    # and data dirs stay. Its own reload metrics say when (and whether) it has.
     if name == "dingtalk":
         return  # its settings come from its environment: `down` then `up` to change them
-    request = urllib.request.Request(f"{url}/-/reload", method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise StackError(
-            f"{name} at {url} is running but did not reload its config ({exc}); see its log"
-        ) from None
+    before = reload_state(name, url)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = reload_state(name, url)
+        if now is None or before is None:
+            continue
+        if now[0] == 0:
+            break
+        if now[1] > before[1]:
+            return
+    raise StackError(
+        f"{name} at {url} (PID {pid}) is running but did not reload its config; see its log"
+    )
 
 
 def _port_taken(spec: ProcessSpec, port: int) -> StackError:
@@ -211,6 +240,7 @@ def _start(spec: ProcessSpec, cfg: StackConfig, tied_to_parent: bool) -> Started
         env=spec.env,
         cwd=cfg.state_dir,
         die_with_parent=tied_to_parent,
+        scrub_secrets=True,
     )
     write_record(cfg.state_dir, started, ready_url=spec.ready_url)
     return started
@@ -229,7 +259,7 @@ def stack_up(
     try:
         for spec in process_specs(cfg, paths):
             if spec.name in already:
-                _reload(spec.name, already[spec.name]["url"])
+                _reload(spec.name, already[spec.name]["url"], already[spec.name]["pid"])
                 continue
             process = _start(spec, cfg, tied_to_parent)
             started.append(process)

@@ -22,7 +22,8 @@ from typing import Any
 from ray import serve
 
 import serve_app.monitoring.metrics as m
-from serve_app.config import QualityConfig
+from serve_app.config import SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S, QualityConfig
+from serve_app.errors import StoreUnavailable
 from serve_app.monitoring.metric_backends import MetricBackend
 from serve_app.monitoring.metric_groups import QualityMetrics
 from serve_app.quality.exporter import QualityExporter
@@ -50,6 +51,7 @@ class QualityMonitorCore:
         self.config = QualityConfig.model_validate(config or {})
         quality_metrics = QualityMetrics(backend)
         evictions = quality_metrics[m.STORE_EVICTIONS_TOTAL]
+        writable = quality_metrics[m.STORE_WRITABLE]
         c = self.config
         store = SQLiteQualityStore(
             store_path(c.store_dir),
@@ -58,7 +60,9 @@ class QualityMonitorCore:
             c.store_evicted_ids_max,
             clock,
             on_evict=lambda reason, _model, n: evictions.inc(n, tags={"reason": reason}),
+            on_health=lambda problem: writable.set(0 if problem else 1, tags={}),
         )
+        writable.set(1 if store.health.writable else 0, tags={})
         self.tracker = QualityTracker(c, labels, clock=clock, store=store)
         logger.info("quality store: %s", store.stats())
         self.exporter = QualityExporter(self.tracker, quality_metrics)
@@ -135,13 +139,21 @@ class QualityMonitorCore:
             self.exporter.refresh_windows(name)
         return results
 
-    async def feedback(self, items: list[FeedbackItem]) -> list[dict[str, Any]]:
-        """Join parsed feedback items to predictions; one result dict per item."""
-        return [result.as_dict() for result in await self._join(items)]
+    async def feedback(self, items: list[FeedbackItem]) -> list[dict[str, Any]] | dict[str, Any]:
+        """Join parsed feedback items to predictions; one result dict per item, or the store's
+        503 as data (wire.raise_wired_error)."""
+        try:
+            return [result.as_dict() for result in await self._join(items)]
+        except StoreUnavailable as err:
+            return {"error": err.to_wire()}
 
     async def feedback_summary(self, items: list[FeedbackItem]) -> dict[str, Any]:
-        """Join a batch of feedback items; the compact reply of wire.feedback_summary."""
-        return feedback_summary(await self._join(items))
+        """Join a batch of feedback items; the compact reply of wire.feedback_summary, or the
+        store's 503 as data (wire.raise_wired_error)."""
+        try:
+            return feedback_summary(await self._join(items))
+        except StoreUnavailable as err:
+            return {"error": err.to_wire()}
 
     async def snapshot(self, model_name: str) -> dict[str, Any]:
         """What GET /v1/models/{name}/quality returns."""
@@ -149,7 +161,12 @@ class QualityMonitorCore:
         return self.tracker.snapshot(model_name)
 
 
-@serve.deployment(num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0})
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=1000,
+    ray_actor_options={"num_cpus": 0},
+    health_check_period_s=SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S,
+)
 class QualityMonitor(QualityMonitorCore):
     """Serve deployment around QualityMonitorCore: the quality section as a plain dict, and each
     model's class names."""

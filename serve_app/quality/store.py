@@ -9,6 +9,9 @@ Predictions are bounded by image count and age, oldest request first; every evic
 Evicted request ids are remembered in a second bounded table, so late feedback gets "expired"
 (HTTP 410) rather than "unknown" (HTTP 404); an id that has also fallen out of that table is
 reported as unknown.
+
+A write the storage refuses (disk full, read-only, I/O error) is handled by store_health.py:
+predictions are dropped and counted, feedback gets 503, the state change is logged once.
 """
 
 from __future__ import annotations
@@ -22,8 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from serve_app.errors import StoreUnavailable
 from serve_app.monitoring.metrics import FEEDBACK_EXPIRED, FEEDBACK_UNKNOWN_ID
 from serve_app.paths import REPO_ROOT
+from serve_app.quality.store_health import STORAGE_ERRORS, HealthCallback, StoreHealth
+from serve_app.quality.store_schema import SCHEMA, SCHEMA_VERSION
 from serve_app.quality.windows import Outcome
 
 Clock = Callable[[], float]
@@ -35,7 +41,6 @@ EVICTED_BY_AGE = "age"
 EVICTED_BY_SIZE = "size"
 FOUND = "found"
 STORE_FILE = "quality.sqlite3"
-SCHEMA_VERSION = 1
 IN_MEMORY = ":memory:"
 
 
@@ -81,7 +86,8 @@ class QualityStore(Protocol):
     size: int  # predictions (images) held
 
     def put(self, entries: Sequence[StoredRequest], states: Mapping[VersionKey, dict]) -> None:
-        """Store requests (same id: latest wins) and per-version state, then apply the bounds."""
+        """Store requests (same id: latest wins) and per-version state, then apply the bounds;
+        what the storage refuses is dropped and counted, never raised."""
 
     def lookup(self, request_id: str) -> Lookup:
         """Find a request id: found, expired (evicted, still remembered) or unknown."""
@@ -95,7 +101,7 @@ class QualityStore(Protocol):
         counter: CounterKey,
     ) -> int:
         """Save a label and its outcome (dropping outcome ``replaces``) and add 1 to ``counter``;
-        returns the outcome's seq."""
+        returns the outcome's seq. Raises StoreUnavailable (503) when the storage refuses."""
 
     def forget_outcomes(self, seqs: Sequence[int]) -> None:
         """Drop outcomes that no quality window counts any more."""
@@ -126,55 +132,6 @@ class StoreSchemaError(RuntimeError):
     """The store folder holds data of another schema version."""
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    seq INTEGER PRIMARY KEY,               -- insertion order: eviction takes the lowest first
-    request_id TEXT NOT NULL UNIQUE,
-    model_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    recorded_at REAL NOT NULL,
-    images INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS requests_by_age ON requests (recorded_at);
-CREATE TABLE IF NOT EXISTS predictions (
-    request_id TEXT NOT NULL,
-    image_index INTEGER NOT NULL,
-    class_id INTEGER NOT NULL,
-    score REAL NOT NULL,
-    label INTEGER,                         -- the joined true class id, NULL until feedback
-    PRIMARY KEY (request_id, image_index)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS evicted (
-    seq INTEGER PRIMARY KEY,
-    request_id TEXT NOT NULL UNIQUE,
-    model_name TEXT NOT NULL,
-    reason TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS outcomes (
-    seq INTEGER PRIMARY KEY,               -- arrival order of the labels
-    request_id TEXT NOT NULL,
-    image_index INTEGER NOT NULL,
-    model_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    labelled_at REAL NOT NULL,
-    truth INTEGER NOT NULL,
-    predicted INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS version_state (
-    model_name TEXT NOT NULL,
-    model_version TEXT NOT NULL,
-    state TEXT NOT NULL,                   -- JSON: predictions recorded, confidence, drift
-    PRIMARY KEY (model_name, model_version)
-);
-CREATE TABLE IF NOT EXISTS counters (
-    kind TEXT NOT NULL,
-    key TEXT NOT NULL,
-    name TEXT NOT NULL,
-    value INTEGER NOT NULL,
-    PRIMARY KEY (kind, key, name)
-);
-"""
-
 STORE_COUNTERS = "store"  # counter kind of the store's own eviction and replacement counts
 
 
@@ -197,30 +154,53 @@ class SQLiteQualityStore:
         evicted_ids_max: int,
         clock: Clock = time.time,
         on_evict: EvictionCallback | None = None,
+        on_health: HealthCallback | None = None,
     ):
-        """``path``: the SQLite file (its folder is created); None keeps everything in memory."""
+        """``path``: the SQLite file (its folder is created); None keeps everything in memory.
+        ``on_health``: called with the problem when writes start failing, None when they work."""
         self.path = path
         self.max_predictions = max_predictions
         self.max_age_s = max_age_s
         self.evicted_ids_max = evicted_ids_max
         self._clock = clock
         self._on_evict = on_evict
+        self.health = StoreHealth(IN_MEMORY if path is None else str(path), on_health, clock)
+        self._unforgotten: list[int] = []  # outcome seqs a failed forget_outcomes left behind
+        try:
+            self._db = self._open(path)
+        except STORAGE_ERRORS as exc:
+            # The monitor must start whatever the disk does: an empty store that refuses every
+            # write, until a restart finds the folder writable.
+            self.health.failed(exc, "; the stored state was not restored (restart once fixed)")
+            self._db = self._open(None)
+            self._db.execute("PRAGMA query_only = ON")
+        self._load_counts()
+
+    def _open(self, path: Path | None) -> sqlite3.Connection:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         # One replica owns the file; its calls are serialised by the replica's event loop.
-        self._db = sqlite3.connect(
+        db = sqlite3.connect(
             IN_MEMORY if path is None else str(path), isolation_level=None, check_same_thread=False
         )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, SCHEMA_VERSION):
-            raise StoreSchemaError(
-                f"{path} holds quality data of schema {version}; this version reads schema "
-                f"{SCHEMA_VERSION}: move that folder aside (quality.store_dir) to start empty"
-            )
-        self._db.executescript(SCHEMA)
-        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, SCHEMA_VERSION):
+                raise StoreSchemaError(
+                    f"{path} holds quality data of schema {version}; this version reads schema "
+                    f"{SCHEMA_VERSION}: move that folder aside (quality.store_dir) to start empty"
+                )
+            db.executescript(SCHEMA)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _load_counts(self) -> None:
+        """The counts kept beside the tables, as committed (after a write that failed, too)."""
         counts = self.counters(STORE_COUNTERS).get("", {})
         self.evicted = {r: counts.get(f"evicted_{r}", 0) for r in (EVICTED_BY_AGE, EVICTED_BY_SIZE)}
         self.evicted_ids_forgotten = counts.get("evicted_ids_forgotten", 0)
@@ -229,13 +209,22 @@ class SQLiteQualityStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction; a storage failure rolls back and raises StoreUnavailable."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                if self._db.in_transaction:  # SQLite ends it itself after a full disk, I/O errors
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except STORAGE_ERRORS as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._load_counts()  # the in-memory counts moved with the writes rolled back
+            raise self.health.failed(exc) from exc
+        self.health.succeeded()
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
@@ -243,7 +232,15 @@ class SQLiteQualityStore:
     # ... writes
 
     def put(self, entries: Sequence[StoredRequest], states: Mapping[VersionKey, dict]) -> None:
-        """Store requests (same id: latest wins) and per-version state, then apply the bounds."""
+        """Store requests (same id: latest wins) and per-version state, then apply the bounds;
+        when the storage refuses, the entries are dropped and counted (the clients have their
+        answers; the next put saves the state anew)."""
+        try:
+            self._put(entries, states)
+        except StoreUnavailable:
+            self.health.dropped_predictions += sum(len(e.predictions) for e in entries)
+
+    def _put(self, entries: Sequence[StoredRequest], states: Mapping[VersionKey, dict]) -> None:
         with self._transaction() as db:
             for entry in entries:
                 old = db.execute(
@@ -319,9 +316,15 @@ class SQLiteQualityStore:
             return cursor.lastrowid
 
     def forget_outcomes(self, seqs: Sequence[int]) -> None:
-        """Drop outcomes that no quality window counts any more."""
-        with self._transaction() as db:
-            db.executemany("DELETE FROM outcomes WHERE seq = ?", [(s,) for s in seqs])
+        """Drop outcomes that no quality window counts any more (those a failed write left, too)."""
+        seqs = self._unforgotten + list(seqs)
+        try:
+            with self._transaction() as db:
+                db.executemany("DELETE FROM outcomes WHERE seq = ?", [(s,) for s in seqs])
+        except StoreUnavailable:
+            self._unforgotten = seqs
+            return
+        self._unforgotten = []
 
     def count(self, key: CounterKey, n: int = 1) -> None:
         """Add ``n`` to a named counter."""
@@ -345,8 +348,11 @@ class SQLiteQualityStore:
         if self._db.execute(
             "SELECT 1 FROM requests WHERE recorded_at <= ? LIMIT 1", (horizon,)
         ).fetchone():
-            with self._transaction() as db:
-                self._expire(db)
+            try:
+                with self._transaction() as db:
+                    self._expire(db)
+            except StoreUnavailable:
+                pass  # tried again on the next call; feedback still finds what it looks for
 
     def _expire(self, db: sqlite3.Connection) -> None:
         horizon = self._clock() - self.max_age_s
@@ -403,6 +409,12 @@ class SQLiteQualityStore:
 
     def lookup(self, request_id: str) -> Lookup:
         """Find a request id: found, expired (evicted, still remembered) or unknown."""
+        try:
+            return self._lookup(request_id)
+        except STORAGE_ERRORS as exc:  # a disk that fails reads fails writes too
+            raise self.health.failed(exc) from exc
+
+    def _lookup(self, request_id: str) -> Lookup:
         self.expire()
         row = self._db.execute(
             "SELECT model_name, model_version, recorded_at FROM requests WHERE request_id = ?",
@@ -461,6 +473,7 @@ class SQLiteQualityStore:
             "evicted_ids_forgotten": self.evicted_ids_forgotten,
             "replaced_requests": self.replaced,
             "location": IN_MEMORY if self.path is None else str(self.path),
+            **self.health.stats(),
         }
 
     def close(self) -> None:

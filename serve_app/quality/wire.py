@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from serve_app.errors import ServiceError
 from serve_app.monitoring.metrics import (
     FEEDBACK_EXPIRED,
     FEEDBACK_JOINED,
@@ -85,6 +86,14 @@ def feedback_summary(
         "not_joined": not_joined,
         "not_joined_truncated": missed > len(not_joined),
     }
+
+
+def raise_wired_error(reply: Any) -> Any:
+    """The monitor's reply, or the ServiceError it carries as data (``{"error": to_wire()}``):
+    raised inside the replica, Serve would log each one with its traceback."""
+    if isinstance(reply, Mapping) and isinstance(reply.get("error"), Mapping):
+        raise ServiceError.from_wire(reply["error"])
+    return reply
 
 
 @dataclass(frozen=True)

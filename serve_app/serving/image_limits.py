@@ -1,9 +1,9 @@
 """What an image may cost, decided from its header before any pixel is decoded.
 
-Pure functions of the header's facts and the `limits:` section: the aspect ratio (422), the pixel
-count and the decoded size of one image (413), and the decoded size of all images of a request
-(413). Every refusal names the limit, the value and the config key, so the client knows what to
-change and the operator knows what to raise.
+Pure functions of the header's facts and the `limits:` section: the aspect ratio and a JPEG's
+scan count (422), the pixel count and the decoded size of one image (413), and the decoded size of
+all images of a request (413). Every refusal names the limit, the value and the config key, so the
+client knows what to change and the operator knows what to raise.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ class ImageHeader:
     # Working memory the decoder keeps beside the pixels: a progressive or multi-scan JPEG holds
     # the DCT coefficients of the whole image at full size, whatever the scale it decodes at.
     buffer_bytes: int = 0
+    # Scans of a JPEG, counted up to one past the limit (0 for other formats): the decoder passes
+    # over the whole image once per scan, so a few bytes of each cost CPU out of proportion.
+    scans: int = 0
 
     @property
     def decoded_bytes(self) -> int:
@@ -78,6 +81,12 @@ def check_image(header: ImageHeader, limits: LimitsConfig) -> None:
         raise UnprocessableEntity(
             f"the image is {w}x{h}, aspect ratio {ratio:.4g}:1, over the limit of "
             f"{limits.max_aspect_ratio:g}:1 ({SECTION}.max_aspect_ratio)"
+        )
+    if header.scans > limits.max_jpeg_scans:
+        raise UnprocessableEntity(
+            f"the JPEG has more than {limits.max_jpeg_scans} scans, the limit "
+            f"({SECTION}.max_jpeg_scans): each scan is a decoding pass over the whole image; "
+            "re-encode it as baseline or with a standard progression (about 10 scans)"
         )
     if w * h > limits.max_image_pixels:
         raise PayloadTooLarge(

@@ -1,9 +1,9 @@
 """Image decoding and preprocessing: bytes in, a uint8 crop out; bounded work, never a crash.
 
-What an image may cost is decided from its header before any pixel is decoded
-(`image_limits.check_image`); only formats on `ACCEPTED_FORMATS` are opened, and of a multi-frame
-image only the first frame is decoded. The centre square is cut in source coordinates and resized
-once, so no intermediate image is larger than the source.
+What an image may cost is decided from its header, and a JPEG's scan count from its markers,
+before any pixel is decoded (`image_limits.check_image`); only formats on `ACCEPTED_FORMATS` are
+opened, and of a multi-frame image only the first frame is decoded. The centre square is cut in
+source coordinates and resized once, so no intermediate image is larger than the source.
 
 The crop stays uint8 (H x W x 3) until the Recognizer normalises a whole batch at once: it is a
 quarter of the bytes of float32 on the way between processes.
@@ -139,8 +139,11 @@ def _open_checked(
         except Exception as exc:
             raise InvalidImage(f"the image cannot be read: {exc}") from None
         is_jpeg = img.format in ("JPEG", "MPO")
-        buffers = _jpeg_buffer_bytes(img, data, width, height) if is_jpeg else 0
-        header = ImageHeader(img.format, width, height, img.size, img.mode, buffers)
+        # Counted from the bytes, at most one past the limit: the count costs a marker search
+        # per scan, however many scans the file holds.
+        scans = jpeg_scans(data, limits.max_jpeg_scans + 1) if is_jpeg else 0
+        buffers = _jpeg_buffer_bytes(img, scans, width, height) if is_jpeg else 0
+        header = ImageHeader(img.format, width, height, img.size, img.mode, buffers, scans)
         check_image(header, limits)
     except BaseException:
         img.close()
@@ -148,10 +151,10 @@ def _open_checked(
     return img, header
 
 
-def _jpeg_buffer_bytes(img: Image.Image, data: bytes, width: int, height: int) -> int:
+def _jpeg_buffer_bytes(img: Image.Image, scans: int, width: int, height: int) -> int:
     """The whole-image coefficient buffer libjpeg allocates for a progressive or multi-scan JPEG;
     0 for a single-scan one, which is decoded a few rows at a time."""
-    if not img.info.get("progressive") and jpeg_scans(data) < 2:
+    if not img.info.get("progressive") and scans < 2:
         return 0
     sampling = [(h, v) for _, h, v, _ in getattr(img, "layer", [])] or [(1, 1)]
     return jpeg_coefficient_bytes(width, height, sampling)

@@ -26,15 +26,22 @@ from serve_app.errors import (
     Overloaded,
     ServiceError,
     UnprocessableEntity,
+    UnsupportedMediaType,
     error_response,
 )
 from serve_app.monitoring.dashboard import router as dashboard_router
 from serve_app.monitoring.metric_groups import ServiceMetrics
 from serve_app.monitoring.metrics import STATUS_SUCCESS
 from serve_app.quality.feedback import parse_feedback
+from serve_app.quality.wire import raise_wired_error
+from serve_app.request_ids import bound_request_id
+from serve_app.serving.auth import bound_items, is_json_media_type, unbound_result
+from serve_app.serving.auth_middleware import ApiKeyCheck, configure_keys, principal_of
+from serve_app.serving.grpc_oip import OipGrpcMethods
 from serve_app.serving.logs import log_request, outcome_of, request_logger
 from serve_app.serving.models import default_preprocess, load_labels
 from serve_app.serving.prediction_sender import PredictionSender
+from serve_app.serving.replica_retry import predict_on_live_replica
 from serve_app.serving.request_parsing import (
     check_client_request_id,
     check_image_count,
@@ -44,6 +51,7 @@ from serve_app.serving.request_parsing import (
     parse_top_k,
     read_body,
 )
+from serve_app.serving.shadow_service import ShadowDispatcher
 
 log = request_logger()
 
@@ -84,6 +92,8 @@ class ClientRequestIdCheck:
 
 
 api.add_middleware(ClientRequestIdCheck)
+# Added last, so it runs first: a request without its key is refused before anything else.
+api.add_middleware(ApiKeyCheck)
 
 
 @api.exception_handler(ServiceError)
@@ -105,8 +115,9 @@ async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
 
 @api.exception_handler(Exception)
 async def _unexpected_error(_: Request, err: Exception) -> JSONResponse:
-    log.exception("unexpected error")
-    return ServiceError("internal error").to_response()
+    request_id = current_request_id()
+    log.exception("unexpected error (request %s)", request_id)
+    return ServiceError(f"internal error (request {request_id})").to_response()
 
 
 def current_request_id() -> str:
@@ -127,9 +138,9 @@ def readiness_reply(document: dict, ready: bool) -> JSONResponse:
 
 @serve.deployment
 @serve.ingress(api)
-class Ingress:
+class Ingress(OipGrpcMethods):
     """Routes requests to the Recognizer of the named model and records predictions for quality
-    tracking."""
+    tracking; answers OIP over gRPC too (grpc_oip)."""
 
     def __init__(
         self,
@@ -137,8 +148,10 @@ class Ingress:
         recognizers: dict[str, DeploymentHandle],
         quality: DeploymentHandle | None,
         forecaster: DeploymentHandle | None = None,
+        shadow_monitor: DeploymentHandle | None = None,
     ):
         self.config = AppConfig.model_validate(config)
+        configure_keys(self.config.auth)
         self.recognizers = recognizers
         self.quality = quality
         self.forecaster = forecaster
@@ -154,6 +167,9 @@ class Ingress:
             PredictionSender(quality, {m.name: m.version for m in self.config.models})
             if quality is not None
             else None
+        )
+        self.shadows = ShadowDispatcher(
+            self.config, shadow_monitor, recognizers, self.prediction_sender
         )
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -178,7 +194,7 @@ class Ingress:
         """Run the model's Recognizer on encoded images or preprocessed arrays; map its errors and
         back-pressure."""
         try:
-            result = await self.recognizers[name].predict.remote(images, k)
+            result = await predict_on_live_replica(self.recognizers[name], images, k)
         except BackPressureError:
             raise Overloaded(
                 f"model {name!r} is overloaded: its queue is full, retry shortly",
@@ -296,7 +312,9 @@ class Ingress:
             sent = time.perf_counter()
             result = await self._recognize(name, images, k)
             round_trip = time.perf_counter() - sent
-            self._record(request_id, name, result["predictions"])
+            stored_id = bound_request_id(principal_of(request), request_id)
+            self._record(stored_id, name, result["predictions"])
+            self.shadows.offer(name, stored_id, images, result["predictions"], round_trip)
             labels = self.labels[name]
             model = self.models[name]
             stages = result["timings_s"]
@@ -332,14 +350,24 @@ class Ingress:
     )
     async def feedback(self, request: Request) -> JSONResponse:
         quality = self._quality_monitor()
+        if not is_json_media_type(request.headers.get("content-type")):
+            # A web page can post a form or text/plain cross-site without a preflight; not JSON.
+            raise UnsupportedMediaType(
+                "feedback must be a JSON body (Content-Type: application/json)"
+            )
         limits = self.config.limits
         body = await read_body(request, min(limits.max_body_bytes, limits.max_feedback_body_bytes))
         doc = await parse_off_loop(len(body), decode_json, body, limits.max_json_depth)
         items, single = parse_feedback(doc, limits.max_feedback_items)
+        # Only this key's own predictions can be found: another key's id reads as unknown.
+        items = bound_items(items, principal_of(request))
+        self.shadows.feedback(items)
         if single:
-            (r,) = await quality.feedback.remote(items)
-            return JSONResponse(r, status_code=r.get("http_status", 200))
-        return JSONResponse(await quality.feedback_summary.remote(items))
+            (r,) = raise_wired_error(await quality.feedback.remote(items))
+            return JSONResponse(unbound_result(r), status_code=r.get("http_status", 200))
+        summary = raise_wired_error(await quality.feedback_summary.remote(items))
+        summary["not_joined"] = [unbound_result(r) for r in summary.get("not_joined", [])]
+        return JSONResponse(summary)
 
     @api.get(
         "/v1/models/{name}/quality", summary="Accuracy, precision, recall, F1 and drift of a model"
@@ -347,6 +375,14 @@ class Ingress:
     async def quality_snapshot(self, name: str) -> dict:
         self._model(name)
         return await self._quality_monitor().snapshot.remote(name)
+
+    @api.get(
+        "/v1/models/{name}/shadow",
+        summary="How a model's shadow candidate compares: agreement, overlap, latency, drops",
+    )
+    async def shadow_report(self, name: str) -> dict:
+        self._model(name)
+        return await self.shadows.report(name)
 
     @api.get(
         "/v1/autoscaling/forecast",
@@ -423,19 +459,9 @@ class Ingress:
             )
             self.metrics[name].observe_images_per_request(len(images))
             result = await self._recognize(name, images, k)
-            self._record(request_id, name, result["predictions"])
-            labels = self.labels[name]
-            preds = result["predictions"]
-            n = len(preds)
-            outputs = {
-                protocol.OUTPUT_SCORES: ("FP32", [n, k], [p["scores"] for p in preds]),
-                protocol.OUTPUT_CLASS_IDS: ("INT64", [n, k], [p["class_ids"] for p in preds]),
-                protocol.OUTPUT_LABELS: (
-                    "BYTES",
-                    [n, k],
-                    [labels[c].encode() for p in preds for c in p["class_ids"]],
-                ),
-            }
+            stored_id = bound_request_id(principal_of(request), request_id)
+            self._record(stored_id, name, result["predictions"])
+            outputs = protocol.prediction_outputs(result["predictions"], self.labels[name], k)
             content, headers = protocol.encode_infer_response(
                 name, model.version, req.id or request_id, outputs, req.requested_outputs
             )

@@ -15,6 +15,7 @@ import binascii
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,11 +155,7 @@ def parse_infer_request(
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest("`inputs` must be a non-empty list of tensors")
-    if len(raw_inputs) > limits.max_images_per_request:
-        raise PayloadTooLarge(
-            f"`inputs` holds {len(raw_inputs)} tensors, over the limit of "
-            f"{limits.max_images_per_request} (each tensor carries at least one image)"
-        )
+    check_input_count(len(raw_inputs), limits)
     inputs, offset = [], 0
     for i, raw in enumerate(raw_inputs):
         tensor, offset = _parse_input(f"inputs[{i}]", raw, binary, offset, limits)
@@ -173,10 +170,65 @@ def parse_infer_request(
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f"`id` must be a string, got {type(request_id).__name__}")
-    requested = _requested_outputs(
-        header.get("outputs"), bool(parameters.get("binary_data_output"))
-    )
+    requested = requested_outputs(header.get("outputs"), bool(parameters.get("binary_data_output")))
     return InferRequest(request_id, inputs, requested, parameters)
+
+
+def check_input_count(count: int, limits: LimitsConfig) -> None:
+    """Refuse (413) more input tensors than a request may carry images."""
+    if count > limits.max_images_per_request:
+        raise PayloadTooLarge(
+            f"`inputs` holds {count} tensors, over the limit of "
+            f"{limits.max_images_per_request} (each tensor carries at least one image)"
+        )
+
+
+def tensor_shape(where: str, datatype: str, raw_shape: Any, limits: LimitsConfig) -> list[int]:
+    """An input's datatype and shape checked against the limits before any of its data is read:
+    the one check of both the HTTP and the gRPC form."""
+    if datatype != "BYTES" and datatype not in NUMPY_DTYPES:
+        raise BadRequest(
+            f"{where}.datatype: unsupported datatype {shown(datatype)}; known: "
+            f"{['BYTES', *NUMPY_DTYPES]}"
+        )
+    shape = _shape(raw_shape, where, limits.max_tensor_elements)
+    count = _element_count(shape)
+    if datatype == "BYTES" and count > limits.max_images_per_request:
+        raise PayloadTooLarge(
+            f"{where}.shape {shape} declares {count} images, over the limit of "
+            f"{limits.max_images_per_request}"
+        )
+    return shape
+
+
+def tensor_from_raw(
+    where: str, name: str, datatype: str, shape: list[int], raw: bytes
+) -> InputTensor:
+    """A tensor from its raw bytes (HTTP's binary extension, gRPC's raw_input_contents): BYTES
+    elements length-prefixed, numbers little-endian."""
+    if datatype == "BYTES":
+        return InputTensor(
+            name, datatype, shape, _decode_bytes_binary(raw, _element_count(shape), where)
+        )
+    return InputTensor(name, datatype, shape, _array_from_binary(raw, datatype, shape, where))
+
+
+def tensor_from_values(
+    where: str,
+    name: str,
+    datatype: str,
+    shape: list[int],
+    flat: list,
+    decode_bytes: Callable[[list], list[bytes]] = list,
+) -> InputTensor:
+    """A tensor from its flat element values (HTTP's JSON `data`, gRPC's typed contents), each
+    checked against the datatype; `decode_bytes` turns BYTES elements into bytes."""
+    count = _element_count(shape)
+    if len(flat) != count:
+        raise BadRequest(f"{where}: shape says {count} elements, data holds {len(flat)}")
+    if datatype == "BYTES":
+        return InputTensor(name, datatype, shape, decode_bytes(flat))
+    return InputTensor(name, datatype, shape, _array_from_json(flat, datatype, shape, where))
 
 
 def _parse_input(
@@ -188,21 +240,10 @@ def _parse_input(
     name, datatype = t.get("name"), t.get("datatype")
     if not isinstance(name, str) or not isinstance(datatype, str):
         raise BadRequest(f"{where} needs a string `name` and `datatype`")
-    if datatype != "BYTES" and datatype not in NUMPY_DTYPES:
-        raise BadRequest(
-            f"{where}.datatype: unsupported datatype {shown(datatype)}; known: "
-            f"{['BYTES', *NUMPY_DTYPES]}"
-        )
-    shape = _shape(t.get("shape"), where, limits.max_tensor_elements)
+    shape = tensor_shape(where, datatype, t.get("shape"), limits)
     params = t.get("parameters") or {}
     if not isinstance(params, dict):
         raise BadRequest(f"{where}.parameters must be an object")
-    count = _element_count(shape)
-    if datatype == "BYTES" and count > limits.max_images_per_request:
-        raise PayloadTooLarge(
-            f"{where}.shape {shape} declares {count} images, over the limit of "
-            f"{limits.max_images_per_request}"
-        )
     size = params.get("binary_data_size")
     if size is not None:
         if not is_int(size) or size < 0 or offset + size > len(binary):
@@ -211,27 +252,22 @@ def _parse_input(
                 f"{len(binary)} bytes of binary data"
             )
         raw, offset = binary[offset : offset + size], offset + size
-        if datatype == "BYTES":
-            return InputTensor(
-                name, datatype, shape, _decode_bytes_binary(raw, count, where)
-            ), offset
-        return InputTensor(
-            name, datatype, shape, _array_from_binary(raw, datatype, shape, where)
-        ), offset
+        return tensor_from_raw(where, name, datatype, shape, raw), offset
     values = t.get("data")
     if values is None:
         raise BadRequest(f"{where} has neither `data` nor `parameters.binary_data_size`")
-    flat = _flatten(values)
-    if len(flat) != count:
-        raise BadRequest(f"{where}: shape says {count} elements, data holds {len(flat)}")
-    if datatype == "BYTES":
-        data: Any = _decode_bytes_json(flat, params.get("content_type"), where)
-    else:
-        data = _array_from_json(flat, datatype, shape, where)
-    return InputTensor(name, datatype, shape, data), offset
+    content_type = params.get("content_type")
+    return tensor_from_values(
+        where,
+        name,
+        datatype,
+        shape,
+        _flatten(values),
+        lambda flat: _decode_bytes_json(flat, content_type, where),
+    ), offset
 
 
-def _requested_outputs(raw_outputs: Any, binary_default: bool) -> dict[str, bool]:
+def requested_outputs(raw_outputs: Any, binary_default: bool) -> dict[str, bool]:
     """Output name -> binary, from the request's `outputs` (every output when absent)."""
     if raw_outputs is None:
         return {name: binary_default for name in ALL_OUTPUTS}
@@ -318,6 +354,36 @@ def _bytes_binary(elements: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
 
 
+def tensor_bytes(datatype: str, data: Any) -> bytes:
+    """An output tensor's raw bytes (HTTP's binary extension, gRPC's raw_output_contents)."""
+    if datatype == "BYTES":
+        return _bytes_binary(
+            [d if isinstance(d, bytes) else str(d).encode() for d in _flatten(data)]
+        )
+    dtype = np.dtype(NUMPY_DTYPES[datatype])
+    return (
+        np.ascontiguousarray(np.asarray(data, dtype=dtype))
+        .astype(dtype.newbyteorder("<"))
+        .tobytes()
+    )
+
+
+def prediction_outputs(
+    predictions: list[dict], labels: list[str], k: int
+) -> dict[str, tuple[str, list[int], Any]]:
+    """The Recognizer's top-k predictions as the OIP outputs, name -> (datatype, shape, data)."""
+    n = len(predictions)
+    return {
+        OUTPUT_SCORES: ("FP32", [n, k], [p["scores"] for p in predictions]),
+        OUTPUT_CLASS_IDS: ("INT64", [n, k], [p["class_ids"] for p in predictions]),
+        OUTPUT_LABELS: (
+            "BYTES",
+            [n, k],
+            [labels[c].encode() for p in predictions for c in p["class_ids"]],
+        ),
+    }
+
+
 def encode_infer_response(
     model_name: str,
     model_version: str,
@@ -335,16 +401,7 @@ def encode_infer_response(
         datatype, shape, data = outputs[name]
         tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
-            if datatype == "BYTES":
-                blob = _bytes_binary(
-                    [d if isinstance(d, bytes) else str(d).encode() for d in _flatten(data)]
-                )
-            else:
-                blob = (
-                    np.ascontiguousarray(np.asarray(data, dtype=NUMPY_DTYPES[datatype]))
-                    .astype("<" + np.dtype(NUMPY_DTYPES[datatype]).str[1:])
-                    .tobytes()
-                )
+            blob = tensor_bytes(datatype, data)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

@@ -82,10 +82,11 @@ class OnnxRuntime:
 
     name = "onnxruntime"
     device = "cpu"
-    precision = "fp32"
 
-    def __init__(self, onnx_path: Path, num_threads: int):
+    def __init__(self, onnx_path: Path, num_threads: int, precision: str = "fp32"):
         import onnxruntime as ort
+
+        self.precision = precision
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = num_threads
@@ -190,6 +191,8 @@ def select_runtime(cfg: ModelConfig, loaded: LoadedModel) -> RuntimeChoice:
     """Build the configured runtime; for `auto` on CPU prefer ONNX Runtime when it agrees with
     torch."""
     device = resolve_device(cfg.device)
+    if cfg.precision == "int8":
+        return int8_runtime(cfg, loaded)
     torch_rt = TorchRuntime(loaded.module, device, cfg.precision, cfg.num_threads)
     if cfg.runtime == "torch" or device == "cuda":
         reason = (
@@ -220,6 +223,27 @@ def select_runtime(cfg: ModelConfig, loaded: LoadedModel) -> RuntimeChoice:
     return RuntimeChoice(
         onnx_rt, f"agrees with torch on reference photos (max diff {max_diff:.1e})"
     )
+
+
+def int8_runtime(cfg: ModelConfig, loaded: LoadedModel) -> RuntimeChoice:
+    """ONNX Runtime on the model's static INT8 graph (serving/quantize.py), quantized on first use
+    and cached beside the fp32 export; it must give the fp32 graph's top-1 on the reference
+    photos, or the replica refuses to start."""
+    from serve_app.serving.quantize import quantize_int8
+
+    if cfg.device != "cpu" or cfg.runtime == "torch":  # config validation says so first
+        raise RuntimeError("precision int8 runs on the CPU with ONNX Runtime only")
+    fp32_path = export_onnx(loaded, cfg.architecture)
+    int8 = OnnxRuntime(quantize_int8(fp32_path, loaded.preprocess), cfg.num_threads, "int8")
+    fp32 = OnnxRuntime(fp32_path, cfg.num_threads)
+    batch = check_batch(loaded)
+    same = fp32.run(batch).argmax(axis=1) == int8.run(batch).argmax(axis=1)
+    if not same.all():
+        raise RuntimeError(
+            f"INT8 graph of {cfg.name} disagrees with fp32 on {int((~same).sum())} of "
+            f"{len(same)} reference photos; serve it in fp32"
+        )
+    return RuntimeChoice(int8, "int8 static quantization, top-1 as fp32 on reference photos")
 
 
 def run_with_oom_split(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from tests.integration.ports import (
     SERVICE_URL,
     config_with_ports,
 )
+from tests.integration.serve_run import stop_serve_run
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CONFIG = ROOT / "configs" / "serve_config.test.yaml"
@@ -98,23 +98,7 @@ def serve_process(ray_tmpdir: Path):
             time.sleep(1)
         yield proc
     finally:
-        _stop(proc)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C first (serve run then shuts Serve and its local Ray down), then the process group we
-    started."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=10)
+        stop_serve_run(proc)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ import yaml
 OFFSET = int(os.environ.get("RECSERVE_TEST_PORT_OFFSET", "0"))
 
 SERVE_PORT = 18000 + OFFSET
+GRPC_PORT = 18001 + OFFSET
 PROMETHEUS_PORT = 19090 + OFFSET
 ALERTMANAGER_PORT = 19093 + OFFSET
 HAPROXY_STATS_PORT = 18404 + OFFSET
@@ -23,6 +24,7 @@ DINGTALK_ALERTMANAGER_PORT = 19193 + OFFSET
 DINGTALK_BRIDGE_PORT = 19195 + OFFSET
 
 SERVICE_URL = f"http://127.0.0.1:{SERVE_PORT}"
+GRPC_TARGET = f"127.0.0.1:{GRPC_PORT}"
 PROMETHEUS_URL = f"http://127.0.0.1:{PROMETHEUS_PORT}"
 
 
@@ -30,6 +32,7 @@ def config_with_ports(source: Path, target: Path) -> Path:
     """A copy of the test config with Serve's port and every Prometheus address moved."""
     doc = yaml.safe_load(source.read_text())
     doc["http_options"]["port"] = SERVE_PORT
+    doc["grpc_options"]["port"] = GRPC_PORT
     # each session its own quality store: none sees another's predictions or an earlier session's
     doc["applications"][0]["args"]["quality"]["store_dir"] = str(target.parent / "quality-store")
     text = yaml.safe_dump(doc, sort_keys=False)

@@ -76,6 +76,7 @@ def test_models_listing_and_health(service_url):
         "lite0_fallback",
         "lite0_predictive",
         "lite0_overload",
+        "lite0_int8",
     }  # models side by side, each its own deployment
     m = models[MODEL]
     assert (

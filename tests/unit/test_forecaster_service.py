@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 
 import numpy as np
 import pytest
 
 from lab.tracegen import diurnal
+from serve_app.autoscaling.forecast_accuracy import PublishedPoint
 from serve_app.autoscaling.forecast_metrics import (
     FORECAST_PEAK_QPS,
     FORECAST_QPS,
@@ -170,9 +173,54 @@ def test_prometheus_down_is_an_error_status_not_a_crash(tmp_path):
         backend=InMemoryMetricsBackend(),
         clock=Clock(NOW),
     )
-    state = publisher.refit("m")
-    assert state.status == "error" and "did not answer" in state.message
+    with logged() as lines:
+        state = publisher.refit("m")
+    assert state.status == "error" and "refit failed: ConnectionError" in state.message
+    assert any("did not answer" in line for line in lines)  # the operator's log has the reason
     assert publisher.due() == []  # retries after retry_interval_s, not in a tight loop
+
+
+@contextlib.contextmanager
+def logged():
+    """The forecaster's log lines while the block runs."""
+    lines: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("ray.serve")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_the_status_reply_names_files_and_errors_never_folders_or_addresses(tmp_path):
+    (tmp_path / "m.json").write_text("{not json")
+    cfg = config(tmp_path, planned_events_file=str(tmp_path / "plans" / "events.json"))
+    publisher = ForecastPublisher(
+        cfg, TraceHistory(fail=True), backend=InMemoryMetricsBackend(), clock=Clock(NOW)
+    )
+    publisher.load_saved()
+    publisher.publish()
+    # a forecast kept an hour ago, due to be scored against the (unreachable) actual rate
+    publisher.models["m"].published_log.record(PublishedPoint(NOW - 3600, 1.0, 0.5, 2.0))
+    with logged() as lines:
+        loaded = json.dumps(publisher.status())
+        publisher.refit("m")
+        publisher.score_accuracy("m")
+        status = publisher.status()
+    text = json.dumps(status)
+    for reply in (loaded, text):
+        assert str(tmp_path) not in reply and "127.0.0.1" not in reply
+    assert "saved model m.json unusable: ValueError" in loaded
+    assert status["planned_events_file"] == "events.json"
+    assert "events.json does not exist" in status["planned_events_error"]
+    assert status["models"]["m"]["message"].startswith("refit failed: ConnectionError")
+    assert status["models"]["m"]["accuracy"]["message"].startswith(
+        "actual rate unavailable: ConnectionError"
+    )
+    # the log keeps what the reply leaves out
+    assert sum("127.0.0.1:9" in line for line in lines) == 2
 
 
 def test_corrupt_saved_model_is_reported(tmp_path):

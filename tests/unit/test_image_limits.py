@@ -40,8 +40,8 @@ def test_bytes_per_pixel_is_bands_times_bytes_per_sample(mode, expected):
     assert bytes_per_pixel(mode) == expected
 
 
-def header(w, h, mode="RGB", decoded=None, buffers=0, fmt="PNG"):
-    return ImageHeader(fmt, w, h, decoded or (w, h), mode, buffers)
+def header(w, h, mode="RGB", decoded=None, buffers=0, fmt="PNG", scans=0):
+    return ImageHeader(fmt, w, h, decoded or (w, h), mode, buffers, scans)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +54,8 @@ def header(w, h, mode="RGB", decoded=None, buffers=0, fmt="PNG"):
         (header(2000, 2000, "RGBA"), PayloadTooLarge, "max_decoded_bytes"),
         # 1000 x 1000 RGB = 3_000_000 + 10_000_000 of coefficient buffers > 12_582_912
         (header(1000, 1000, buffers=10_000_000), PayloadTooLarge, "max_decoded_bytes"),
+        # a small image, yet 65 passes over it: the default limit is 64
+        (header(64, 64, fmt="JPEG", scans=65), UnprocessableEntity, "max_jpeg_scans"),
     ],
 )
 def test_over_a_limit_is_refused_naming_the_value_and_the_key(image, error, key):
@@ -71,6 +73,8 @@ def test_over_a_limit_is_refused_naming_the_value_and_the_key(image, error, key)
         header(2000, 2000, "I;16"),  # x 2 = 8_000_000
         # A 4000x1000 JPEG decoded at 1/4 scale: 1000x250 RGB = 750_000 bytes.
         header(4000, 1000, decoded=(1000, 250), fmt="JPEG"),
+        header(2000, 2000, fmt="JPEG", scans=64),  # at the scan limit
+        header(2000, 2000, fmt="JPEG", scans=10),  # libjpeg's standard progression
     ],
 )
 def test_within_every_limit_passes(image):
@@ -105,3 +109,10 @@ def test_jpeg_coefficient_bytes(size, sampling, expected):
 def test_a_request_budget_below_one_image_is_a_config_error():
     with pytest.raises(ValueError, match="max_request_decoded_bytes"):
         LimitsConfig(max_decoded_bytes=2**20, max_request_decoded_bytes=2**19)
+
+
+def test_the_scan_limit_is_the_configured_one():
+    tight = LimitsConfig(max_jpeg_scans=10)
+    check_image(header(64, 64, fmt="JPEG", scans=10), tight)
+    with pytest.raises(UnprocessableEntity, match=r"more than 10 scans.*limits\.max_jpeg_scans"):
+        check_image(header(64, 64, fmt="JPEG", scans=11), tight)

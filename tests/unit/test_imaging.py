@@ -7,19 +7,26 @@ import pytest
 from PIL import Image
 
 from serve_app.config import LimitsConfig, ModelConfig, PreprocessSpec
-from serve_app.errors import BadRequest, InvalidImage, PayloadTooLarge, UnsupportedMediaType
+from serve_app.errors import (
+    BadRequest,
+    InvalidImage,
+    PayloadTooLarge,
+    UnprocessableEntity,
+    UnsupportedMediaType,
+)
 from serve_app.serving.imaging import (
     ACCEPTED_FORMATS,
     decode_and_crop,
     jpeg_scans,
     normalize_batch,
+    read_header,
     resize_and_crop,
     source_box,
     upright,
 )
 from serve_app.serving.models import load_model
 from serve_app.serving.runtimes import TorchRuntime
-from tests.hostile_images import jpeg_with_exif, reference_crop, saved
+from tests.hostile_images import jpeg_with_exif, jpeg_with_scans, reference_crop, saved
 
 SPEC = PreprocessSpec(resize=256, crop=224, mean=(0.498,) * 3, std=(0.502,) * 3)
 
@@ -160,3 +167,22 @@ def test_jpeg_scans_counts_the_image_not_its_exif_thumbnail(cat_jpeg):
     thumbnail = saved(cat.resize((64, 43)), "JPEG")  # has its own start-of-scan marker
     assert jpeg_scans(jpeg_with_exif(cat, b"Exif\x00\x00" + thumbnail)) == 1
     assert jpeg_scans(saved(cat, "JPEG", progressive=True)) == 2  # counting stops at 2
+
+
+def test_jpeg_scans_counts_thousands_of_scans_but_stops_at_enough():
+    many = jpeg_with_scans(Image.new("RGB", (64, 64), (90, 40, 160)), 3000)
+    assert jpeg_scans(many, enough=10_000) == 3000
+    assert jpeg_scans(many, enough=65) == 65
+
+
+def test_a_jpeg_over_the_scan_limit_is_refused_from_its_markers_before_decoding():
+    flat = Image.new("RGB", (256, 256), (90, 40, 160))
+    limits = LimitsConfig(max_jpeg_scans=20)
+    assert read_header(jpeg_with_scans(flat, 20), SPEC, limits).scans == 20
+    crop = decode_and_crop(jpeg_with_scans(flat, 20), SPEC, limits)
+    assert np.abs(crop.astype(int) - reference_crop(flat, SPEC)).max() <= 2
+    with pytest.raises(UnprocessableEntity) as err:
+        read_header(jpeg_with_scans(flat, 21), SPEC, limits)
+    assert err.value.status == 422
+    assert "more than 20 scans" in err.value.message
+    assert "limits.max_jpeg_scans" in err.value.message

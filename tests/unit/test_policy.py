@@ -390,9 +390,10 @@ def test_stale_forecast_says_so_nowhere_it_scales():
 @pytest.mark.parametrize(
     "qps, forecast, expected, code",
     [
-        # 6 instances, 300 QPS (50 each, within 20..100): the load band holds; a forecast of less
-        # load (160) no longer takes a calm deployment down early.
-        (300, 160, 6, "hold_within"),
+        # 6 instances, 300 QPS (50 each, within 20..100): the load band holds, but the forecast
+        # lands at ceil(160 / 64) = 3 and the load needs ceil(300 / 80) = 4 <= 0.8 * 6: down to 4
+        # (follow_down), never below what the load needs.
+        (300, 160, 4, "scale_down_forecast"),
         # 60 QPS (10 each < 20, below): the load needs ceil(60 / 80) = 1, the forecast lands at
         # ceil(160 / (100 * 0.8 * 0.8)) = ceil(2.5) = 3: down to 3, not to 1.
         (60, 160, 3, "scale_down_threshold"),
@@ -407,6 +408,63 @@ def test_forecast_stops_a_scale_down_at_its_landing(qps, forecast, expected, cod
     s = sig(6, qps=qps, p99_ms=100, forecast_qps=forecast, forecast_fit_time=MONDAY_10 - 60)
     decision = decide(s, {}, MONDAY_10, rules(predictive=PREDICTIVE))
     assert (decision.replicas, decision.code) == (expected, code)
+
+
+@pytest.mark.parametrize(
+    "current, qps, forecast, remembered, expected, code",
+    [
+        # The load needs ceil(300 / 80) = 4, the forecast lands at ceil(160 / 64) = 3: 6 -> 4.
+        (6, 300, 160, None, 4, "scale_down_forecast"),
+        # The forecast lands higher, ceil(250 / 64) = 4, than the load's 3 (200 QPS): 6 -> 4.
+        (6, 200, 250, None, 4, "scale_down_forecast"),
+        # 5 instances: 4 would be 0.8 x 5, a fleet at most 1 / target_fill too big, so it goes.
+        (5, 300, 160, None, 4, "scale_down_forecast"),
+        # 5 instances needing 5 (390 QPS, ceil(390 / 80) = 5): nothing to shed.
+        (5, 390, 160, None, 5, "hold_within"),
+        # The load needed 5 within the down window (a burst a minute ago): 6 -> 5 would be
+        # 0.83 x 6, less than 1 / target_fill too big, so it holds.
+        (6, 300, 160, 5, 6, "hold_within"),
+        # A forecast that lands at 5 holds 6 the same way (ceil(300 / 64) = 5).
+        (6, 200, 300, None, 6, "hold_within"),
+    ],
+)
+def test_forecast_leads_a_scale_down_with_hysteresis(
+    current, qps, forecast, remembered, expected, code
+):
+    s = sig(current, qps=qps, p99_ms=300, forecast_qps=forecast, forecast_fit_time=MONDAY_10 - 60)
+    state = {}
+    if remembered is not None:
+        state["need_window"] = [[MONDAY_10 - 60, remembered]]
+    decision = decide(s, state, MONDAY_10, rules(predictive=PREDICTIVE))
+    assert (decision.replicas, decision.code) == (expected, code)
+
+
+def test_forecast_led_scale_down_is_off_with_follow_down_false():
+    s = sig(6, qps=300, p99_ms=300, forecast_qps=160, forecast_fit_time=MONDAY_10 - 60)
+    decision = decide(s, {}, MONDAY_10, rules(predictive={**PREDICTIVE, "follow_down": False}))
+    assert (decision.replicas, decision.code) == (6, "hold_within")
+
+
+def test_forecast_led_scale_down_waits_for_the_down_cooldown_and_a_fresh_forecast():
+    s = sig(6, qps=300, p99_ms=300, forecast_qps=160, forecast_fit_time=MONDAY_10 - 60)
+    r = rules(predictive=PREDICTIVE)
+    cooling = decide(s, {"last_scale_up_s": MONDAY_10 - 100}, MONDAY_10, r)
+    assert cooling.replicas == 6
+    stale = sig(6, qps=300, p99_ms=300, forecast_qps=160, forecast_fit_time=MONDAY_10 - 9000)
+    assert decide(stale, {}, MONDAY_10, r).replicas == 6
+
+
+def test_forecast_led_scale_down_is_not_undone_by_the_next_periods():
+    # Down to 4 on a falling forecast; the same load and forecast for the next ten minutes keep 4.
+    r = rules(predictive=PREDICTIVE)
+    state, replicas = {}, 6
+    targets = []
+    for k in range(600):
+        s = sig(replicas, qps=300, p99_ms=300, forecast_qps=160, forecast_fit_time=MONDAY_10 - 60)
+        decision = decide(s, state, MONDAY_10 + k, r)
+        state, replicas = decision.state, decision.replicas
+        targets.append(replicas)
+    assert targets[0] == 4 and set(targets) == {4}
 
 
 def test_forecast_scale_down_respects_the_down_cooldown():

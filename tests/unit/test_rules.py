@@ -100,6 +100,7 @@ def test_issue_alerts_are_all_present():
         "ErrorRatioCritical",
         "OverloadShedding",
         "ModelAccuracyDropped",
+        "ShadowAgreementLow",
         "ReplicasIdleOffPeak",
         "DeploymentUnhealthy",
         "DeploymentNoReadyReplicas",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 
@@ -11,6 +12,7 @@ from serve_app.devtools.soak import (
     ReplicaGrowth,
     RssSample,
     Traffic,
+    failure_reason,
     main,
     parse_duration,
     replica_growth,
@@ -101,14 +103,21 @@ def test_verdict_without_replica_samples_fails():
 
 def test_write_results(tmp_path):
     rss = series("r1", 7, [100] * 10) + series("r2", 9, [100] * 5 + [150] * 5)
-    traffic = [Traffic(0.0, sent=100, ok=100), Traffic(10.0, sent=100, ok=99, failed=1)]
+    traffic = [Traffic(0.0, sent=100, ok=100), Traffic(10.0, sent=100, ok=97)]
+    for reason in ("503", "timeout", "503"):
+        traffic[1].fail(reason)
     summary = write_results(tmp_path, {"duration_s": 100}, rss, traffic, warmup_s=0)
-    assert summary["requests"] == 200 and summary["ok"] == 199
-    assert not summary["passed"]  # 199/200 = 99.5 %, and r2 grew 50 %
+    assert summary["requests"] == 200 and summary["ok"] == 197
+    assert not summary["passed"]  # 197/200 = 98.5 %, and r2 grew 50 %
     assert len(summary["reasons"]) == 2
+    assert summary["failures_by_reason"] == {"503": 2, "timeout": 1}
     assert json.loads((tmp_path / "soak.json").read_text()) == summary
     with (tmp_path / "rss.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 20
+    with (tmp_path / "traffic.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [json.loads(r["reasons"]) for r in rows] == [{}, {"503": 2, "timeout": 1}]
+    assert rows[1]["failed"] == "3"
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -116,3 +125,9 @@ def test_load_goes_to_loopback_only(capsys):
     code = main(["--url", "http://10.0.0.1:8000", "--capacity-rps", "10"])
     assert code == 2
     assert "127.0.0.1 only" in capsys.readouterr().err
+
+
+def test_failure_reason():
+    assert failure_reason(503) == "503"
+    assert failure_reason(error=asyncio.TimeoutError()) == "timeout"
+    assert failure_reason(error=ConnectionResetError()) == "ConnectionResetError"

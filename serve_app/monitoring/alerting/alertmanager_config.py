@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from serve_app.monitoring.alerting.rules import SCOPE_LABELS
 from serve_app.monitoring.alerting.thresholds import Duration
 from serve_app.monitoring.alerting.yamldoc import dump_yaml
+from serve_app.validation import validation_problems
 
 SeverityName = Literal["critical", "warning", "info"]
 SEVERITIES: tuple[SeverityName, ...] = ("critical", "warning", "info")
@@ -38,6 +39,8 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "RECSERVE_SMTP_REQUIRE_TLS": ("email", "require_tls"),
 }
 RECEIVERS_FILE_ENV = "RECSERVE_ALERT_RECEIVERS_FILE"
+# Keys whose values a validation error never repeats (URLs carry access tokens).
+SECRET_KEYS = ("url", "secret", "password", "username")
 LIST_KEYS = {("dingtalk", "at_mobiles"), ("email", "to")}
 
 
@@ -49,7 +52,8 @@ class Section(BaseModel):
 
 def _http_url(value: str | None) -> str | None:
     if value is not None and not re.match(r"^https?://[^\s/]+", value):
-        raise ValueError(f"{value!r} is not an http(s) URL")
+        # The value is not quoted: a robot or webhook URL carries its access token.
+        raise ValueError("is not an http(s) URL (it must start with http:// or https://)")
     return value
 
 
@@ -186,7 +190,8 @@ def load_receiver_settings(
         settings = ReceiverSettings.model_validate(doc)
     except ValidationError as exc:
         source = f"{path} and RECSERVE_* variables" if path else "RECSERVE_* variables"
-        raise ValueError(f"alert receivers ({source}): {exc}") from None
+        problems = validation_problems(exc, "receivers", SECRET_KEYS)
+        raise ValueError(f"alert receivers ({source}): {problems}") from None
     if settings.email_enabled():
         missing = [
             name

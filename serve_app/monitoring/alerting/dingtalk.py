@@ -28,7 +28,7 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
-from serve_app.errors import BadRequest, PayloadTooLarge, error_body
+from serve_app.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType, error_body
 
 log = logging.getLogger("recserve.dingtalk")
 
@@ -38,6 +38,12 @@ MAX_BODY_BYTES = 5 * 1024 * 1024
 SEND_TIMEOUT_S = 10
 PRODUCT = "recognition-serve"
 WRONG_PATH = "POST Alertmanager webhooks to /alert"
+
+
+def is_json(content_type: str | None) -> bool:
+    """Alertmanager posts application/json; a web page can post forms and text/plain to any
+    address without asking (no CORS preflight), so nothing else is taken."""
+    return (content_type or "").split(";", 1)[0].strip().lower() == "application/json"
 
 
 def sign(secret: str, timestamp_ms: int) -> str:
@@ -201,6 +207,14 @@ def make_handler(bridge: DingTalkBridge) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             if self.path != "/alert":
                 self._reply(404, error_body("not_found", WRONG_PATH))
+                return
+            if not is_json(self.headers.get("Content-Type")):
+                self._reply(
+                    415,
+                    error_body(
+                        UnsupportedMediaType.code, "the body must be JSON (application/json)"
+                    ),
+                )
                 return
             try:
                 length = int(self.headers.get("Content-Length") or 0)

@@ -227,6 +227,11 @@ def alert_rules(t: AlertThresholds) -> dict:
     traffic = t.NoTrafficWhenExpected
     stale = t.ForecasterStale
     shedding = m.OVERLOAD_TIERS.index("shedding")
+    shadow = t.ShadowAgreementLow
+    shadow_images, shadow_agree = (
+        f"sum by (model_name, shadow_model) (increase({exported(spec)}[{shadow.window}]))"
+        for spec in (m.SHADOW_IMAGES_TOTAL, m.SHADOW_TOP1_AGREEMENTS_TOTAL)
+    )
     candidates = [
         _alert(
             "GPUUtilizationHigh",
@@ -255,7 +260,7 @@ def alert_rules(t: AlertThresholds) -> dict:
             f"{gpu_where} memory {percent} used: out of memory is near",
             f"Memory of {gpu_where} has been above {gpu_mem_crit.threshold:.0%} for "
             f"{gpu_mem_crit.for_} (now {percent}). CUDA out-of-memory errors follow: lower "
-            "max_batch_size, move replicas, or use fp16/INT8 weights.",
+            "max_batch_size, move replicas, or set precision: fp16 (docs/MODELS.md).",
         ),
         _alert(
             "GPUTemperatureHigh",
@@ -336,6 +341,22 @@ def alert_rules(t: AlertThresholds) -> dict:
             "$labels.model_name | query }}"
             "{{ . | first | value | humanizePercentage }}{{ end }}"
             f" for {acc.for_}. Check recent inputs (drift) and the model version.",
+        ),
+        _alert(
+            "ShadowAgreementLow",
+            shadow,
+            "quality",
+            (
+                f"{shadow_agree}\n/ {shadow_images}\n< {shadow.threshold}\n"
+                f"and on (model_name, shadow_model)\n"
+                f"{shadow_images} >= {shadow.min_images}\n"
+            ),
+            f"Shadow {{{{ $labels.shadow_model }}}} agrees with {model} on {percent} of top-1",
+            f"Over {shadow.window}, the shadow candidate {{{{ $labels.shadow_model }}}} gave "
+            f"{model}'s top-1 class on {percent} of the compared images (threshold "
+            f"{shadow.threshold:.0%}, at least {shadow.min_images} images) for {shadow.for_}. "
+            "Do not promote it; compare both models' accuracy from feedback "
+            "(/v1/models/{name}/quality) and its report (/v1/models/{name}/shadow).",
         ),
         _alert(
             "ReplicasIdleOffPeak",

@@ -178,6 +178,20 @@ class ModelAccuracyDroppedSettings(AlertSection):
     severity: Severity = "critical"
 
 
+class ShadowAgreementLowSettings(AlertSection):
+    """A shadow candidate's top-1 agreement with its model, over a window (serving/shadow.py)."""
+
+    threshold: float = Field(
+        0.95, gt=0, le=1, description="Fires while top-1 agreement is below this ratio ..."
+    )
+    window: Duration = Field("30m", description="... over the images compared in this window ...")
+    min_images: int = Field(
+        100, ge=1, description="... once at least this many images were compared in it."
+    )
+    for_: Duration = Field("10m", alias="for")
+    severity: Severity = "warning"
+
+
 class OffPeak(Section):
     """Off-peak hours (the users' `peak-hours` 09:00-21:00 is the complement)."""
 
@@ -273,6 +287,9 @@ class AlertThresholds(Section):
     OverloadShedding: OverloadSheddingSettings = Field(default_factory=OverloadSheddingSettings)
     ModelAccuracyDropped: ModelAccuracyDroppedSettings = Field(
         default_factory=ModelAccuracyDroppedSettings
+    )
+    ShadowAgreementLow: ShadowAgreementLowSettings = Field(
+        default_factory=ShadowAgreementLowSettings
     )
     ReplicasIdleOffPeak: ReplicasIdleOffPeakSettings = Field(
         default_factory=ReplicasIdleOffPeakSettings
