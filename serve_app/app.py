@@ -8,7 +8,12 @@ from ray.serve import Application
 
 from serve_app.autoscaling.deployment_policy import app_forecaster, autoscaling_options
 from serve_app.autoscaling.forecaster_config import ForecasterConfig
-from serve_app.config import AppConfig, ModelConfig, recognizer_deployment_name
+from serve_app.config import (
+    HEALTH_CHECK_PERIOD_S,
+    AppConfig,
+    ModelConfig,
+    recognizer_deployment_name,
+)
 from serve_app.serving.auth_middleware import missing_keys
 from serve_app.serving.ingress import Ingress
 from serve_app.serving.recognizer import Recognizer
@@ -44,6 +49,7 @@ def recognizer_options(
         },
         "max_ongoing_requests": m.max_ongoing_requests,
         "max_queued_requests": m.max_queued_requests,
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
     }
     autoscaling = autoscaling_options(m, forecaster)
     if autoscaling is not None:

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serve_app.overload_config import OverloadConfig
 
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
-# A deployment of one replica (QualityMonitor, Forecaster, ShadowMonitor) has no sibling to take its
-# calls while it is down: its death is noticed at the next health check, Serve's default 10 s.
-SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S = 2.0
+# A replica killed while no call was in flight to it is noticed only at its next health check
+# (Serve's default period: 10 s); the replacement's start then waits that long.
+HEALTH_CHECK_PERIOD_S = 2.0
 
 
 class Section(BaseModel):

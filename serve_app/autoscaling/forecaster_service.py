@@ -65,7 +65,7 @@ from serve_app.autoscaling.planned_events import (
     planned_qps,
 )
 from serve_app.autoscaling.rate_history import RateHistory, prometheus_rate_history
-from serve_app.config import SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S
+from serve_app.config import HEALTH_CHECK_PERIOD_S
 from serve_app.monitoring.metric_backends import default_backend
 
 logger = logging.getLogger("ray.serve")
@@ -411,7 +411,7 @@ def _deployment_class():
     @serve.deployment(
         num_replicas=1,
         max_ongoing_requests=8,
-        health_check_period_s=SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S,
+        health_check_period_s=HEALTH_CHECK_PERIOD_S,
     )
     class Forecaster:
         """Refits on a schedule and publishes forecasts; one replica."""

@@ -22,7 +22,7 @@ from typing import Any
 from ray import serve
 
 import serve_app.monitoring.metrics as m
-from serve_app.config import SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S, QualityConfig
+from serve_app.config import HEALTH_CHECK_PERIOD_S, QualityConfig
 from serve_app.errors import StoreUnavailable
 from serve_app.monitoring.metric_backends import MetricBackend
 from serve_app.monitoring.metric_groups import QualityMetrics
@@ -165,7 +165,7 @@ class QualityMonitorCore:
     num_replicas=1,
     max_ongoing_requests=1000,
     ray_actor_options={"num_cpus": 0},
-    health_check_period_s=SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
 )
 class QualityMonitor(QualityMonitorCore):
     """Serve deployment around QualityMonitorCore: the quality section as a plain dict, and each

@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 import serve_app.monitoring.metrics as m
-from serve_app.config import SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S, AppConfig
+from serve_app.config import HEALTH_CHECK_PERIOD_S, AppConfig
 from serve_app.errors import UnprocessableEntity
 from serve_app.monitoring.metric_groups import MetricGroup
 from serve_app.serving.prediction_sender import PredictionSender
@@ -207,7 +207,7 @@ class ShadowMonitorCore:
     num_replicas=1,
     max_ongoing_requests=1000,
     ray_actor_options={"num_cpus": 0},
-    health_check_period_s=SINGLE_REPLICA_HEALTH_CHECK_PERIOD_S,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
 )
 class ShadowMonitor(ShadowMonitorCore):
     """One replica, so every ingress replica's comparisons land in one report."""
