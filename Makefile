@@ -49,7 +49,7 @@ run: install system-deps
 ISOLATED := tests/integration/test_overload_live.py tests/integration/test_stop_signals_live.py tests/integration/test_cluster_live.py \
 	tests/integration/test_faults_live.py
 test: install system-deps lint
-	$(BIN)/python -m pytest -q tests/unit tests/integration $(addprefix --ignore=,$(ISOLATED))
+	$(BIN)/python -m pytest -q --durations=12 tests/unit tests/integration $(addprefix --ignore=,$(ISOLATED))
 	for t in $(ISOLATED); do $(BIN)/python -m pytest -q $$t || exit 1; done
 
 # ruff as configured in pyproject.toml: lint rules, then formatting (checked, nothing rewritten).
@@ -63,9 +63,12 @@ unit: install
 integration: install system-deps
 	$(BIN)/python -m pytest -q tests/integration
 
+# e.g. make bench BENCH_OUT=docs/bench/run-X BENCH_ARGS="--proxies haproxy --seconds 12"
+BENCH_OUT ?= docs/bench
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python -m serve_app.devtools.bench --out docs/bench
-	$(BIN)/recserve quantize --model efficientnet_lite0 --out docs/bench
+	$(BIN)/python -m serve_app.devtools.bench --out $(BENCH_OUT) $(BENCH_ARGS)
+	$(BIN)/recserve quantize --model efficientnet_lite0 --out $(BENCH_OUT)
 
 # The backtest's CPU latency curve (lab/profiles/cpu.csv), remeasured in-process; the run that made it
 # stays in docs/bench/profile-run/ (results.json keeps the curve it replaced).

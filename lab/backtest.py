@@ -167,6 +167,8 @@ class BacktestResult:
     window: slice  # the replayed seconds within the simulated span
     step_s: float  # the trace's step
     day_statuses: list[str] = field(default_factory=list)
+    # The fleet table the replayed predictive policy planned with (None: one per-replica figure).
+    fleet_table: dict[int, float] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,12 +218,20 @@ def walk_forward(
     return DayForecasts(day_starts, forecasts, statuses, lead_time_s)
 
 
+def operator_fleet_table(capacities: np.ndarray) -> dict[int, float]:
+    """The fleet sizes an operator measures (1, 2, 4, ... up to the table's largest) and what each
+    sustains at the SLO."""
+    sizes = [2**k for k in range((len(capacities) - 1).bit_length())]
+    return {n: round(float(capacities[n]), 2) for n in sizes}
+
+
 def policy_kwargs(
     capacity: float,
     options: BacktestOptions,
     config: SimConfig,
     predictive: bool,
     lead_time_s: float,
+    fleet_table: dict[int, float] | None = None,
 ) -> dict[str, Any]:
     """Our policy's YAML for the replay: thresholds from the capacity at the SLO, the forecast floor
     if predictive."""
@@ -256,6 +266,11 @@ def policy_kwargs(
             "max_forecast_age_s": 2 * DAY,
         }
     for key, value in options.policy:
+        # `measured`: the operator's fleet table, for the predictive replay only (a tuning run).
+        if key == "predictive.fleet_capacity_qps" and value == "measured":
+            if not predictive:
+                continue
+            value = fleet_table
         *parents, leaf = key.split(".")
         node = kwargs
         for name in parents:
@@ -410,6 +425,9 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     # fleet sustains more per replica than one replica alone.
     typical = int(replicas_for_load(np.array([np.median(rate[window])]), capacities, 1)[0])
     planning = float(capacities[typical] / typical)
+    # What `recserve capacity --replicas N` measures at 1, 2, 4, ...: the predictive policy plans
+    # each fleet size with it under `--policy predictive.fleet_capacity_qps=measured`.
+    table = operator_fleet_table(capacities)
     config = replace(config, max_replicas=max_replicas)
 
     day_starts = [replay_start + k * DAY for k in range(math.ceil((last - replay_start) / DAY))]
@@ -428,6 +446,7 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     mape_overall = round(float(np.mean(known)), 2) if known else None
 
     initial = int(ready[0])
+    predictive_kwargs = policy_kwargs(planning, options, config, True, lead_time_s, table)
     # Every strategy replays the same arrivals on the same simulated service.
     job = partial(
         StrategyJob, rate=rate, arrivals=arrivals, model=model, config=config, start_unix=sim_start
@@ -443,7 +462,7 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         ),
         job(
             "predictive",
-            kwargs=policy_kwargs(planning, options, config, True, lead_time_s),
+            kwargs=predictive_kwargs,
             forecasts=forecasts,
             initial_replicas=initial,
         ),
@@ -476,4 +495,5 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         window,
         step,
         day_statuses=forecasts.statuses,
+        fleet_table=predictive_kwargs["predictive"].get("fleet_capacity_qps"),
     )

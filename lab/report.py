@@ -258,6 +258,7 @@ def write_settings(path: Path, result: BacktestResult, options: BacktestOptions)
         "mape_by_day": result.mape_by_day,
         "mape_overall": result.mape_overall,
         "forecast_status_by_day": result.day_statuses,
+        "predictive_fleet_capacity_qps": result.fleet_table,
     }
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path

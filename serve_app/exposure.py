@@ -180,6 +180,31 @@ def haproxy_env(directory: Path, environ: dict | os._Environ) -> dict[str, str]:
     return env
 
 
+# Ray on Linux takes the machine's routable address as its node IP and binds its GCS, raylet,
+# object manager, agents and workers on every interface; with this variable at 0 it takes
+# loopback instead (Ray's own single-machine mode, made for macOS and Windows), and all of them
+# bind there. Only for a Ray that `serve run` starts here: a driver joining a cluster must keep
+# the address the cluster knows it by.
+LOCAL_RAY_LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def loopback_ray_env(environ: dict | os._Environ, recorded_ray: str | None) -> dict[str, str]:
+    """The variables that keep a Ray started on this machine on loopback; none when `serve run`
+    will join an existing Ray instead ($RAY_ADDRESS, or `recorded_ray`: the address the last
+    `ray start` here recorded) or the variable is already set."""
+    if environ.get("RAY_ADDRESS") or recorded_ray:
+        return {}
+    return {k: v for k, v in LOCAL_RAY_LOOPBACK.items() if k not in environ}
+
+
+def recorded_ray_address() -> str | None:
+    """The address `ray start` recorded on this machine, which `serve run` joins when
+    $RAY_ADDRESS is unset; None when there is none."""
+    from ray._private.utils import read_ray_address  # imported here: ray is heavy to import
+
+    return read_ray_address(None)
+
+
 def secure_ray_token(environ: dict | os._Environ, home: Path | None = None) -> str:
     """Make the Ray token file readable by its owner alone, creating it (mode 0600, in a 0700
     folder) when token auth has no token yet; says what it did."""

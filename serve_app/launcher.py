@@ -23,8 +23,10 @@ from serve_app.exposure import (
     config_with,
     configured_keys_file,
     haproxy_env,
+    loopback_ray_env,
     private_dir,
     public_refusal,
+    recorded_ray_address,
     secure_ray_token,
     serve_host,
 )
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     env.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "0" if args.python_proxy else "1")
     if env["RAY_SERVE_ENABLE_HA_PROXY"] == "1":
         env.update(haproxy_env(private_dir(args.stack_dir / "hp"), env))
+    env.update(loopback_ray_env(env, recorded_ray_address()))
     print(f"recserve up: {secure_ray_token(env)}", file=sys.stderr)
     started_stack = None
     prometheus = alertmanager = None

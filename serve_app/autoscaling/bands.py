@@ -7,11 +7,17 @@ remembers the load, and the budget of scale events.
 - Down band: with `predictive.replica_capacity_qps` known and no `thresholds.qps` written, the QPS
   band follows from the capacity: up at capacity x headroom, down at target_fill² of that, so a
   scale-down also waits for the load to fall by the same 25%.
+  With `predictive.fleet_capacity_qps` measured, the band is that of the current fleet's size (a
+  larger fleet sustains more per instance) and the load's need is the fewest instances whose
+  fleet keeps it at target_fill.
 - Memory: a scale-down goes to the most instances the load needed over the last `cooldown_down_s`
   (the maximum over the delay window, not the last reading), so a short lull is not undone by the
   next period.
-- Budget: at most `max_scale_events_per_hour` / `max_scale_events_per_day` changes; a scale-down
-  never spends the last event of either budget, which stays for a scale-up.
+- Budget: at most `max_scale_events_per_hour` / `max_scale_events_per_day` scale-downs, and a
+  scale-down never spends the last event of either budget. A scale-up is never held: the budget
+  is there against flapping, and a fleet held below a rising load would break the SLO until the
+  spent events age out (hours); once the budget is spent the fleet can only grow, which ends any
+  flapping by itself.
 
 Pure functions of their inputs; the state they read and write travels in the policy's state dict.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from serve_app.autoscaling.planner import fleet_capacity, replicas_for_fleet_rate, replicas_for_rate
 from serve_app.autoscaling.rules import PolicyRules, Threshold
 
 HOUR = 3600.0
@@ -38,16 +45,38 @@ def landing_need(total: float, up: float, fill: float) -> int:
 
 
 def capacity_known(rules: PolicyRules) -> bool:
-    """Whether the rules state what one instance sustains (`predictive.replica_capacity_qps`)."""
-    return "replica_capacity_qps" in rules.predictive.model_fields_set
+    """Whether the rules state what an instance sustains (`predictive.replica_capacity_qps` or
+    `predictive.fleet_capacity_qps`)."""
+    return rules.predictive.fleet_capacity_qps is not None or (
+        "replica_capacity_qps" in rules.predictive.model_fields_set
+    )
 
 
-def derived_qps_threshold(rules: PolicyRules) -> Threshold | None:
-    """The per-instance QPS band the capacity implies: up at capacity x headroom, down at fill² of
-    it; None when the capacity is unknown."""
+def instance_capacity(rules: PolicyRules, replicas: int) -> float:
+    """QPS each of `replicas` instances sustains: from the fleet table when measured, else the one
+    per-replica figure."""
+    table = rules.predictive.fleet_capacity_qps
+    if table is None:
+        return rules.predictive.replica_capacity_qps
+    replicas = max(replicas, 1)
+    return fleet_capacity(table, replicas) / replicas
+
+
+def instances_for(rules: PolicyRules, rate_qps: float, share: float) -> int:
+    """The fewest instances that serve `rate_qps` at `share` of their capacity (fleet-sized when
+    the table is measured)."""
+    table = rules.predictive.fleet_capacity_qps
+    if table is None:
+        return replicas_for_rate(rate_qps, rules.predictive.replica_capacity_qps, share)
+    return replicas_for_fleet_rate(rate_qps, table, share)
+
+
+def derived_qps_threshold(rules: PolicyRules, replicas: int = 1) -> Threshold | None:
+    """The per-instance QPS band the capacity of a fleet of `replicas` implies: up at capacity x
+    headroom, down at fill² of it; None when the capacity is unknown."""
     if not capacity_known(rules):
         return None
-    planned = rules.predictive.replica_capacity_qps * rules.predictive.headroom
+    planned = instance_capacity(rules, replicas) * rules.predictive.headroom
     return Threshold(up=planned, down=planned * rules.target_fill**2)
 
 
@@ -108,10 +137,11 @@ def events_left(events: list[float], now: float, rules: PolicyRules) -> tuple[in
 
 
 def budget_allows(direction: str, left: int | None) -> bool:
-    """A scale-up needs one event left; a scale-down two, so the last one stays for a scale-up."""
-    if left is None:
+    """A scale-up always; a scale-down with two events left, so the budget keeps one for a
+    scale-up within it."""
+    if left is None or direction == "up":
         return True
-    return left >= (1 if direction == "up" else 2)
+    return left >= 2
 
 
 def state_after_bands(

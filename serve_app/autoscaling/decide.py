@@ -24,6 +24,7 @@ from serve_app.autoscaling.steps import (
     cooldown_left,
     cost_optimize_proposal,
     effective_thresholds,
+    fleet_qps_need,
     follow_forecast_down,
     forecast_need,
     next_state,
@@ -41,7 +42,7 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
     state = dict(state or {})
     current = max(signals.target_replicas, 0)
     window = active_window(rules, now)
-    thresholds = effective_thresholds(rules, window)
+    thresholds = effective_thresholds(rules, window, current)
     low, high = replica_bounds(signals, rules, window)
 
     prometheus_signals_present = any(
@@ -56,7 +57,9 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
             signals, thresholds, current, "QPS, p99 and GPU signals unavailable", rules
         )
     else:
-        readings = read_signals(signals, thresholds, current, rules.target_fill)
+        readings = read_signals(
+            signals, thresholds, current, rules.target_fill, fleet_qps_need(rules, window)
+        )
         needs = [r.need for r in readings if r.need is not None]
         need = max(needs) if needs else None
         remembered = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 
 def check_capacity(capacity_qps: float, headroom: float) -> None:
@@ -100,3 +100,79 @@ def replica_plan(
         and (floor := replica_floor(timestamps, upper, t, lead_time_s, capacity_qps, headroom))
         is not None
     ]
+
+
+def check_fleet_table(table: Mapping[int, float]) -> None:
+    """Raise ValueError unless the table maps fleet sizes (>= 1) to totals (> 0) that grow with
+    the fleet."""
+    if not table:
+        raise ValueError("a fleet capacity table needs at least one measured fleet size")
+    previous = 0.0
+    for replicas in sorted(table):
+        total = table[replicas]
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+            raise ValueError(f"fleet sizes must be whole numbers >= 1, got {replicas!r}")
+        if not math.isfinite(total) or total <= 0:
+            raise ValueError(
+                f"the capacity of {replicas} replicas must be a positive QPS, got {total!r} "
+                "(measure it with `recserve capacity --replicas N`)"
+            )
+        if total <= previous:
+            raise ValueError(
+                f"a larger fleet must sustain more: {replicas} replicas at {total:g} QPS is not "
+                f"above the smaller fleet's {previous:g}"
+            )
+        previous = total
+
+
+def fleet_capacity(table: Mapping[int, float], replicas: int) -> float:
+    """Total QPS a fleet of `replicas` sustains per the measured table.
+
+    Between two measured sizes the per-replica figure is interpolated linearly; below the smallest
+    size it is the smallest size's, above the largest the largest's: never extrapolated upward,
+    since what a fleet gains per replica flattens as it grows.
+    """
+    return _fleet_total(table, sorted(table), replicas)
+
+
+def _fleet_total(table: Mapping[int, float], sizes: list[int], replicas: int) -> float:
+    if replicas <= 0:
+        return 0.0
+    i = bisect.bisect_left(sizes, replicas)
+    if i == 0:
+        return replicas * table[sizes[0]] / sizes[0]
+    if i == len(sizes):
+        return replicas * table[sizes[-1]] / sizes[-1]
+    n0, n1 = sizes[i - 1], sizes[i]
+    if n1 == replicas:
+        return float(table[n1])
+    c0, c1 = table[n0] / n0, table[n1] / n1
+    return replicas * (c0 + (c1 - c0) * (replicas - n0) / (n1 - n0))
+
+
+def replicas_for_fleet_rate(rate_qps: float, table: Mapping[int, float], headroom: float) -> int:
+    """The fewest replicas whose fleet, at `headroom` of its measured capacity, serves `rate_qps`
+    (0 for no load)."""
+    if not math.isfinite(rate_qps):
+        raise ValueError(f"request rate must be a finite number, got {rate_qps!r}")
+    if rate_qps <= 0:
+        return 0
+    sizes = sorted(table)
+    # The epsilon keeps an exact fit from needing one more replica through float noise.
+    wanted = rate_qps / headroom - 1e-9
+    low = 1
+    for size in sizes:
+        if _fleet_total(table, sizes, size) >= wanted:
+            # The first measured size that is enough: the answer lies in [low, size], where the
+            # total grows with the fleet, so it is bisected (it runs every control period).
+            high = size
+            while low < high:
+                mid = (low + high) // 2
+                if _fleet_total(table, sizes, mid) >= wanted:
+                    high = mid
+                else:
+                    low = mid + 1
+            return high
+        low = size + 1
+    per_replica = table[sizes[-1]] / sizes[-1]
+    return max(low, math.ceil(wanted / per_replica))

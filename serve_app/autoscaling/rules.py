@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from serve_app.autoscaling.planner import check_capacity, check_lead_time
+from serve_app.autoscaling.planner import check_capacity, check_fleet_table, check_lead_time
 from serve_app.validation import validation_problems
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -180,6 +180,16 @@ class PredictiveRules(Rule):
         "Setting it, even with enabled: false, also derives the QPS band when thresholds.qps is "
         "not written (see target_fill).",
     )
+    fleet_capacity_qps: dict[int, float] | None = Field(
+        None,
+        description="Measured total QPS of whole fleets within the SLO, {replicas: qps} (N x "
+        "what `recserve capacity --replicas N` prints per replica; 1, 2, 4, 8, ...: below the "
+        "smallest size its per-instance figure is used). A larger fleet absorbs "
+        "bursts better and sustains more per instance; set, it replaces replica_capacity_qps in "
+        "the forecast floor, the landing count and the derived QPS band, with the per-instance "
+        "figure interpolated between measured sizes and never above the largest size's. Unset: "
+        "one figure for every fleet size.",
+    )
     headroom: float = Field(
         0.8, gt=0, le=1, description="Plan each instance at this share of its capacity."
     )
@@ -240,6 +250,8 @@ class PredictiveRules(Rule):
     @model_validator(mode="after")
     def _consistent(self) -> "PredictiveRules":
         check_capacity(self.replica_capacity_qps, self.headroom)
+        if self.fleet_capacity_qps is not None:
+            check_fleet_table(self.fleet_capacity_qps)
         check_lead_time(self.lead_time_s, self.startup_s)
         return self
 
@@ -319,7 +331,8 @@ class PolicyRules(Rule):
         ge=1,
         description="At most this many replica-count changes in any hour; empty means no bound. "
         "A scale-down never spends the last one (it stays for a scale-up); the reason names the "
-        "bound when it holds.",
+        "bound when it holds. A scale-up is never held: over the budget it goes ahead and its "
+        "reason says so.",
     )
     max_scale_events_per_day: int | None = Field(
         48,

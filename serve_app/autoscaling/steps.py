@@ -9,16 +9,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from serve_app.autoscaling.bands import (
     budget_allows,
     capacity_known,
     derived_qps_threshold,
     events_left,
+    instances_for,
     landing_need,
 )
-from serve_app.autoscaling.planner import replicas_for_rate
 from serve_app.autoscaling.readings import Reading, instances_phrase
 from serve_app.autoscaling.rules import (
     SIGNAL_NAMES,
@@ -43,14 +43,30 @@ def active_window(rules: PolicyRules, now: float) -> TimeWindow | None:
     return next((w for w in rules.windows if w.contains(local)), None)
 
 
-def effective_thresholds(rules: PolicyRules, window: TimeWindow | None) -> Thresholds:
-    """Base thresholds (the QPS band derived from the capacity unless written) with the active
-    window's overrides."""
+def effective_thresholds(
+    rules: PolicyRules, window: TimeWindow | None, replicas: int = 1
+) -> Thresholds:
+    """Base thresholds (the QPS band derived from the capacity of `replicas` instances unless
+    written) with the active window's overrides."""
     base = rules.thresholds
-    derived = derived_qps_threshold(rules)
+    derived = derived_qps_threshold(rules, replicas)
     if derived is not None and ("thresholds" not in rules.model_fields_set or base.qps is None):
         base = base.model_copy(update={"qps": derived})
     return base.merged(window.thresholds if window else None)
+
+
+def fleet_qps_need(rules: PolicyRules, window: TimeWindow | None) -> Callable[[float], int] | None:
+    """With a measured fleet table and the derived QPS band in force (neither the rules nor the
+    window write `qps`), the QPS signal's need: the fewest instances whose fleet keeps the load at
+    target_fill of its headroom."""
+    if rules.predictive.fleet_capacity_qps is None:
+        return None
+    if "thresholds" in rules.model_fields_set and rules.thresholds.qps is not None:
+        return None
+    if window is not None and window.thresholds.qps is not None:
+        return None
+    share = rules.predictive.headroom * rules.target_fill
+    return lambda total: instances_for(rules, total, share)
 
 
 def replica_bounds(
@@ -74,10 +90,15 @@ def classify(value: float, threshold: Threshold) -> Literal["above", "below", "w
 
 
 def read_signals(
-    signals: Signals, thresholds: Thresholds, base: int, fill: float = 1.0
+    signals: Signals,
+    thresholds: Thresholds,
+    base: int,
+    fill: float = 1.0,
+    qps_need: Callable[[float], int] | None = None,
 ) -> list[Reading]:
     """Compare every available signal with its thresholds; `base` instances share the per-instance
-    load, and each load signal says how many instances keep it at `fill` x its `up`."""
+    load, and each load signal says how many instances keep it at `fill` x its `up` (`qps_need`,
+    when given, sizes the QPS one by whole fleets instead)."""
     base = max(base, 1)
     readings = []
     totals = {
@@ -95,7 +116,9 @@ def read_signals(
         value = total / base if per_instance else total
         need = None
         if threshold.up:
-            if per_instance:
+            if name == "qps" and qps_need is not None:
+                need = qps_need(total)
+            elif per_instance:
                 need = landing_need(total, threshold.up, fill)
             elif name == "gpu_utilization":
                 need = landing_need(base * total, threshold.up, fill)
@@ -129,9 +152,8 @@ def forecast_need(signals: Signals, rules: PolicyRules, now: float) -> ForecastN
     floor, why = forecast_floor(signals, rules, now)
     if floor is None:
         return ForecastNeed(None, None, why) if why.startswith(FORECAST_ONLY) else None
-    p = rules.predictive
-    landing = replicas_for_rate(
-        max(signals.forecast_qps, 0.0), p.replica_capacity_qps, p.headroom * rules.target_fill
+    landing = instances_for(
+        rules, max(signals.forecast_qps, 0.0), rules.predictive.headroom * rules.target_fill
     )
     return ForecastNeed(floor, max(floor, landing), why)
 
@@ -149,7 +171,7 @@ def forecast_floor(signals: Signals, rules: PolicyRules, now: float) -> tuple[in
     age = now - signals.forecast_fit_time
     if age > p.max_forecast_age_s:
         return None, f"forecast is stale ({age / 60:.0f} min old)"
-    floor = replicas_for_rate(max(signals.forecast_qps, 0.0), p.replica_capacity_qps, p.headroom)
+    floor = instances_for(rules, max(signals.forecast_qps, 0.0), p.headroom)
     if p.mode == "forecast_only":
         return None, (
             f"{FORECAST_ONLY}: forecast {signals.forecast_qps:.0f} QPS at +{p.lead_time_s:.0f}s "
@@ -390,12 +412,18 @@ def apply_cooldown(
 def apply_event_budget(
     proposal: Proposal, current: int, events: list[float], now: float, rules: PolicyRules
 ) -> Proposal:
-    """Hold when the scale-event budget is spent; a scale-down needs two events left, keeping the
-    last one for a scale-up."""
+    """Hold a scale-down unless two events of the budget are left (the last stays for a
+    scale-up); a scale-up goes ahead even over the budget, and its reason says so."""
     if proposal.replicas == current:
         return proposal
     direction = "up" if proposal.replicas > current else "down"
     left, bound = events_left(events, now, rules)
+    if direction == "up" and left is not None and left < 1:
+        return replace(
+            proposal,
+            reason=f"{proposal.reason} (over the scale-event budget, {bound}: a scale-up is "
+            "never held)",
+        )
     if budget_allows(direction, left):
         return proposal
     spent = "is spent" if not left else "keeps its last event for a scale-up"

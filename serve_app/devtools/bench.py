@@ -1,15 +1,17 @@
 """`make bench`: where the time goes, measured side by side in one run on this machine.
 
 1. Runtimes in-process: torch eager and ONNX Runtime at batch sizes 1/4/8/16 (images/s, medians).
-2. The in-process pipeline: JPEG decode + crop + normalise + model, decode threads feeding one
-   inference thread, at the best batch size: the ceiling a server of the same runtime can reach.
-3. Served over HTTP (real `serve run`, real proxy): our application and a naive eager-torch
-   deployment, closed-loop at a concurrency that fills the batches; latency percentiles at a fixed
+2. The in-process pipeline: JPEG decode + crop + normalise + model, decode threads feeding
+   inference workers, at the best batch size and at the thread budget of each replica count served
+   (pipeline_bench.py): the ceiling a server of the same runtime and threads can reach.
+3. Served over HTTP (real `serve run`, real proxy): our application and the naive baseline twice
+   (eager torch and ONNX Runtime, naive.py) at the same replica count, each warmed up alike,
+   closed-loop with 1-image requests from the same clients; latency percentiles at a fixed
    request rate; single-image latency at low load. Single-image requests over OIP gRPC too
-   (tritonclient.grpc), next to HTTP in the same Serve.
+   (tritonclient.grpc), next to HTTP in the same Serve. fairness.py names what each ratio compares.
 
 Writes DIR/results.json and DIR/results.md, and the batch-latency curve the backtest simulator uses
-(lab/profiles/cpu.csv).
+(lab/profiles/cpu.csv). `--device cuda` measures the GPU runtime in-process instead (bench_gpu.py).
 """
 
 from __future__ import annotations
@@ -19,12 +21,10 @@ import asyncio
 import json
 import os
 import platform
-import queue
 import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -32,20 +32,32 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from serve_app.devtools.fairness import attach_ratios, pipeline_for, ratios_markdown
 from serve_app.devtools.grpc_load import grpc_closed_loop
 from serve_app.devtools.loadgen import closed_loop, open_loop, photos_jpeg
+from serve_app.devtools.pipeline_bench import bench_pipeline
+from serve_app.devtools.profiles import update_simulator_profile, write_profile
 from serve_app.paths import REPO_ROOT
 from serve_app.processes import StartedProcess, StopStep, http_ok, start_process
 from serve_app.serving.grpc_service import SERVICER_FUNCTION
 
 BATCH_SIZES = (1, 4, 8, 16)
-PORT = 18100
+# Moved with the integration tests' offset, so that a bench can run beside them on one machine.
+PORT_OFFSET = int(os.environ.get("RECSERVE_TEST_PORT_OFFSET", "0"))
+PORT = 18100 + PORT_OFFSET
 BASE_URL = f"http://127.0.0.1:{PORT}"
-GRPC_PORT = 18101
+GRPC_PORT = 18101 + PORT_OFFSET
 GRPC_TARGET = f"127.0.0.1:{GRPC_PORT}"
 # Two applications run side by side here, so gRPC calls name theirs (tritonclient sends none).
 GRPC_HEADERS = {"application": "recognition"}
 READY_TIMEOUT_S = 300.0
+# Decode threads of each served replica; the pipeline at a replica budget runs as many.
+DECODE_THREADS = 2
+# The naive baseline, once per runtime: (application name, runtime, route prefix).
+NAIVE_APPS = (
+    ("naive-torch", "torch", "/naive/torch"),
+    ("naive-ort", "onnxruntime", "/naive/ort"),
+)
 # Ctrl-C first (serve run then shuts Serve and its local Ray down), then whatever is left of the
 # process group it leads.
 SERVE_STOP = (StopStep(signal.SIGINT, 60.0), StopStep(signal.SIGKILL, 10.0, whole_group=True))
@@ -93,63 +105,16 @@ def bench_runtimes(seconds: float) -> dict:
     return out
 
 
-def bench_pipeline(batch_size: int, seconds: float, decode_threads: int = 2) -> dict:
-    """images/s of decode + crop + normalise + ONNX Runtime in one process: decode threads feed one
-    inference thread."""
-    from serve_app.config import ModelConfig
-    from serve_app.serving.imaging import decode_and_crop, normalize_batch
-    from serve_app.serving.models import load_model
-    from serve_app.serving.runtimes import OnnxRuntime, export_onnx
-
-    loaded = load_model(ModelConfig(name="efficientnet_lite0"))
-    rt = OnnxRuntime(export_onnx(loaded, "efficientnet_lite0"), 1)
-    jpegs = photos_jpeg()
-    spec = loaded.preprocess
-    crops: queue.Queue = queue.Queue(maxsize=4 * batch_size)
-    stop = threading.Event()
-
-    def decoder(offset: int) -> None:
-        i = offset
-        while not stop.is_set():
-            crop = decode_and_crop(jpegs[i % len(jpegs)], spec)
-            i += 1
-            while not stop.is_set():
-                try:
-                    crops.put(crop, timeout=0.1)
-                    break
-                except queue.Full:
-                    pass
-
-    threads = [
-        threading.Thread(target=decoder, args=(k,), daemon=True) for k in range(decode_threads)
-    ]
-    for t in threads:
-        t.start()
-
-    def one_batch() -> None:
-        rt.run(normalize_batch([crops.get() for _ in range(batch_size)], spec))
-
-    rate = _median_rate(one_batch, batch_size, seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    print(f"  pipeline batch {batch_size}: {rate:.1f} img/s", flush=True)
-    return {
-        "batch_size": batch_size,
-        "decode_threads": decode_threads,
-        "images_per_s": round(rate, 1),
-    }
-
-
 # ---- served -------------------------------------------------------------------------------------
 
 
 def serve_config(variant: dict) -> dict:
-    """A Serve config with our application (fixed replicas) and the naive baseline side by side."""
+    """A Serve config with our application (fixed replicas) and the naive baseline on each runtime
+    side by side, the naive ones at the same replica count as ours."""
     model = {
         "name": "efficientnet_lite0",
         "num_threads": 1,
-        "decode_threads": 2,
+        "decode_threads": DECODE_THREADS,
         "num_cpus": 0.5,
         "max_batch_size": variant["max_batch_size"],
         "batch_wait_timeout_s": variant["batch_wait_timeout_s"],
@@ -172,12 +137,22 @@ def serve_config(variant: dict) -> dict:
                     "quality": {"enabled": True},
                 },
             },
+        ]
+        + [
             {
-                "name": "naive",
-                "route_prefix": "/naive",
+                "name": name,
+                "route_prefix": prefix,
                 "import_path": "serve_app.devtools.naive:build_naive",
-                "args": {},
-            },
+                # Measured one deployment at a time, so an idle one only holds memory: reserving
+                # no CPU lets every replica of all three fit on a 2-core machine.
+                "args": {
+                    "runtime": runtime,
+                    "num_replicas": variant["replicas"],
+                    "num_threads": 1,
+                    "num_cpus": 0,
+                },
+            }
+            for name, runtime, prefix in NAIVE_APPS
         ],
     }
 
@@ -211,7 +186,7 @@ class ServeProcess:
             self.serve.wait_ready(
                 both_applications_answer,
                 READY_TIMEOUT_S,
-                ready_check=f"{BASE_URL}/readyz and {BASE_URL}/naive/docs answering 200",
+                ready_check=f"{BASE_URL}/readyz and each naive baseline's /docs answering 200",
             )
         except BaseException:
             self.__exit__()  # a failed start must not leave Serve and its Ray behind
@@ -224,8 +199,16 @@ class ServeProcess:
 
 
 def both_applications_answer() -> bool:
-    """Our application is ready and the naive baseline serves its routes."""
-    return http_ok(f"{BASE_URL}/readyz") and http_ok(f"{BASE_URL}/naive/docs")
+    """Our application is ready and each naive baseline serves its routes."""
+    return http_ok(f"{BASE_URL}/readyz") and all(
+        http_ok(f"{BASE_URL}{prefix}/docs") for _, _, prefix in NAIVE_APPS
+    )
+
+
+def warm_up(url: str, singles: list) -> None:
+    """The same warm-up for every deployment measured: 4 clients of 1-image requests for 3 s
+    (connections, caches, the first runs of the model)."""
+    asyncio.run(closed_loop(url, singles, 1, 4, 3, raw=True))
 
 
 def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: float) -> dict:
@@ -235,10 +218,9 @@ def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: fl
     singles = [[j] for j in jpegs]
     fours = [[jpegs[(i + k) % len(jpegs)] for k in range(4)] for i in range(len(jpegs))]
     ours = f"{BASE_URL}/v1/models/efficientnet_lite0/predict"
-    naive = f"{BASE_URL}/naive/predict"
     out: dict = {"variant": variant}
     with ServeProcess(serve_config(variant), haproxy=variant["proxy"] == "haproxy"):
-        asyncio.run(closed_loop(ours, singles, 1, 4, 3, raw=True))  # warm connections and caches
+        warm_up(ours, singles)
         out["ours_1_image_requests"] = asyncio.run(
             closed_loop(ours, singles, 1, concurrency, seconds, raw=True)
         )
@@ -253,10 +235,14 @@ def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: fl
             closed_loop(ours, fours, 4, max(4, concurrency // 4), seconds, raw=False)
         )
         print(f"  served ours (4 img/request):  {out['ours_4_image_requests']}", flush=True)
-        out["naive_1_image_requests"] = asyncio.run(
-            closed_loop(naive, singles, 1, concurrency, seconds, raw=True)
-        )
-        print(f"  served naive (1 img/request): {out['naive_1_image_requests']}", flush=True)
+        # The baseline as ours: same warm-up, same 1-image requests, same clients, same replicas.
+        for name, _, prefix in NAIVE_APPS:
+            key = f"{name.replace('-', '_')}_1_image_requests"
+            warm_up(f"{BASE_URL}{prefix}/predict", singles)
+            out[key] = asyncio.run(
+                closed_loop(f"{BASE_URL}{prefix}/predict", singles, 1, concurrency, seconds, True)
+            )
+            print(f"  served {name} (1 img/request): {out[key]}", flush=True)
         out["ours_fixed_rate"] = asyncio.run(open_loop(ours, singles, fixed_rate, seconds))
         print(f"  fixed rate {fixed_rate}/s: {out['ours_fixed_rate']}", flush=True)
         out["ours_low_load"] = asyncio.run(closed_loop(ours, singles, 1, 1, seconds / 2, raw=True))
@@ -268,20 +254,11 @@ def bench_served(variant: dict, seconds: float, concurrency: int, fixed_rate: fl
     return out
 
 
-def write_profile(runtimes: dict, path: Path) -> None:
-    """The batch-latency curve of the default runtime, for the backtest simulator."""
-    rows = ["batch_size,latency_ms"] + [
-        f"{bs},{v['batch_latency_ms']}" for bs, v in runtimes["onnxruntime"].items()
-    ]
-    path.write_text(
-        "# Measured by `make profile` (serve_app/devtools/bench.py --update-profile): ONNX "
-        "Runtime, 1 thread, EfficientNet-Lite0, this CPU.\n" + "\n".join(rows) + "\n"
-    )
-
-
 SERVED_LOADS = (
     "ours_1_image_requests",
     "ours_4_image_requests",
+    "naive_torch_1_image_requests",
+    "naive_ort_1_image_requests",
     "naive_1_image_requests",
     "ours_fixed_rate",
     "ours_low_load",
@@ -290,8 +267,9 @@ SERVED_LOADS = (
 )
 
 
-def _served_markdown(served: dict, pipeline_rate: float) -> list[str]:
-    """One served variant: its settings, a table of its loads and its ratios to the others."""
+def _served_markdown(served: dict, pipeline: dict | None) -> list[str]:
+    """One served variant: its settings, a table of its loads and its ratios, each with what it
+    compares."""
     v = served["variant"]
     lines = [
         f"Served through {v['proxy']} proxy, {v['replicas']} recognizer replica(s), "
@@ -301,27 +279,22 @@ def _served_markdown(served: dict, pipeline_rate: float) -> list[str]:
         "| load | images/s | p50 ms | p95 ms | p99 ms | errors |",
         "|---|---|---|---|---|---|",
     ]
-    for key in (k for k in SERVED_LOADS if k in served):  # runs before gRPC lack its rows
+    for key in (k for k in SERVED_LOADS if k in served):  # older runs lack the newer rows
         r = served[key]
         lines.append(
             f"| {key} | {r.get('images_per_s', '-')} | {r['p50_ms']} | {r['p95_ms']} "
             f"| {r['p99_ms']} | {r['errors']} |"
         )
-    single = served["ours_1_image_requests"]["images_per_s"]
-    best = max(single, served["ours_4_image_requests"]["images_per_s"])
-    naive = max(served["naive_1_image_requests"]["images_per_s"], 0.1)
-    lines += [
-        "",
-        f"Ratios: served (best) / in-process pipeline = {best / pipeline_rate:.2f}; "
-        f"served 1-image / pipeline = {single / pipeline_rate:.2f}; "
-        f"ours / naive (1-image requests) = {single / naive:.2f}; "
-        f"best / naive = {best / naive:.2f}",
-        "",
-    ]
-    if "ours_grpc_1_image_requests" in served:
-        grpc_rate = served["ours_grpc_1_image_requests"]["images_per_s"]
-        lines += [f"gRPC 1-image / HTTP 1-image = {grpc_rate / max(single, 0.1):.2f}", ""]
-    return lines
+    lines.append("")
+    if pipeline is not None:
+        lines += [
+            f"Pipeline at this budget ({pipeline.get('inference_workers', 1)} inference worker(s) "
+            f"of 1 intra-op thread, {pipeline['decode_threads']} decode threads): "
+            f"{pipeline['images_per_s']} img/s. Ratios (1-image requests unless named, from "
+            "the same clients, every deployment warmed up alike, at this replica count):",
+            "",
+        ]
+    return lines + ratios_markdown(served.get("ratios", {}))
 
 
 def render_markdown(results: dict) -> str:
@@ -339,11 +312,25 @@ def render_markdown(results: dict) -> str:
     lines += [
         "",
         f"In-process pipeline (decode + crop + normalise + ONNX Runtime, batch {p['batch_size']}, "
-        f"{p['decode_threads']} decode threads): **{p['images_per_s']} img/s**",
+        f"{p['decode_threads']} decode threads, 1 inference thread): **{p['images_per_s']} img/s**",
         "",
     ]
+    by_replicas = results.get("pipeline_by_replicas", {})
+    if len(by_replicas) > 1:
+        lines += [
+            "At the thread budget of each replica count served:",
+            "",
+            "| replicas | inference workers x 1 thread | decode threads | img/s |",
+            "|---|---|---|---|",
+        ]
+        for n, b in by_replicas.items():
+            lines.append(
+                f"| {n} | {b['inference_workers']} | {b['decode_threads']} | {b['images_per_s']} |"
+            )
+        lines.append("")
+    attach_ratios(results)
     for served in results["served"]:
-        lines += _served_markdown(served, p["images_per_s"])
+        lines += _served_markdown(served, pipeline_for(results, served["variant"]["replicas"]))
     return "\n".join(lines)
 
 
@@ -380,9 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--skip-served", action="store_true", help="in-process measurements only")
     parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: the GPU runtime in-process at batch 1..256 (bench_gpu.py), nothing served",
+    )
+    parser.add_argument(
         "--update-profile",
         action="store_true",
-        help="also overwrite lab/profiles/cpu.csv, the backtest's default latency curve",
+        help="also overwrite lab/profiles/cpu.csv (gpu.csv with --device cuda), the backtest's "
+        "latency curve",
     )
     parser.add_argument(
         "--note",
@@ -395,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `make bench`: measure, then write DIR/results.json and DIR/results.md."""
     args = build_parser().parse_args(argv)
+    if args.device == "cuda":
+        from serve_app.devtools.bench_gpu import main_cuda
+
+        return main_cuda(args, argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     processor = platform.processor() or platform.machine()
@@ -408,18 +406,17 @@ def main(argv: list[str] | None = None) -> int:
     results["runtimes"] = bench_runtimes(seconds=2.0)
     best_bs = max(BATCH_SIZES, key=lambda b: results["runtimes"]["onnxruntime"][b]["images_per_s"])
     print("pipeline (in-process):", flush=True)
-    results["pipeline"] = bench_pipeline(best_bs, seconds=4.0)
+    # One pipeline per thread budget served; `pipeline` stays the 1-replica budget.
+    budgets = sorted({1, *([] if args.skip_served else args.replicas)})
+    results["pipeline_by_replicas"] = {
+        str(n): bench_pipeline(best_bs, seconds=4.0, replicas=n, decode_threads=DECODE_THREADS)
+        for n in budgets
+    }
+    results["pipeline"] = results["pipeline_by_replicas"]["1"]
     write_profile(results["runtimes"], out / "cpu_profile.csv")
     # Opt-in: the backtest figures in docs/AUTOSCALING.md were made with the committed curve.
     if args.update_profile:
-        # The curve it replaces stays in the artifact, so a distorted measurement can be seen.
-        replaced = SIMULATOR_PROFILE.read_text() if SIMULATOR_PROFILE.exists() else ""
-        write_profile(results["runtimes"], SIMULATOR_PROFILE)
-        results["profile"] = {
-            "path": str(SIMULATOR_PROFILE.relative_to(REPO_ROOT)),
-            "written": SIMULATOR_PROFILE.read_text(),
-            "replaced": replaced,
-        }
+        results["profile"] = update_simulator_profile(results["runtimes"], SIMULATOR_PROFILE)
     if args.note:
         results["notes"] = args.note
     results["served"] = []
@@ -437,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["served"].append(
                     bench_served(variant, args.seconds, args.concurrency, args.fixed_rate)
                 )
+    attach_ratios(results)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(render_markdown(results) + "\n")
     print(render_markdown(results))

@@ -5,9 +5,10 @@ The protobufs are tritonclient's generated modules (grpc_service): Serve's proxy
 service from `grpc_options.grpc_servicer_functions` and calls the ingress deployment's method of
 the same name (`ModelInfer`, ...) with the request message. The methods
 live in `OipGrpcMethods`, mixed into the Ingress, so both fronts share one model table, one
-readiness check, one call to the Recognizer and one set of request metrics. The request is read
-with the HTTP front's own checks (`protocol`): the same limits, the same tensor decoding, the same
-typed errors, which `grpc_status` maps to gRPC status codes.
+readiness check, one answering path (the Recognizer call, quality tracking, the shadow's sample)
+and one set of request metrics. The request is read with the HTTP front's own checks (`protocol`):
+the same limits, the same tensor decoding, the same typed errors, which `grpc_status` maps to gRPC
+status codes.
 
 Serve picks the application from the `application` metadata, which tritonclient never sends; with
 one application deployed, both Serve's Python proxy and its HAProxy front send every call to it.
@@ -35,7 +36,6 @@ from serve_app.errors import (
     PayloadTooLarge,
     ServiceError,
 )
-from serve_app.request_ids import bound_request_id
 from serve_app.serving.auth_middleware import GUARD
 from serve_app.serving.grpc_service import service_pb2 as pb
 from serve_app.serving.request_parsing import parse_off_loop, parse_top_k
@@ -236,7 +236,8 @@ class _Answered:
 
 class OipGrpcMethods:
     """The GRPCInferenceService methods Serve's gRPC proxy calls by name on the Ingress. Uses the
-    Ingress's model table (`_model`), readiness, metadata, Recognizer call and request metrics."""
+    Ingress's model table (`_model`), readiness, metadata, answering path (`_answer`) and request
+    metrics."""
 
     async def ServerLive(self, request: pb.ServerLiveRequest, grpc_context=None):
         try:
@@ -307,8 +308,7 @@ class OipGrpcMethods:
                 req.inputs, self.preprocess[name].crop, limits.max_images_per_request
             )
             self.metrics[name].observe_images_per_request(len(images))
-            result = await self._recognize(name, images, k)
-            self._record(bound_request_id(principal, request_id), name, result["predictions"])
+            result, _ = await self._answer(name, principal, request_id, images, k)
             outputs = protocol.prediction_outputs(result["predictions"], self.labels[name], k)
             answered["response"] = infer_response(
                 name, model.version, req.id or request_id, outputs, req.requested_outputs

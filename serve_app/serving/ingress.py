@@ -204,6 +204,21 @@ class Ingress(OipGrpcMethods):
             raise ServiceError.from_wire(result["error"])
         return result
 
+    async def _answer(
+        self, name: str, principal: str | None, request_id: str, images: list, k: int
+    ) -> tuple[dict, float]:
+        """The model's answer to the images, passed on to quality tracking and, for the sampled
+        share, to the model's shadow candidate; with the seconds the Recognizer took, round
+        trip. Every route that predicts (REST, OIP over HTTP and gRPC) answers through here, so
+        none is left out of quality tracking or the shadow's sample."""
+        sent = time.perf_counter()
+        result = await self._recognize(name, images, k)
+        round_trip = time.perf_counter() - sent
+        stored_id = bound_request_id(principal, request_id)
+        self._record(stored_id, name, result["predictions"])
+        self.shadows.offer(name, stored_id, images, result["predictions"], round_trip)
+        return result, round_trip
+
     def _record(self, request_id: str, name: str, predictions: list[dict]) -> None:
         """Pass the predictions on for quality tracking, when this deployment tracks quality."""
         if self.prediction_sender is not None:
@@ -309,12 +324,9 @@ class Ingress(OipGrpcMethods):
             k = parse_top_k(request.query_params.get("top_k", fields.get("top_k")), limits)
             check_image_count(len(images), limits.max_images_per_request)
             self.metrics[name].observe_images_per_request(len(images))
-            sent = time.perf_counter()
-            result = await self._recognize(name, images, k)
-            round_trip = time.perf_counter() - sent
-            stored_id = bound_request_id(principal_of(request), request_id)
-            self._record(stored_id, name, result["predictions"])
-            self.shadows.offer(name, stored_id, images, result["predictions"], round_trip)
+            result, round_trip = await self._answer(
+                name, principal_of(request), request_id, images, k
+            )
             labels = self.labels[name]
             model = self.models[name]
             stages = result["timings_s"]
@@ -458,9 +470,7 @@ class Ingress(OipGrpcMethods):
                 req.inputs, self.preprocess[name].crop, limits.max_images_per_request
             )
             self.metrics[name].observe_images_per_request(len(images))
-            result = await self._recognize(name, images, k)
-            stored_id = bound_request_id(principal_of(request), request_id)
-            self._record(stored_id, name, result["predictions"])
+            result, _ = await self._answer(name, principal_of(request), request_id, images, k)
             outputs = protocol.prediction_outputs(result["predictions"], self.labels[name], k)
             content, headers = protocol.encode_infer_response(
                 name, model.version, req.id or request_id, outputs, req.requested_outputs

@@ -260,10 +260,12 @@ class Recognizer:
             )
 
     def _to_model_input(self, crops: list[np.ndarray]) -> np.ndarray:
-        """uint8 HWC crops are normalised here; float32 CHW ones (OIP FP32 input) are used as
-        sent."""
+        """uint8 HWC crops are normalised here, or on the GPU by a runtime that `accepts_uint8`
+        (a quarter of the bytes to copy); float32 CHW ones (OIP FP32 input) are used as sent."""
         spec = self.loaded.preprocess
         if all(c.dtype == np.uint8 for c in crops):
+            if getattr(self.runtime, "accepts_uint8", False):
+                return np.stack(crops)
             return normalize_batch(crops, spec)
         rows = [
             normalize_batch([c], spec)[0]

@@ -1,9 +1,10 @@
 """Inference runtimes behind one interface: a float32 NCHW batch in, class probabilities out.
 
-`torch` runs the module eagerly (CPU, or CUDA with channels_last and optional fp16). `onnxruntime`
-runs the same weights exported to ONNX at start-up (cached on disk), 2-3x faster than eager torch
-on CPU here (docs/PERFORMANCE.md). `auto` picks ONNX Runtime on CPU only after checking that it
-agrees with torch on real photos.
+`torch` runs the module eagerly on CPU; on CUDA, gpu_runtime.py runs it (uint8 crops normalised
+on the GPU, fp16 channels_last, CUDA graphs per batch bucket, eager with `runtime: torch`).
+`onnxruntime` runs the same weights exported to ONNX at start-up (cached on disk), 2-3x faster
+than eager torch on CPU here (docs/PERFORMANCE.md). `auto` picks ONNX Runtime on CPU only after
+checking that it agrees with torch on real photos.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class Runtime(Protocol):
     precision: str
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities (N x classes, float32) for a float32 NCHW batch."""
+        """Class probabilities (N x classes, float32) for a float32 NCHW batch; a runtime with
+        `accepts_uint8` also takes uint8 NHWC crops and normalises them itself."""
 
 
 class _Softmaxed(nn.Module):
@@ -162,12 +164,16 @@ def agreement(a: Runtime, b: Runtime, batch: np.ndarray) -> tuple[bool, float]:
     return same_top1 and max_diff <= AGREEMENT_TOLERANCE, max_diff
 
 
-def check_batch(loaded: LoadedModel) -> np.ndarray:
-    """The reference photos preprocessed as the model expects, for agreement checks and warm-up."""
+def check_crops(loaded: LoadedModel) -> list[np.ndarray]:
+    """The reference photos resized and cropped for the model (uint8 HWC), not yet normalised."""
     from PIL import Image
 
-    crops = [resize_and_crop(Image.fromarray(p), loaded.preprocess) for p in reference_photos()]
-    return normalize_batch(crops, loaded.preprocess)
+    return [resize_and_crop(Image.fromarray(p), loaded.preprocess) for p in reference_photos()]
+
+
+def check_batch(loaded: LoadedModel) -> np.ndarray:
+    """The reference photos preprocessed as the model expects, for agreement checks and warm-up."""
+    return normalize_batch(check_crops(loaded), loaded.preprocess)
 
 
 def resolve_device(requested: str) -> str:
@@ -193,12 +199,11 @@ def select_runtime(cfg: ModelConfig, loaded: LoadedModel) -> RuntimeChoice:
     device = resolve_device(cfg.device)
     if cfg.precision == "int8":
         return int8_runtime(cfg, loaded)
+    if device == "cuda":
+        return cuda_runtime(cfg, loaded)
     torch_rt = TorchRuntime(loaded.module, device, cfg.precision, cfg.num_threads)
-    if cfg.runtime == "torch" or device == "cuda":
-        reason = (
-            "configured" if cfg.runtime == "torch" else "CUDA runs torch (fp16 when configured)"
-        )
-        return RuntimeChoice(torch_rt, reason)
+    if cfg.runtime == "torch":
+        return RuntimeChoice(torch_rt, "configured")
     try:
         onnx_rt = OnnxRuntime(export_onnx(loaded, cfg.architecture), cfg.num_threads)
     except Exception as exc:
@@ -223,6 +228,46 @@ def select_runtime(cfg: ModelConfig, loaded: LoadedModel) -> RuntimeChoice:
     return RuntimeChoice(
         onnx_rt, f"agrees with torch on reference photos (max diff {max_diff:.1e})"
     )
+
+
+def cpu_fp32_probs(module: nn.Module, batch: np.ndarray) -> np.ndarray:
+    """The module's probabilities in fp32 on the CPU, the reference a GPU runtime is checked
+    against; torch's thread count is left as it is (TorchRuntime would set it)."""
+    with torch.inference_mode():
+        return _Softmaxed(module).eval()(torch.from_numpy(batch)).numpy()
+
+
+def cuda_runtime(
+    cfg: ModelConfig, loaded: LoadedModel, device: str = "cuda", graph_backend=None
+) -> RuntimeChoice:
+    """torch on CUDA (gpu_runtime.py): CUDA graphs per batch bucket, or eager with `runtime:
+    torch`. Its top-1 on the reference photos, sent as uint8 crops, must be the CPU fp32 one, or
+    the replica refuses to start. (`device` and `graph_backend` let a CPU run it all in tests.)"""
+    from serve_app.serving.gpu_runtime import CudaGraphRuntime
+
+    crops = check_crops(loaded)
+    # The CPU answer first: moving the module to the GPU moves it in place.
+    cpu_top1 = cpu_fp32_probs(loaded.module, normalize_batch(crops, loaded.preprocess)).argmax(1)
+    runtime = CudaGraphRuntime(
+        _Softmaxed(loaded.module),
+        loaded.preprocess,
+        cfg.max_batch_size,
+        cfg.precision,
+        device,
+        graphs=cfg.runtime != "torch",
+        graph_backend=graph_backend,
+    )
+    runtime.prepare()
+    differ = int((runtime.run(np.stack(crops)).argmax(1) != cpu_top1).sum())
+    if differ:
+        raise RuntimeError(
+            f"{cfg.name} on {runtime.device} ({runtime.precision}, {runtime.name}) disagrees "
+            f"with the CPU fp32 top-1 on {differ} of {len(crops)} reference photos"
+            + ("; serve it with `precision: fp32`" if runtime.precision == "fp16" else "")
+        )
+    reason = f"{runtime.describe()}; top-1 as CPU fp32 on {len(crops)} reference photos"
+    log.info("model %s on %s: %s", cfg.name, runtime.device, reason)
+    return RuntimeChoice(runtime, reason)
 
 
 def int8_runtime(cfg: ModelConfig, loaded: LoadedModel) -> RuntimeChoice:

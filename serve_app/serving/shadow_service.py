@@ -5,6 +5,8 @@ The ingress answers from its own model first; a sampled request is then queued (
 queue drops and counts it) and a few background tasks send it to the candidate, compare the two
 answers and pass the comparison on in small batches. Nothing here can delay or fail the
 primary's reply: offering never awaits, and every candidate error is counted, not raised.
+Every route that answers from a model (REST predict, OIP infer over HTTP and gRPC) offers its
+requests here through the Ingress's one answering path, so each shares in the sample alike.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import serve_app.monitoring.metrics as m
 from serve_app.config import HEALTH_CHECK_PERIOD_S, AppConfig
 from serve_app.errors import UnprocessableEntity
 from serve_app.monitoring.metric_groups import MetricGroup
+from serve_app.serving.models import default_preprocess
 from serve_app.serving.prediction_sender import PredictionSender
 from serve_app.serving.shadow import (
     TOP_K_COMPARED,
@@ -54,6 +57,12 @@ class ShadowDispatcher:
     ):
         self.shadows = {m.name: m.shadow for m in config.models if m.shadow is not None}
         self.samplers = {name: Sampler(s.fraction) for name, s in self.shadows.items()}
+        # OIP FP32 `pixels` arrive already normalised for the primary: a candidate with other
+        # preprocessing would read them as a different image, so it sees only encoded images.
+        self.same_input = {
+            name: _preprocess(config, name) == _preprocess(config, s.model)
+            for name, s in self.shadows.items()
+        }
         self.monitor = monitor
         self.recognizers = recognizers
         self.sender = sender
@@ -67,7 +76,11 @@ class ShadowDispatcher:
     ) -> None:
         """Queue a copy of an answered request for the candidate when this request is sampled."""
         spec = self.shadows.get(name)
-        if spec is None or self.monitor is None or not self.samplers[name].take():
+        if spec is None or self.monitor is None:
+            return
+        if not self.same_input[name] and not all(isinstance(i, (bytes, bytearray)) for i in images):
+            return
+        if not self.samplers[name].take():
             return
         job = (name, spec.model, request_id, images, [p["class_ids"] for p in predictions])
         if not self.queue.offer((*job, primary_s)):
@@ -133,6 +146,11 @@ class ShadowDispatcher:
                 f"model {name!r} has no shadow (set `shadow: {{model: ..., fraction: ...}}` on it)"
             )
         return await self.monitor.report.remote(name)
+
+
+def _preprocess(config: AppConfig, name: str):
+    model = config.model(name)
+    return model.preprocess or default_preprocess(model.architecture)
 
 
 class ShadowMetrics(MetricGroup):

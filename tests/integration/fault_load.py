@@ -10,13 +10,20 @@ attempt and its outcome are counted.
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
+import numpy as np
 import requests
+import tritonclient.grpc as grpcclient
 
 from serve_app.devtools.loadgen import closed_loop
 
@@ -182,6 +189,7 @@ class ServeView:
     replica states and PIDs per deployment."""
 
     def __init__(self, dashboard_url: str, token: str, app: str):
+        self.dashboard = dashboard_url
         self.url = f"{dashboard_url}/api/serve/applications/"
         self.headers = {"Authorization": f"Bearer {token}"}
         self.app = app
@@ -205,6 +213,45 @@ class ServeView:
         assert answer.status_code == 200, answer.text
 
 
+class ServeDeploy:
+    """`serve deploy FILE -a DASHBOARD`, run by the `serve` command's own entry point
+    (`ray.serve.scripts:cli`) with the Ray token, in a process started ahead: it imports Ray
+    before the load and runs when `run()` says so. Under the load, the interpreter's own start-up
+    on a 2-core host took ~20 s, time the rollout did not need."""
+
+    PROGRAM = (
+        "import sys\n"
+        "from ray.serve.scripts import cli\n"
+        "print('imported', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "sys.argv = ['serve', *sys.argv[1:]]\n"
+        "cli()\n"
+    )
+
+    def __init__(self, path: Path, dashboard: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.PROGRAM, "deploy", str(path), "-a", dashboard],
+            env={**os.environ, "RAY_AUTH_MODE": "token"},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        lines = []
+        while (line := self.proc.stdout.readline()) and line.strip() != "imported":
+            lines.append(line)
+        assert line, "serve deploy did not start:\n" + "".join(lines)
+
+    def run(self, timeout_s: float) -> None:
+        out, _ = self.proc.communicate("go\n", timeout=timeout_s)
+        assert self.proc.returncode == 0, out
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
 def wait_for(probe, timeout_s: float, what: str, every: float = 0.5):
     """`probe()` until truthy; the value and the seconds it took. Fails after `timeout_s`."""
     start = time.monotonic()
@@ -218,3 +265,30 @@ def wait_for(probe, timeout_s: float, what: str, every: float = 0.5):
         if time.monotonic() - start > timeout_s:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(every)
+
+
+def oip_infer_http(service_url: str, model: str, photo: bytes) -> None:
+    """One OIP v2 infer over HTTP (JSON, the photo as base64 BYTES), answered 200."""
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "BYTES",
+                "shape": [1],
+                "data": [base64.b64encode(photo).decode()],
+            }
+        ]
+    }
+    answer = requests.post(f"{service_url}/v2/models/{model}/infer", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+
+
+def oip_infer_grpc(target: str, model: str, photo: bytes) -> None:
+    """One OIP v2 ModelInfer over gRPC, as tritonclient sends it; raises unless answered."""
+    client = grpcclient.InferenceServerClient(url=target)
+    try:
+        t = grpcclient.InferInput("image", [1], "BYTES")
+        t.set_data_from_numpy(np.array([photo], dtype=np.object_))
+        assert client.infer(model, [t], client_timeout=60).as_numpy("class_ids").shape[0] == 1
+    finally:
+        client.close()

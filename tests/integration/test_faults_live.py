@@ -2,18 +2,22 @@
 prediction, and a killed replica is back within its own start-up time + 10 s.
 
 One `serve run` of this module's own (ports 27xxx, moved by RECSERVE_TEST_PORT_OFFSET) with one
-model at 3 replicas, 2 ingress replicas, the QualityMonitor and the Forecaster, and a Prometheus +
-Alertmanager of its own. Before each fault a closed-loop burst of real photos measures the
-capacity; an open loop of single-photo predicts at LOAD_FRACTION of it then runs for WINDOW_S (and
-until AFTER_S past the end of the fault), the fault comes FAULT_AT_S in, and every request is
-counted (any non-200, connection error or timeout fails). A replica's start-up time is from the
-moment Serve's controller starts it to the first time Serve reports it RUNNING: measured for the
-first replicas while the service starts (all at once, so slower) and for each replacement of a
-killed one, which is what its recovery is held to.
+model at 3 replicas and its INT8 shadow candidate, 2 ingress replicas, the QualityMonitor, the
+ShadowMonitor and the Forecaster, and a Prometheus + Alertmanager of its own. Before each fault a
+closed-loop burst of real photos measures the capacity; an open loop of single-photo predicts at
+LOAD_FRACTION of it then runs for WINDOW_S (and until AFTER_S past the end of the fault), the fault
+comes FAULT_AT_S in, and every request is counted (any non-200, connection error or timeout fails).
+A replica's start-up time is from the moment Serve's controller starts it to the first time Serve
+reports it RUNNING: measured for the first replicas while the service starts (all at once, so
+slower) and for each replacement of a killed one, which is what its recovery is held to.
 
 The model runs 2 inference threads per replica: on a 2-core host one replica can then use both
 cores, so the scale-down to one replica keeps the capacity the load was sized by and the test
 measures the scale-down, not an overload. The scale-down runs last: it leaves one replica.
+
+The promotion (`recserve promote` of the config file the service was started from, then `serve
+deploy` of what it wrote) changes the application's `args`, so Serve replaces every replica of
+every deployment: it stands for any redeploy with a changed config, and is the strongest one.
 
 RECSERVE_FAULTS_OUT=<file> writes the counts of the run as JSON (docs/reliability/faults_live.json).
 """
@@ -36,17 +40,29 @@ import pytest
 import requests
 import yaml
 
+from serve_app.devtools import promote
 from serve_app.devtools.loadgen import photos_jpeg
 from serve_app.monitoring.stack import Stack, running_stack, stack_up
 from serve_app.processes import port_in_use, stop_recorded
-from tests.integration.fault_load import OpenLoop, ServeView, measure_capacity, wait_for
+from tests.conftest import ESPRESSO
+from tests.integration.fault_load import (
+    OpenLoop,
+    ServeDeploy,
+    ServeView,
+    measure_capacity,
+    oip_infer_grpc,
+    oip_infer_http,
+    wait_for,
+)
 from tests.integration.ports import OFFSET
 from tests.integration.serve_run import stop_serve_run
+from tests.integration.shadow_probe import sends_until_shadowed
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_CONFIG = ROOT / "configs" / "serve_config.test.yaml"
 APP = "recognition"
 MODEL = "efficientnet_lite0"
+CANDIDATE = "lite0_int8"  # the model's shadow in the test config, promoted in its place
 RECOGNIZER = f"Recognizer_{MODEL}"
 REPLICAS = 3
 PORTS = {
@@ -61,17 +77,20 @@ SERVICE_URL = f"http://127.0.0.1:{PORTS['serve']}"
 PREDICT_URL = f"{SERVICE_URL}/v1/models/{MODEL}/predict"
 READY_TIMEOUT_S = 300
 LOAD_FRACTION = 0.7
-WINDOW_S = 15.0  # the load of one fault, at least
+WINDOW_S = 12.0  # the load of one fault, at least
 FAULT_AT_S = 3.0  # into the window: the load is steady when the fault comes
 AFTER_S = 3.0  # the load goes on this long after the fault is over
 CAPACITY_CLIENTS = 12
-CAPACITY_S = 5.0
+CAPACITY_S = 3.0
 # The client sends a predict answered 503 (or whose connection broke) again, honouring
 # Retry-After, at most CLIENT_RETRIES times (tests/integration/fault_load.py); first attempts are
 # counted apart. Needed where a replica's start-up takes the CPU the others serve with: they shed
 # with 503 + Retry-After meanwhile (docs/RELIABILITY.md, "Faults under load").
 CLIENT_RETRY = True
-REDEPLOY_NUM_CPUS = 0.2  # from 0.25: an option that needs new replicas
+# A quarter of the predicts also go to the candidate's one replica: the shadow path runs through
+# every fault, and the candidate keeps up beside the load.
+SHADOW_FRACTION = 0.25
+SERVE_CLI_TIMEOUT_S = 120
 RECOVERY_MARGIN_S = 10.0  # the promise: back within start-up + this
 ROLLOUT_TIMEOUT_S = 240  # a redeploy replaces every replica, a few at a time, on 2 cores
 RESULTS: dict[str, dict] = {}
@@ -80,7 +99,8 @@ RUN: dict[str, object] = {}  # the first start-up times
 
 def fault_config(workdir: Path) -> dict:
     """The test config cut to what the faults need: its first model at 3 replicas with the
-    users' default queue bounds, the ingress, quality and the Forecaster, on this module's ports."""
+    users' default queue bounds and its INT8 shadow candidate, the ingress, quality and the
+    Forecaster, on this module's ports."""
     doc = yaml.safe_load(TEST_CONFIG.read_text())
     doc["http_options"]["port"] = PORTS["serve"]
     if "grpc_options" in doc:
@@ -91,8 +111,10 @@ def fault_config(workdir: Path) -> dict:
     for key in ("max_ongoing_requests", "max_queued_requests"):
         model.pop(key, None)  # the test config's are small on purpose, for its overload test
     model.update(num_replicas=REPLICAS, num_threads=2, num_cpus=0.25)
-    model.pop("shadow", None)  # its candidate is not among the models kept
-    args["models"] = [model]
+    model["shadow"]["fraction"] = SHADOW_FRACTION
+    candidate = next(m for m in args["models"] if m["name"] == model["shadow"]["model"])
+    assert (candidate["name"], candidate["precision"]) == (CANDIDATE, "int8")
+    args["models"] = [model, candidate]
     args["quality"]["store_dir"] = str(workdir / "quality-store")
     prometheus = f"http://127.0.0.1:{PORTS['prometheus']}"
     args["forecaster"].update(
@@ -108,6 +130,7 @@ def fault_config(workdir: Path) -> dict:
 class Service:
     view: ServeView
     config: dict
+    config_path: Path  # the file `serve run` started from
     stack: Stack
     photos: list[bytes]
 
@@ -215,7 +238,7 @@ def service():
             alertmanager_port=PORTS["alertmanager"],
             scrape_interval="5s",
         ) as stack:
-            yield Service(view, config, stack, photos_jpeg())
+            yield Service(view, config, config_path, stack, photos_jpeg())
     finally:
         stop_serve_run(proc)
         write_results()
@@ -349,26 +372,70 @@ def test_recognizer_replica_killed(warm):
     assert_back_in_time(row)
 
 
-def test_redeploy_with_changed_config(warm):
-    """`serve deploy` of the config with one option of the model's deployment changed: Serve
-    replaces its replicas one after another (a rolling update), the rest of the app stays."""
+def model_info(name: str) -> dict:
+    models = requests.get(f"{SERVICE_URL}/v1/models", timeout=30).json()["models"]
+    return next(m for m in models if m["name"] == name)
+
+
+def test_promotion_rolls_out_every_deployment(warm, coffee_jpeg):
+    """`recserve promote` of the config the service runs, then `serve deploy` of its output: the
+    application's `args` change, so Serve replaces every replica of every deployment in a rolling
+    update (the ShadowMonitor goes: no model has a shadow left). Afterwards the model's API name
+    serves the candidate's INT8 graph, and still answers right."""
     service = warm
-    before = service.view.running_pids(RECOGNIZER)
-    changed = with_recognizer_options(
-        service.config, ray_actor_options={"num_cpus": REDEPLOY_NUM_CPUS}
-    )
+    candidate = model_info(CANDIDATE)
+    assert model_info(MODEL)["precision"] != candidate["precision"] == "int8"
+    before = {
+        name: service.view.running_pids(name) for name in service.view.application()["deployments"]
+    }
+    assert "ShadowMonitor" in before and len(before) >= 5, before
+    # The shadow samples OIP infers too, over HTTP and gRPC: what a promotion is judged on.
+    grpc_target = f"127.0.0.1:{PORTS['grpc']}"
+    RUN["oip_sends_until_shadowed"] = {
+        "http": sends_until_shadowed(
+            SERVICE_URL, MODEL, lambda: oip_infer_http(SERVICE_URL, MODEL, coffee_jpeg)
+        ),
+        "grpc": sends_until_shadowed(
+            SERVICE_URL, MODEL, lambda: oip_infer_grpc(grpc_target, MODEL, coffee_jpeg)
+        ),
+    }
+    promoted = service.config_path.with_suffix(".promoted.yaml")
+    deploy = ServeDeploy(promoted, service.view.dashboard)
 
-    def deploy() -> None:
-        service.view.deploy(changed)
-        service.config = changed
+    def promote_and_deploy() -> None:
+        argv = [MODEL, "--config", str(service.config_path), "--out", str(promoted)]
+        assert promote.main(argv) == 0
+        deploy.run(SERVE_CLI_TIMEOUT_S)
+        service.config = yaml.safe_load(promoted.read_text())
 
-    def rolled_out(_) -> bool:
+    def rolled_out(_) -> dict | None:
         app = service.view.application()
-        pids = service.view.running_pids(RECOGNIZER)
-        return app["status"] == "RUNNING" and len(pids) == REPLICAS and not pids & before
+        deployments = app["deployments"]
+        if app["status"] != "RUNNING" or set(deployments) != set(before) - {"ShadowMonitor"}:
+            return None
+        for name, d in deployments.items():
+            pids = {r["pid"] for r in d["replicas"] if r["state"] == "RUNNING"}
+            if len(pids) != len(d["replicas"]) or len(pids) < d["target_num_replicas"]:
+                return None
+            if pids & before[name]:  # an old replica still serves
+                return None
+        return {"replaced": {n: len(d["replicas"]) for n, d in sorted(deployments.items())}}
 
-    row = under_load(service, "redeploy_changed_config", deploy, rolled_out)
+    try:
+        row = under_load(service, "promote_candidate", promote_and_deploy, rolled_out)
+    finally:
+        deploy.close()
     assert_no_failures(row)
+    promoted_info = model_info(MODEL)
+    for key in ("version", "architecture", "precision", "runtime", "device"):
+        assert promoted_info[key] == candidate[key], (key, promoted_info, candidate)
+    answer = requests.post(
+        PREDICT_URL, data=coffee_jpeg, headers={"Content-Type": "image/jpeg"}, timeout=60
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model_version"] == candidate["version"]
+    assert body["predictions"][0]["top_k"][0]["class_id"] == ESPRESSO
 
 
 def test_quality_monitor_killed(warm):

@@ -32,11 +32,20 @@ def test_nvml_reads_every_visible_gpu():
         assert g.name
 
 
-def test_nvml_and_torch_agree_on_total_memory():
+# NVML reports the card's whole memory; CUDA's total leaves out what the driver reserves for
+# itself, which depends on the card and driver: 615 MiB on an H200 with driver 580
+# (docs/bench/gpu/h200-efficientnet-lite0-2026-11-30.json). 1 GiB holds that with room, and still
+# fails when the two read different cards or one reads a fraction (a MIG slice) of it.
+DRIVER_RESERVED_MARGIN_BYTES = 1024**3
+
+
+def test_nvml_total_memory_covers_torchs_within_the_driver_reservation():
     # compared as sorted lists: CUDA may order devices differently from NVML's PCI order
     nvml_totals = sorted(g.memory_total_bytes for g in GpuProbe().read())
     torch_totals = sorted(torch.cuda.mem_get_info(d)[1] for d in range(torch.cuda.device_count()))
-    assert nvml_totals == torch_totals
+    assert len(nvml_totals) == len(torch_totals)
+    for nvml, cuda in zip(nvml_totals, torch_totals, strict=True):
+        assert cuda <= nvml <= cuda + DRIVER_RESERVED_MARGIN_BYTES, (nvml, cuda)
 
 
 def test_torch_allocator_and_gauges_after_a_real_allocation():

@@ -23,11 +23,13 @@ import yaml
 from serve_app import launcher
 from serve_app.api_keys_cli import add_key, revoke_key
 from serve_app.exposure import (
+    LOCAL_RAY_LOOPBACK,
     config_with,
     configured_keys_file,
     haproxy_env,
     haproxy_wrapper_text,
     is_loopback,
+    loopback_ray_env,
     private_dir,
     public_refusal,
     secure_ray_token,
@@ -271,3 +273,14 @@ def test_receiver_validation_errors_never_repeat_secrets(tmp_path):
     message = str(refused.value)
     assert "dingtalk.url" in message and "email.password" in message  # what to fix is named
     assert "SECRET" not in message
+
+
+def test_a_ray_started_here_is_kept_on_loopback_unless_one_is_joined():
+    assert loopback_ray_env({}, None) == LOCAL_RAY_LOOPBACK
+    # Joining a Ray the user points at, or the one `ray start` left running here: its node
+    # address must stay the one the cluster knows.
+    assert loopback_ray_env({"RAY_ADDRESS": "10.0.0.5:6379"}, None) == {}
+    assert loopback_ray_env({}, "192.0.2.2:6379") == {}
+    # The user's own setting wins.
+    (name,) = LOCAL_RAY_LOOPBACK
+    assert loopback_ray_env({name: "1"}, None) == {}

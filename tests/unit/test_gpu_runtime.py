@@ -11,7 +11,10 @@ from serve_app.serving.runtimes import TorchRuntime, is_cuda_oom, run_with_oom_s
 from tests.conftest import ESPRESSO
 
 # Skipped, not faked: the point is to exercise real CUDA kernels, fp16 and channels_last.
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
 
 
 def test_auto_device_picks_cuda_fp16_and_agrees_with_cpu(coffee_jpeg, cat_jpeg):

@@ -120,7 +120,8 @@ def test_events_left(ago_s, per_hour, per_day, left, bound):
         ("up", 1, True),  # the last event is for a scale-up
         ("down", 1, False),  # a scale-down never spends it
         ("down", 2, True),
-        ("up", 0, False),
+        ("up", 0, True),  # a scale-up is never held, even over the budget
+        ("down", 0, False),
         ("down", None, True),  # no bound
     ],
 )
@@ -128,19 +129,36 @@ def test_budget_allows(direction, left, allowed):
     assert budget_allows(direction, left) is allowed
 
 
-def test_spent_budget_holds_and_names_the_bound():
+def test_spent_budget_holds_a_scale_down_names_the_bound_and_never_holds_a_scale_up():
     r = rules(max_scale_events_per_hour=2)
     events = [MONDAY_10 - 600, MONDAY_10 - 60]
-    wish = Proposal(5, "QPS=600 > 100", "scale_up_threshold", "up")
-    held = apply_event_budget(wish, 3, events, MONDAY_10, r)
+    down = Proposal(1, "all signals below thresholds", "scale_down_threshold", "down")
+    held = apply_event_budget(down, 3, events, MONDAY_10, r)
     assert (held.replicas, held.code) == (3, "hold_event_budget")
     assert "scale-event budget (max_scale_events_per_hour=2) is spent" in held.reason
+    # Spent: a scale-up still goes ahead, and says it is over the budget.
+    wish = Proposal(5, "QPS=600 > 100", "scale_up_threshold", "up")
+    over = apply_event_budget(wish, 3, events, MONDAY_10, r)
+    assert (over.replicas, over.code) == (5, "scale_up_threshold")
+    assert "over the scale-event budget, max_scale_events_per_hour=2" in over.reason
     # One event used, one left: a scale-up may take it, a scale-down may not.
-    assert apply_event_budget(wish, 3, events[1:], MONDAY_10, r).replicas == 5
-    down = Proposal(1, "all signals below thresholds", "scale_down_threshold", "down")
+    assert apply_event_budget(wish, 3, events[1:], MONDAY_10, r) == wish
     kept = apply_event_budget(down, 3, events[1:], MONDAY_10, r)
     assert (kept.replicas, kept.code) == (3, "hold_event_budget")
     assert "(max_scale_events_per_hour=2) keeps its last event for a scale-up" in kept.reason
+
+
+def test_a_spent_day_budget_never_keeps_the_fleet_below_a_rising_load():
+    # The night's changes spent the day's budget; in the morning 600 QPS reach 3 instances (200
+    # each > 100): the fleet goes to ceil(600 / 80) = 8 at once, not 24 hours later.
+    r = rules(max_scale_events_per_day=4, max_scale_events_per_hour=None, cooldown_up_s=0)
+    night = [MONDAY_10 - 3600 * h for h in (9, 8, 7, 6)]
+    decision = decide(sig(3, qps=600, p99_ms=300), {"scale_events": night}, MONDAY_10, r)
+    assert (decision.replicas, decision.code) == (8, "scale_up_threshold")
+    assert "over the scale-event budget, max_scale_events_per_day=4" in decision.reason
+    # The same fleet idle is held: with the budget spent, it only grows until events age out.
+    idle = decide(sig(8, qps=10, p99_ms=100), {"scale_events": night}, MONDAY_10, r)
+    assert (idle.replicas, idle.code) == (8, "hold_event_budget")
 
 
 # ------------------------------------------------------------------------------------------

@@ -186,11 +186,11 @@ def test_serve_loads_the_policy_from_its_import_path():
 def test_adapter_warns_when_the_scale_event_budget_holds(monkeypatch, caplog):
     monkeypatch.delenv("RAY_PROMETHEUS_HOST", raising=False)
     policy = ForecastPolicy(deployment="recognizer", model_name="m", max_scale_events_per_hour=1)
-    # One change a minute ago spent the hour's budget: 10 ongoing each > 4 would scale up; holds.
+    # One change a minute ago spent the hour's budget: an idle fleet of 4 would scale down; holds.
     spent = {STATE_KEY: {"scale_events": [MONDAY_10 - 60]}}
     with caplog.at_level("WARNING", logger="ray.serve"):
-        replicas, state = policy(context(target=2, ongoing=20.0, state=spent))
-    assert replicas == 2 and state[STATE_KEY]["last_code"] == "hold_event_budget"
+        replicas, state = policy(context(target=4, ongoing=0.0, state=spent))
+    assert replicas == 4 and state[STATE_KEY]["last_code"] == "hold_event_budget"
     warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("scale-event budget (max_scale_events_per_hour=1) is spent" in m for m in warned)
     # The state still remembers the spent event, so the next period holds too.

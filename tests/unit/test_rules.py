@@ -107,6 +107,7 @@ def test_issue_alerts_are_all_present():
         "NoTrafficWhenExpected",
         "ForecasterStale",
         "ForecasterFailing",
+        "PredictionStoreUnwritable",
     }
     assert {rule["alert"] for rule in _alerts()} == expected
 

@@ -454,6 +454,18 @@ def alert_rules(t: AlertThresholds) -> dict:
             "{{ . | first | value | humanizeDuration }} ago{{ else }}none{{ end }}. "
             "The autoscaler falls back to reactive signals. See the Forecaster replica logs.",
         ),
+        _alert(
+            "PredictionStoreUnwritable",
+            t.PredictionStoreUnwritable,
+            "quality",
+            f"min by (application, deployment) ({exported(m.STORE_WRITABLE)}) == 0",
+            f"The quality store of {deployment} cannot write",
+            f"Writes to the prediction store have failed for {t.PredictionStoreUnwritable.for_}"
+            " (disk full, read-only or I/O error; writable gauge {{ $value }}): predictions are "
+            "served but not kept, and "
+            "feedback gets 503. Free or fix the store folder (quality.store_dir); it recovers "
+            "by itself (docs/RELIABILITY.md).",
+        ),
     ]
     sections = t.model_dump()
     rules = [rule for rule in candidates if sections[rule["alert"]]["enabled"]]

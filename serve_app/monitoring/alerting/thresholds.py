@@ -264,6 +264,13 @@ class ForecasterFailingSettings(AlertSection):
     severity: Severity = "warning"
 
 
+class PredictionStoreUnwritableSettings(AlertSection):
+    """The quality store's writes fail: predictions are served but not kept, feedback gets 503."""
+
+    for_: Duration = Field("2m", alias="for")
+    severity: Severity = "critical"
+
+
 class AlertThresholds(Section):
     """Everything in configs/alerts.yaml: one section per alert, a missing section keeps its
     defaults."""
@@ -305,6 +312,9 @@ class AlertThresholds(Section):
     )
     ForecasterStale: ForecasterStaleSettings = Field(default_factory=ForecasterStaleSettings)
     ForecasterFailing: ForecasterFailingSettings = Field(default_factory=ForecasterFailingSettings)
+    PredictionStoreUnwritable: PredictionStoreUnwritableSettings = Field(
+        default_factory=PredictionStoreUnwritableSettings
+    )
 
 
 def load_thresholds(path: str | Path | None = None) -> AlertThresholds:
