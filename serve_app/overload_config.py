@@ -113,7 +113,10 @@ class OverloadConfig(Section):
         "answered 503 before any work.",
     )
     retry_after_s: int = Field(
-        1, ge=1, description="Retry-After seconds sent with a 503 of the shedding tier."
+        1,
+        ge=1,
+        description="Least Retry-After seconds sent with a 503 of the shedding tier; a request "
+        "whose expected queue wait is longer is told that wait, rounded up.",
     )
     max_rss_bytes: int | None = Field(
         None,

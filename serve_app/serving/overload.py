@@ -134,3 +134,9 @@ def expected_queue_wait_s(
 def should_shed(tier: Tier, expected_wait_s: float, cfg: OverloadConfig) -> bool:
     """True when a request must be refused: shedding, and its expected wait breaks the budget."""
     return tier == Tier.SHEDDING and expected_wait_s > cfg.shed_queue_wait_s
+
+
+def retry_after_for(expected_wait_s: float, cfg: OverloadConfig) -> int:
+    """Retry-After of a shed request: the queue ahead of it drains in about its expected wait, so
+    a retry sooner would only be shed again (and add to the load); never below `retry_after_s`."""
+    return max(cfg.retry_after_s, math.ceil(expected_wait_s))

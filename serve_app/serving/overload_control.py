@@ -37,6 +37,7 @@ from serve_app.serving.overload import (
     batch_size_for,
     decide_tier,
     expected_queue_wait_s,
+    retry_after_for,
     should_shed,
 )
 
@@ -165,11 +166,11 @@ class OverloadController:
             return
         wait = self.expected_wait_s(new_items)
         if should_shed(self.tier, wait, self.cfg):
+            retry_after = retry_after_for(wait, self.cfg)
             raise Overloaded(
                 f"model {self.model_name!r} is shedding load: expected queue wait {wait:.2f} s "
-                f"is over {self.cfg.shed_queue_wait_s:g} s; retry after "
-                f"{self.cfg.retry_after_s} s",
-                retry_after_s=self.cfg.retry_after_s,
+                f"is over {self.cfg.shed_queue_wait_s:g} s; retry after {retry_after} s",
+                retry_after_s=retry_after,
             )
 
     # ---- one control period ----------------------------------------------------------------------

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tests.integration.ports import (
     SERVICE_URL,
     config_with_ports,
 )
+from tests.integration.scratch import discard_unless_failed, scratch_dir
 from tests.integration.serve_run import stop_serve_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,11 +36,12 @@ def _tail(path: Path, n: int = 60) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_tmpdir() -> Path:
+def ray_tmpdir(request) -> Path:
     """Ray's temp dir for this session: keeps its sockets, logs and Prometheus SD file apart from
-    any other Ray."""
-    path = Path(tempfile.mkdtemp(prefix="rs-ray-", dir="/tmp"))
-    return path
+    any other Ray; removed after the session's Serve stopped (serve_process depends on it)."""
+    path = scratch_dir("rs-ray-")
+    yield path
+    discard_unless_failed(request.session, path)
 
 
 @pytest.fixture(scope="session")

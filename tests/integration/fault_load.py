@@ -29,7 +29,7 @@ from serve_app.devtools.loadgen import closed_loop
 
 REQUEST_TIMEOUT_S = 60  # a request queued behind a replica start on a loaded 2-core host
 RETRY_STATUSES = {503}
-CLIENT_RETRIES = 2  # sends after the first, each after the Retry-After the 503 asked for
+CLIENT_RETRIES = 4  # sends after the first, each after the Retry-After the 503 asked for
 DEFAULT_RETRY_AFTER_S = 1.0  # a broken connection says nothing: wait as long as a shed request
 
 

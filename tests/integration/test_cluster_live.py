@@ -12,29 +12,29 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from serve_app.devtools.cluster_demo import ESPRESSO, run_scenario, summary
 from serve_app.devtools.local_cluster import ClusterPlan
+from tests.integration.scratch import discard_unless_failed, scratch_dir
 
 OFFSET = int(os.environ.get("RECSERVE_TEST_PORT_OFFSET", "0"))
 MAX_FIRST_ATTEMPT_FAILURES = 0.01  # of the requests sent while a node or a replica is lost
 
 
 @pytest.fixture(scope="module")
-def report() -> dict:
-    # A short folder: Ray's unix sockets live under it and their paths are length-limited.
-    root = Path(tempfile.mkdtemp(prefix="rs-cl-", dir="/tmp"))
+def report(request):
+    root = scratch_dir("rs-cl-")
     result = run_scenario(
         ClusterPlan(25000 + 20 * OFFSET, root), rps=10, load_s=15, runtime="torch"
     )
     print(summary(result))
     if os.environ.get("RECSERVE_CLUSTER_REPORT"):  # keep the run's figures (docs/DEPLOYMENT.md)
         Path(os.environ["RECSERVE_CLUSTER_REPORT"]).write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    yield result  # the cluster is stopped by now: run_scenario stops what it started
+    discard_unless_failed(request.session, root)
 
 
 def test_replicas_spread_over_both_nodes_and_answer_through_each_proxy(report):

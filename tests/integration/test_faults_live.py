@@ -31,7 +31,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from tests.integration.fault_load import (
     wait_for,
 )
 from tests.integration.ports import OFFSET
+from tests.integration.scratch import discard_unless_failed, scratch_dir
 from tests.integration.serve_run import stop_serve_run
 from tests.integration.shadow_probe import sends_until_shadowed
 
@@ -217,12 +217,12 @@ def _ready_and_startup(proc, log_path: Path) -> tuple[ServeView, dict[str, float
 
 
 @pytest.fixture(scope="module")
-def service():
+def service(request):
     taken = [f"{name} {port}" for name, port in PORTS.items() if port_in_use(port)]
     if taken:  # another service on these fixed ports is not ours to stop
         pytest.skip(f"ports already in use: {', '.join(taken)}")
     # Ray's socket paths must stay under 107 bytes: a short folder of our own under /tmp.
-    workdir = Path(tempfile.mkdtemp(prefix="rs-faults-", dir="/tmp"))
+    workdir = scratch_dir("rs-faults-")
     config = fault_config(workdir)
     config_path = workdir / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -242,6 +242,7 @@ def service():
     finally:
         stop_serve_run(proc)
         write_results()
+        discard_unless_failed(request.session, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +351,12 @@ def with_recognizer_options(config: dict, **options) -> dict:
 
 
 def assert_no_failures(row: dict) -> None:
-    assert row["sent"] > 0 and row["failed"] == 0, row
+    # The message names every first-attempt outcome and the first failures with their times: a
+    # truncated dict in a CI log says nothing of what failed.
+    what = {
+        k: row[k] for k in ("sent", "failed", "retried", "capacity_rps", "first_attempt_outcomes")
+    }
+    assert row["sent"] > 0 and row["failed"] == 0, f"{what} failures: {row['failures']}"
 
 
 def assert_back_in_time(row: dict) -> None:

@@ -18,6 +18,7 @@ from serve_app.serving.overload import (
     batch_size_for,
     decide_tier,
     expected_queue_wait_s,
+    retry_after_for,
     should_shed,
 )
 from serve_app.serving.overload_control import OverloadController, OverloadMetrics, RecentValues
@@ -188,6 +189,15 @@ def test_should_shed(tier, wait, shed):
     assert should_shed(tier, wait, CFG) is shed
 
 
+@pytest.mark.parametrize(
+    "wait, retry_after",
+    [(0.0, 1), (0.6, 1), (1.0, 1), (1.01, 2), (3.7, 4)],
+)
+def test_retry_after_is_the_expected_wait_rounded_up_never_below_the_least(wait, retry_after):
+    assert retry_after_for(wait, CFG) == retry_after
+    assert retry_after_for(wait, OverloadConfig(retry_after_s=5)) == 5
+
+
 # --- the controller: measure, decide, apply -----------------------------------------------------
 
 
@@ -217,9 +227,14 @@ def test_controller_sheds_restores_and_counts(controller):
     with pytest.raises(Overloaded) as refused:
         ctl.admit(1)
     assert refused.value.headers == {"Retry-After": "1"}
-    assert "0.60 s is over 0.2 s" in refused.value.message
+    assert "0.60 s is over 0.2 s; retry after 1 s" in refused.value.message
+    # Twice that queue: 1.2 s ahead, so it is told to come back in 2 s, not 1.
+    ctl.enqueued(24)
+    with pytest.raises(Overloaded) as refused:
+        ctl.admit(1)
+    assert refused.value.headers == {"Retry-After": "2"}
     # The queue drains and the window forgets the old waits (window 10 s): calm from t + 11.
-    ctl.batch_started([0.01] * 24)
+    ctl.batch_started([0.01] * 48)
     ctl.batch_finished(0.05)
     ctl.admit(1)  # nothing queued, nothing running: expected wait 0
     clock.now += 11
