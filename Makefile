@@ -46,10 +46,14 @@ run: install system-deps
 # the session's Serve.
 # The fault tests start a Serve of their own and size their load by the capacity they measure:
 # nothing else may load the cores meanwhile.
-ISOLATED := tests/integration/test_overload_live.py tests/integration/test_stop_signals_live.py tests/integration/test_cluster_live.py \
+# The overload test's Serve starts only the model it drives (RECSERVE_TEST_MODELS,
+# tests/integration/ports.py): one Recognizer instead of the test config's seven.
+OVERLOAD_TEST := tests/integration/test_overload_live.py
+ISOLATED := tests/integration/test_stop_signals_live.py tests/integration/test_cluster_live.py \
 	tests/integration/test_faults_live.py
 test: install system-deps lint
-	$(BIN)/python -m pytest -q --durations=12 tests/unit tests/integration $(addprefix --ignore=,$(ISOLATED))
+	$(BIN)/python -m pytest -q --durations=12 tests/unit tests/integration $(addprefix --ignore=,$(OVERLOAD_TEST) $(ISOLATED))
+	RECSERVE_TEST_MODELS=lite0_overload $(BIN)/python -m pytest -q $(OVERLOAD_TEST)
 	for t in $(ISOLATED); do $(BIN)/python -m pytest -q $$t || exit 1; done
 
 # ruff as configured in pyproject.toml: lint rules, then formatting (checked, nothing rewritten).

@@ -10,7 +10,8 @@ costs and misses, every one of them at the same SLO point (`slo_target` of reque
   requests per replica, 30 s up delay, 600 s down delay).
 - `reactive`: our ForecastPolicy with thresholds only.
 - `predictive`: the same thresholds plus the forecast floor. Each replayed day is forecast by a
-  Prophet model fitted only on the trace before that day (walk-forward: no peeking).
+  Prophet model fitted only on the trace before that day (walk-forward: no peeking), or, with
+  `forecast="exact"`, by the day itself (lab/forecasts.py).
 - `oracle`: the cheapest clairvoyant schedule that keeps the SLO target: it knows the future load,
   sizes each moment by what n replicas sustain at the SLO (measured, not n x one replica), starts
   replicas start-up time ahead and pays from then, at the smallest load factor whose replay keeps
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lab.controllers import ForecastPolicyController, RayDefaultController, quiet_policy_logs
+from lab.forecasts import DAY, FORECASTS, DayForecasts, exact_forecasts, walk_forward
 from lab.service_model import LatencyCurve, ServiceModel
 from lab.simulator import Run, SimConfig, latency_quantile, service_for, share_within, simulate
 from lab.yardsticks import (
@@ -44,7 +46,7 @@ from lab.yardsticks import (
     schedule_attainment,
     smallest_factor_meeting,
 )
-from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster, mape
+from serve_app.autoscaling.forecaster import ForecasterSettings, mape
 from serve_app.autoscaling.rate_history import RateHistory, read_csv, trace_utc_offset
 
 STRATEGIES = ("static_peak", "fixed_headroom", "ray_default", "reactive", "predictive", "oracle")
@@ -57,7 +59,6 @@ SUMMARY_COLUMNS = (
     "scale_events",
     "underprovisioned_minutes",
 )
-DAY = 86400
 WARMUP_S = 3600
 
 
@@ -88,8 +89,12 @@ class BacktestOptions:
     # (dotted policy_kwargs key, value) pairs set on both replayed policies, reactive and
     # predictive alike, so a comparison changes one thing at a time (the tuning runs).
     policy: tuple[tuple[str, Any], ...] = ()
+    # What predictive plans with: Prophet walk-forward, or the replayed day (lab/forecasts.py).
+    forecast: str = "prophet"
 
     def __post_init__(self):
+        if self.forecast not in FORECASTS:
+            raise ValueError(f"--forecast must be one of {', '.join(FORECASTS)}")
         if self.slo_ms <= 0:
             raise ValueError(f"--slo-ms must be positive, got {self.slo_ms}")
         if self.startup_s < 0:
@@ -115,31 +120,6 @@ class BacktestOptions:
             raise ValueError(f"--headroom must be in (0, 1], got {self.headroom}")
         # A missing profile fails now, not after the forecasts.
         LatencyCurve.profile(self.profile)
-
-
-@dataclass
-class DayForecasts:
-    """One walk-forward forecast per replayed day (None where history was too short), for lookups
-    without peeking."""
-
-    day_starts: list[float]
-    forecasts: list[Forecast | None]
-    statuses: list[str]
-    lead_time_s: float
-
-    def of_day(self, now: float) -> Forecast | None:
-        """The forecast fitted at the start of now's day (None before the first replayed day)."""
-        i = int(np.searchsorted(self.day_starts, now, side="right")) - 1
-        return self.forecasts[i] if 0 <= i < len(self.forecasts) else None
-
-    def lookup(self, now: float) -> tuple[float | None, float | None, float | None]:
-        """(upper bound at now + lead, fit time, yhat at now + lead) from the forecast fitted at
-        the start of now's day."""
-        forecast = self.of_day(now)
-        if forecast is None:
-            return None, None, None
-        at = now + self.lead_time_s
-        return forecast.at(at, "upper"), forecast.fitted_at, forecast.at(at, "yhat")
 
 
 @dataclass
@@ -186,36 +166,6 @@ def forecaster_settings(options: BacktestOptions) -> ForecasterSettings:
     """Forecaster settings for the trace's local time."""
     zone = options.timezone or trace_utc_offset(options.trace) or "UTC"
     return ForecasterSettings(timezone=zone)
-
-
-def walk_forward(
-    history: RateHistory,
-    day_starts: list[float],
-    settings: ForecasterSettings,
-    lead_time_s: float,
-    step_s: float,
-    seed: int = 0,
-) -> DayForecasts:
-    """Fit one forecaster per replayed day on the trace strictly before that day, forecast the day
-    (+ lead)."""
-    forecasts, statuses = [], []
-    for day, start in enumerate(day_starts):
-        # Prophet samples its interval with numpy's global generator: seed it so a backtest repeats
-        # exactly.
-        np.random.seed(seed + day)
-        past = history.between(-math.inf, start)
-        forecaster = RateForecaster(settings)
-        if len(past) < 2:
-            forecasts.append(None)
-            statuses.append("insufficient_history")
-            continue
-        outcome = forecaster.fit(past.timestamps, past.rps, now=start)
-        statuses.append(outcome.status)
-        if outcome.status != "ok":
-            forecasts.append(None)
-            continue
-        forecasts.append(forecaster.predict(start, DAY + lead_time_s + step_s, step_s))
-    return DayForecasts(day_starts, forecasts, statuses, lead_time_s)
 
 
 def operator_fleet_table(capacities: np.ndarray) -> dict[int, float]:
@@ -431,9 +381,12 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     config = replace(config, max_replicas=max_replicas)
 
     day_starts = [replay_start + k * DAY for k in range(math.ceil((last - replay_start) / DAY))]
-    forecasts = walk_forward(
-        history, day_starts, forecaster_settings(options), lead_time_s, step, options.seed
-    )
+    if options.forecast == "exact":
+        forecasts = exact_forecasts(history, day_starts, lead_time_s, step)
+    else:
+        forecasts = walk_forward(
+            history, day_starts, forecaster_settings(options), lead_time_s, step, options.seed
+        )
     mape_by_day = []
     for start, forecast in zip(day_starts, forecasts.forecasts, strict=True):
         actual = history.between(start, start + DAY)

@@ -11,13 +11,10 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-
-def _fail(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
-
+from lab.cli_common import fail
+from lab.forecasts import FORECAST_HELP, FORECASTS
+from lab.suite_cli import main_backtest_suite
 
 # --------------------------------------------------------------------------------------------------
 # fit
@@ -73,13 +70,13 @@ def main_fit(argv: list[str] | None = None) -> int:
                 args.prometheus, args.model_name, end - args.days * 86400, end, args.step_s
             )
         if len(history) == 0:
-            return _fail(
+            return fail(
                 "the history is empty: is the model receiving traffic, and is the model name right?"
             )
         forecaster = RateForecaster(settings)
         outcome = forecaster.fit(history.timestamps, history.rps)
     except (ValueError, PrometheusUnavailable) as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     print(f"{outcome.status}: {outcome.message}")
     if outcome.status != "ok":
         return 1
@@ -128,7 +125,7 @@ def main_forecast(argv: list[str] | None = None) -> int:
     args = _forecast_parser().parse_args(argv)
     try:
         if not args.model_file.is_file():
-            return _fail(
+            return fail(
                 f"model file {str(args.model_file)!r} does not exist: run `recserve fit` first"
             )
         forecaster = RateForecaster.from_json(args.model_file.read_text())
@@ -161,7 +158,7 @@ def main_forecast(argv: list[str] | None = None) -> int:
                 row.append(plan.get(t, ""))
             rows.append(row)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     out = args.out.open("w", newline="") if args.out else sys.stdout
     try:
         writer = csv.writer(out)
@@ -256,6 +253,12 @@ def _backtest_parser() -> argparse.ArgumentParser:
         default=2,
         help="processes replaying strategies in parallel (default 2)",
     )
+    p.add_argument(
+        "--forecast",
+        choices=FORECASTS,
+        default="prophet",
+        help=FORECAST_HELP,
+    )
     return p
 
 
@@ -284,10 +287,11 @@ def main_backtest(argv: list[str] | None = None) -> int:
             seed=args.seed,
             workers=args.workers,
             max_replicas=args.max_replicas,
+            forecast=args.forecast,
         )
         result = run_backtest(options)
     except ValueError as exc:
-        return _fail(str(exc))
+        return fail(str(exc))
     files = write_backtest(result, options)
     print(format_summary(result.summary))
     if result.mape_overall is not None:
@@ -334,7 +338,7 @@ def main_plot(argv: list[str] | None = None) -> int:
     settings_path, summary_path = args.dir / "settings.json", args.dir / "summary.csv"
     for needed in (settings_path, summary_path, args.dir / "timeline.csv"):
         if not needed.is_file():
-            return _fail(f"{needed} is missing: run `recserve backtest --out {args.dir}` first")
+            return fail(f"{needed} is missing: run `recserve backtest --out {args.dir}` first")
     settings = json.loads(settings_path.read_text())
     fields = set(BacktestOptions.__dataclass_fields__)
     options = BacktestOptions(
@@ -380,99 +384,6 @@ def main_gen_traces(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------------------------------
 # backtest-suite
 # --------------------------------------------------------------------------------------------------
-
-
-def _policy_setting(text: str) -> tuple[str, Any]:
-    """`KEY=VALUE` as (key, value), the value read as YAML (true, 0.9, a list)."""
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"--policy takes KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value)
-
-
-def main_backtest_suite(argv: list[str] | None = None) -> int:
-    """`recserve backtest-suite`: the robustness matrix (every trace x every per-replica capacity)
-    as matrix.csv, matrix.md and matrix.png."""
-    from lab.suite import CAPACITIES, REPLAY_DAYS, SETS, SuiteOptions, run_suite
-    from lab.suite_report import write_matrix
-
-    p = argparse.ArgumentParser(
-        prog="recserve backtest-suite",
-        description="Backtest every trace of the matrix at every per-replica capacity and check "
-        "the predictive strategy's goals in each cell.",
-    )
-    p.add_argument("--out", type=Path, required=True, help="directory for matrix.csv/.md/.png")
-    p.add_argument("--workers", type=int, default=2, help="cells replayed in parallel (default 2)")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        choices=SETS,
-        help="trace set to run (repeatable; default both: training and held-out)",
-    )
-    p.add_argument(
-        "--capacity",
-        dest="capacities",
-        action="append",
-        type=float,
-        help=f"req/s per replica (repeatable; default {', '.join(f'{c:g}' for c in CAPACITIES)})",
-    )
-    p.add_argument(
-        "--replay-days",
-        type=int,
-        default=REPLAY_DAYS,
-        help=f"days replayed per cell after 7 of history (default {REPLAY_DAYS})",
-    )
-    p.add_argument(
-        "--headroom",
-        type=float,
-        default=1.0,
-        help="the replayed policy's headroom (default 1.0, chosen on the training traces)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
-    p.add_argument(
-        "--policy",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a policy_kwargs key of both replayed policies (dotted, value as YAML), e.g. "
-        "predictive.follow_down=false (repeatable; for tuning runs)",
-    )
-    args = p.parse_args(argv)
-    started = time.monotonic()
-    try:
-        options = SuiteOptions(
-            out=args.out,
-            workers=args.workers,
-            sets=tuple(args.sets or SETS),
-            capacities=tuple(args.capacities or CAPACITIES),
-            replay_days=args.replay_days,
-            headroom=args.headroom,
-            seed=args.seed,
-            policy=tuple(_policy_setting(text) for text in args.policy),
-        )
-        rows = run_suite(options)
-    except ValueError as exc:
-        return _fail(str(exc))
-    command = f"recserve backtest-suite --out {args.out} --workers {args.workers}"
-    for name in args.sets or ():
-        command += f" --set {name}"
-    for capacity in args.capacities or ():
-        command += f" --capacity {capacity:g}"
-    if args.replay_days != REPLAY_DAYS:
-        command += f" --replay-days {args.replay_days}"
-    if args.headroom != 1.0:
-        command += f" --headroom {args.headroom:g}"
-    if args.seed:
-        command += f" --seed {args.seed}"
-    for text in args.policy:
-        command += f" --policy {text}"
-    files = write_matrix(args.out, rows, command)
-    print(files["markdown"].read_text())
-    print(f"wrote {', '.join(map(str, files.values()))} in {time.monotonic() - started:.0f}s")
-    return 0
 
 
 COMMANDS = {

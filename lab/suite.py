@@ -121,6 +121,8 @@ class SuiteOptions:
     seed: int = 0
     # Policy overrides for tuning runs (BacktestOptions.policy).
     policy: tuple[tuple[str, Any], ...] = ()
+    # What predictive plans with (BacktestOptions.forecast).
+    forecast: str = "prophet"
 
     def __post_init__(self):
         unknown = set(self.sets) - set(SETS)
@@ -221,6 +223,7 @@ def cells_of(options: SuiteOptions) -> list[Cell]:
                 seed=options.seed,
                 workers=1,
                 policy=options.policy,
+                forecast=options.forecast,
             )
             cells.append(Cell(spec, path, backtest))
     return cells

@@ -49,7 +49,7 @@ SUBCOMMANDS = {
         "replay a traffic trace against every scaling strategy",
     ),
     "backtest-suite": (
-        "lab.commands:main_backtest_suite",
+        "lab.suite_cli:main_backtest_suite",
         "the autoscaling robustness matrix: every trace x every per-replica capacity",
     ),
     "plot": ("lab.commands:main_plot", "redraw a backtest's plot from its directory"),

@@ -61,6 +61,11 @@ def serve_process(ray_tmpdir: Path):
     # 8404/9101.
     env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(HAPROXY_STATS_PORT))
     env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(HAPROXY_METRICS_PORT))
+    # Serve holds a stopping ingress replica open 30 s so that load balancers elsewhere can drop
+    # it; here the only one is the session's HAProxy on this host, which reloads within a second,
+    # and no test of the session replaces an ingress replica under load (the fault tests, which
+    # do, keep the 30 s). Without this the session's stop alone takes 30 s.
+    env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     env.update(
         {
             "RECSERVE_PROMETHEUS_URL": PROMETHEUS_URL,

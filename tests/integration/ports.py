@@ -28,9 +28,32 @@ GRPC_TARGET = f"127.0.0.1:{GRPC_PORT}"
 PROMETHEUS_URL = f"http://127.0.0.1:{PROMETHEUS_PORT}"
 
 
+# A session that needs some of the test config's models only (names, comma-separated): the
+# overload module's, whose Serve then starts 1 Recognizer instead of 7.
+ONLY_MODELS = [m for m in os.environ.get("RECSERVE_TEST_MODELS", "").split(",") if m]
+
+
+def keep_models(doc: dict, names: list[str]) -> None:
+    """Leave only these models in the config, and nothing that names another: a shadow, the
+    Forecaster's list."""
+    args = doc["applications"][0]["args"]
+    args["models"] = [m for m in args["models"] if m["name"] in names]
+    for model in args["models"]:
+        if model.get("shadow", {}).get("model") not in names:
+            model.pop("shadow", None)
+    forecaster = args.get("forecaster")
+    if forecaster:
+        forecaster["models"] = [m for m in forecaster["models"] if m in names]
+        if not forecaster["models"]:  # nothing left to forecast: no Forecaster
+            del args["forecaster"]
+
+
 def config_with_ports(source: Path, target: Path) -> Path:
-    """A copy of the test config with Serve's port and every Prometheus address moved."""
+    """A copy of the test config with Serve's port and every Prometheus address moved (and only
+    the models of RECSERVE_TEST_MODELS, when it names some)."""
     doc = yaml.safe_load(source.read_text())
+    if ONLY_MODELS:
+        keep_models(doc, ONLY_MODELS)
     doc["http_options"]["port"] = SERVE_PORT
     doc["grpc_options"]["port"] = GRPC_PORT
     # each session its own quality store: none sees another's predictions or an earlier session's

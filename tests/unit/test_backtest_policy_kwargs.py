@@ -62,10 +62,11 @@ def test_policy_overrides_reach_both_replayed_policies():
 
 
 def test_suite_policy_settings_read_as_yaml(tmp_path, capsys):
-    from lab.commands import _policy_setting, main_backtest_suite
+    from lab.cli_common import policy_setting
+    from lab.suite_cli import main_backtest_suite
 
-    assert _policy_setting("predictive.follow_down=false") == ("predictive.follow_down", False)
-    assert _policy_setting("target_fill=0.9") == ("target_fill", 0.9)
+    assert policy_setting("predictive.follow_down=false") == ("predictive.follow_down", False)
+    assert policy_setting("target_fill=0.9") == ("target_fill", 0.9)
     code = main_backtest_suite(["--out", str(tmp_path), "--policy", "target_fill"])
     assert code == 2
     assert "--policy takes KEY=VALUE" in capsys.readouterr().err

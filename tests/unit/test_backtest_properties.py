@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.backtest import DAY, BacktestOptions, run_backtest, walk_forward
+from lab.backtest import BacktestOptions, run_backtest
+from lab.forecasts import DAY, walk_forward
 from lab.service_model import LatencyCurve
 from lab.simulator import SimConfig, service_for
 from lab.tracegen import diurnal, write_csv
