@@ -107,6 +107,11 @@ TRACES = (
 )
 
 
+# The replayed policy's headroom, chosen on the training traces with the CPU curve of 2026-12-01
+# (docs/autoscaling-tuning/README.md, "The remeasured CPU curve").
+DEFAULT_HEADROOM = 0.95
+
+
 @dataclass(frozen=True)
 class SuiteOptions:
     """Everything `recserve backtest-suite` takes."""
@@ -117,7 +122,7 @@ class SuiteOptions:
     capacities: tuple[float, ...] = CAPACITIES
     replay_days: int = REPLAY_DAYS
     # Chosen on the training traces (docs/AUTOSCALING.md, "Tuned on training traces").
-    headroom: float = 1.0
+    headroom: float = DEFAULT_HEADROOM
     seed: int = 0
     # Policy overrides for tuning runs (BacktestOptions.policy).
     policy: tuple[tuple[str, Any], ...] = ()

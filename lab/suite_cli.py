@@ -14,7 +14,14 @@ from lab.forecasts import FORECAST_HELP, FORECASTS
 def main_backtest_suite(argv: list[str] | None = None) -> int:
     """`recserve backtest-suite`: the robustness matrix (every trace x every per-replica capacity)
     as matrix.csv, matrix.md and matrix.png."""
-    from lab.suite import CAPACITIES, REPLAY_DAYS, SETS, SuiteOptions, run_suite
+    from lab.suite import (
+        CAPACITIES,
+        DEFAULT_HEADROOM,
+        REPLAY_DAYS,
+        SETS,
+        SuiteOptions,
+        run_suite,
+    )
     from lab.suite_report import write_matrix
 
     p = argparse.ArgumentParser(
@@ -47,8 +54,9 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--headroom",
         type=float,
-        default=1.0,
-        help="the replayed policy's headroom (default 1.0, chosen on the training traces)",
+        default=DEFAULT_HEADROOM,
+        help=f"the replayed policy's headroom (default {DEFAULT_HEADROOM:g}, chosen on the "
+        "training traces)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
     p.add_argument(
@@ -89,7 +97,7 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
         command += f" --capacity {capacity:g}"
     if args.replay_days != REPLAY_DAYS:
         command += f" --replay-days {args.replay_days}"
-    if args.headroom != 1.0:
+    if args.headroom != DEFAULT_HEADROOM:
         command += f" --headroom {args.headroom:g}"
     if args.seed:
         command += f" --seed {args.seed}"
