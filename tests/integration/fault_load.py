@@ -72,8 +72,9 @@ class LoadResult:
 
 class OpenLoop:
     """Requests started on a fixed schedule at `rate_rps` whatever the answers, from a thread of
-    its own, until `stop_at` or `max_seconds`; at most `max_in_flight` at once and
-    `rate x max_seconds` in all."""
+    its own, until `stop_at` or `max_seconds`; at most `max_in_flight` sent and not yet answered at
+    once, and `rate x max_seconds` in all. A request waiting out its Retry-After is not in flight:
+    it holds no connection and asks nothing of the service, so it takes no slot."""
 
     def __init__(
         self,
@@ -91,6 +92,7 @@ class OpenLoop:
         self.result = LoadResult(rate_rps=rate_rps, seconds=max_seconds)
         self.stop_after = max_seconds
         self.started_at: float | None = None
+        self._on_wire = 0  # attempts sent and not yet answered (the event loop's thread only)
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
     def start(self) -> OpenLoop:
@@ -116,6 +118,7 @@ class OpenLoop:
     ) -> tuple[float | None, str]:
         """(seconds to wait before a retry, None where a retry cannot help; outcome): the outcome
         is the status or the error's name."""
+        self._on_wire += 1
         try:
             async with session.post(
                 self.url, data=body, headers={"Content-Type": "image/jpeg"}
@@ -132,6 +135,8 @@ class OpenLoop:
             return DEFAULT_RETRY_AFTER_S, type(exc).__name__
         except (asyncio.TimeoutError, aiohttp.ClientError) as exc:
             return None, type(exc).__name__
+        finally:
+            self._on_wire -= 1
 
     async def _one(self, session: aiohttp.ClientSession, body: bytes) -> None:
         result = self.result
@@ -170,7 +175,7 @@ class OpenLoop:
                 body = self.photos[i % len(self.photos)]
                 i += 1
                 result.sent += 1
-                if len(tasks) >= self.max_in_flight:
+                if self._on_wire >= self.max_in_flight:
                     result.not_sent += 1
                     result.failed += 1
                     result.first_attempt_failed += 1
