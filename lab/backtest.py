@@ -15,7 +15,12 @@ costs and misses, every one of them at the same SLO point (`slo_target` of reque
 - `oracle`: the cheapest clairvoyant schedule that keeps the SLO target: it knows the future load,
   sizes each moment by what n replicas sustain at the SLO (measured, not n x one replica), starts
   replicas start-up time ahead and pays from then, at the smallest load factor whose replay keeps
-  the target: the bound of cost.
+  the target: the bound of cost. It changes its fleet whenever the load does, hundreds of times a
+  day, which no policy held to a scale-event budget may.
+- `oracle_budget`: the same clairvoyance held to the replayed policy's own budget of scale
+  events (`max_scale_events_per_day`): in each replayed day, the cheapest schedule that covers the
+  oracle's need with at most that many changes, at the smallest load factor that keeps the SLO
+  target: the bound of cost for a policy that may not flap.
 
 The first `history_days` days are history only; every figure is over the replayed days. The
 backtest computes and returns; lab/report.py writes its files.
@@ -34,22 +39,29 @@ from typing import Any
 import numpy as np
 
 from lab.controllers import ForecastPolicyController, RayDefaultController, quiet_policy_logs
-from lab.forecasts import DAY, FORECASTS, DayForecasts, exact_forecasts, walk_forward
+from lab.forecasts import (
+    DAY,
+    FORECASTS,
+    PLAN_CHANGES_PER_DAY,
+    DayForecasts,
+    exact_forecasts,
+    walk_forward,
+)
 from lab.service_model import LatencyCurve, ServiceModel
 from lab.simulator import Run, SimConfig, latency_quantile, service_for, share_within, simulate
-from lab.yardsticks import (
-    fewest_meeting,
-    fleet_capacities,
-    headroom_fleet,
-    oracle_schedule,
-    replicas_for_load,
-    schedule_attainment,
-    smallest_factor_meeting,
-)
+from lab.yardsticks import find_yardsticks, fleet_capacities, headroom_fleet, replicas_for_load
 from serve_app.autoscaling.forecaster import ForecasterSettings, mape
 from serve_app.autoscaling.rate_history import RateHistory, read_csv, trace_utc_offset
 
-STRATEGIES = ("static_peak", "fixed_headroom", "ray_default", "reactive", "predictive", "oracle")
+STRATEGIES = (
+    "static_peak",
+    "fixed_headroom",
+    "ray_default",
+    "reactive",
+    "predictive",
+    "oracle",
+    "oracle_budget",
+)
 SUMMARY_COLUMNS = (
     "strategy",
     "slo_attainment",
@@ -91,6 +103,8 @@ class BacktestOptions:
     policy: tuple[tuple[str, Any], ...] = ()
     # What predictive plans with: Prophet walk-forward, or the replayed day (lab/forecasts.py).
     forecast: str = "prophet"
+    # The forecaster's plan_changes_per_day: the forecast planned into steps (None: as forecast).
+    plan_changes_per_day: int | None = PLAN_CHANGES_PER_DAY
 
     def __post_init__(self):
         if self.forecast not in FORECASTS:
@@ -137,6 +151,7 @@ class BacktestResult:
     static_replicas: int
     headroom_replicas: int
     oracle_load_factor: float | None  # None: no factor up to the search's top kept the target
+    budget_load_factor: float | None  # the same for oracle_budget
     max_replicas: int
     lead_time_s: float
     history: RateHistory
@@ -214,6 +229,8 @@ def policy_kwargs(
             "lead_time_s": lead_time_s,
             "startup_s": options.startup_s,
             "max_forecast_age_s": 2 * DAY,
+            # What the application copies from the forecaster (deployment_policy.py).
+            "landing": "target_fill" if options.plan_changes_per_day is None else "floor",
         }
     for key, value in options.policy:
         # `measured`: the operator's fleet table, for the predictive replay only (a tuning run).
@@ -354,22 +371,10 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         gpu_signal=options.profile == "gpu",
     )
 
-    def meets(schedule: np.ndarray) -> bool:
-        attained = schedule_attainment(schedule, rate, arrivals, model, config, window)
-        return attained >= options.slo_target
-
-    static_n = fewest_meeting(
-        lambda n: meets(np.full(seconds, n, dtype=np.int32)), options.min_replicas, largest
+    sticks = find_yardsticks(
+        rate, arrivals, model, config, window, capacities, options.slo_target, largest
     )
-    static_n = largest if static_n is None else static_n
-    oracle_factor = smallest_factor_meeting(
-        lambda f: meets(
-            oracle_schedule(rate, capacities, options.startup_s, options.min_replicas, f)[0]
-        )
-    )
-    ready, allocated = oracle_schedule(
-        rate, capacities, options.startup_s, options.min_replicas, oracle_factor or 2.0
-    )
+    static_n, ready = sticks.static_replicas, sticks.oracle_ready
     max_replicas = options.max_replicas or max(math.ceil(1.5 * static_n), int(ready.max()))
     # An operator measures capacity on the fleet they run (`recserve capacity --replicas N`), and a
     # fleet sustains more per replica than one replica alone.
@@ -398,6 +403,8 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
     known = [m for m in mape_by_day if m is not None]
     mape_overall = round(float(np.mean(known)), 2) if known else None
 
+    if options.plan_changes_per_day is not None:
+        forecasts = forecasts.planned(options.plan_changes_per_day)
     initial = int(ready[0])
     predictive_kwargs = policy_kwargs(planning, options, config, True, lead_time_s, table)
     # Every strategy replays the same arrivals on the same simulated service.
@@ -419,7 +426,8 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
             forecasts=forecasts,
             initial_replicas=initial,
         ),
-        job("oracle", schedule=ready, allocated=allocated),
+        job("oracle", schedule=ready, allocated=sticks.oracle_allocated),
+        job("oracle_budget", schedule=sticks.budget_ready, allocated=sticks.budget_allocated),
     ]
     workers = max(1, min(options.workers, os.cpu_count() or 1))
     if workers > 1:
@@ -437,7 +445,8 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         planning,
         static_n,
         headroom_n,
-        oracle_factor,
+        sticks.oracle_factor,
+        sticks.budget_factor,
         max_replicas,
         lead_time_s,
         history,

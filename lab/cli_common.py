@@ -1,9 +1,13 @@
-"""What the lab's commands share: the error exit, and reading a `--policy KEY=VALUE`."""
+"""What the lab's commands share: the error exit, reading a `--policy KEY=VALUE`, and the
+forecast's arguments of `backtest` and `backtest-suite`."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
+
+from lab.forecasts import FORECAST_HELP, FORECASTS, PLAN_CHANGES_PER_DAY
 
 
 def fail(message: str) -> int:
@@ -20,3 +24,32 @@ def policy_setting(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ValueError(f"--policy takes KEY=VALUE, got {text!r}")
     return key.strip(), yaml.safe_load(value)
+
+
+PLAN_CHANGES_HELP = (
+    "changes a day of the planned forecast predictive reads, as the forecaster's "
+    "plan_changes_per_day (default: the forecaster's default); off: the bound as forecast, and the "
+    "policy's target_fill band"
+)
+
+
+def plan_changes(text: str) -> int | None:
+    """`--plan-changes N` or `off`."""
+    if text.strip().lower() in ("off", "none", "null"):
+        return None
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"--plan-changes must be >= 1 or off, got {text!r}")
+    return value
+
+
+def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--forecast` and `--plan-changes`: what the predictive strategy plans with."""
+    parser.add_argument("--forecast", choices=FORECASTS, default="prophet", help=FORECAST_HELP)
+    parser.add_argument(
+        "--plan-changes",
+        type=plan_changes,
+        default=PLAN_CHANGES_PER_DAY,
+        metavar="N|off",
+        help=PLAN_CHANGES_HELP,
+    )

@@ -12,8 +12,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lab.cli_common import fail
-from lab.forecasts import FORECAST_HELP, FORECASTS
+from lab.cli_common import add_forecast_arguments, fail
 from lab.suite_cli import main_backtest_suite
 
 # --------------------------------------------------------------------------------------------------
@@ -253,12 +252,7 @@ def _backtest_parser() -> argparse.ArgumentParser:
         default=2,
         help="processes replaying strategies in parallel (default 2)",
     )
-    p.add_argument(
-        "--forecast",
-        choices=FORECASTS,
-        default="prophet",
-        help=FORECAST_HELP,
-    )
+    add_forecast_arguments(p)
     return p
 
 
@@ -288,6 +282,7 @@ def main_backtest(argv: list[str] | None = None) -> int:
             workers=args.workers,
             max_replicas=args.max_replicas,
             forecast=args.forecast,
+            plan_changes_per_day=args.plan_changes,
         )
         result = run_backtest(options)
     except ValueError as exc:

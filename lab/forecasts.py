@@ -6,14 +6,18 @@ much the policy's own steps, landing and event budget."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
+from serve_app.autoscaling.cover import planned_forecast
 from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster
+from serve_app.autoscaling.forecaster_config import ForecasterConfig
 from serve_app.autoscaling.rate_history import RateHistory
 
 DAY = 86400
+# The forecaster's default: the backtest replays the service as it ships.
+PLAN_CHANGES_PER_DAY = ForecasterConfig.model_fields["plan_changes_per_day"].default
 FORECASTS = ("prophet", "exact")
 FORECAST_HELP = (
     "what predictive plans with: Prophet walk-forward (default), or exact, the replayed day "
@@ -30,19 +34,40 @@ class DayForecasts:
     forecasts: list[Forecast | None]
     statuses: list[str]
     lead_time_s: float
+    planned_steps: bool = False
 
     def of_day(self, now: float) -> Forecast | None:
         """The forecast fitted at the start of now's day (None before the first replayed day)."""
         i = int(np.searchsorted(self.day_starts, now, side="right")) - 1
         return self.forecasts[i] if 0 <= i < len(self.forecasts) else None
 
+    def planned(self, max_changes_per_day: int) -> "DayForecasts":
+        """Each day's upper bound as the forecaster publishes it with `plan_changes_per_day`: its
+        cheapest step cover (serve_app/autoscaling/cover.py)."""
+        return replace(
+            self,
+            forecasts=[
+                None if f is None else planned_forecast(f, max_changes_per_day)
+                for f in self.forecasts
+            ],
+            planned_steps=True,
+        )
+
     def lookup(self, now: float) -> tuple[float | None, float | None, float | None]:
         """(upper bound at now + lead, fit time, yhat at now + lead) from the forecast fitted at
-        the start of now's day."""
+        the start of now's day; planned, the most the steps ask for from now to now + lead, as the
+        forecaster publishes it."""
         forecast = self.of_day(now)
         if forecast is None:
             return None, None, None
         at = now + self.lead_time_s
+        if self.planned_steps:
+            # A planned step must be held until its end, not only until now + lead.
+            inside = [forecast.at(t, "upper") for t in forecast.timestamps if now < t < at]
+            upper = max(
+                [forecast.at(now, "upper") or 0.0, forecast.at(at, "upper") or 0.0] + inside
+            )
+            return upper, forecast.fitted_at, forecast.at(at, "yhat")
         return forecast.at(at, "upper"), forecast.fitted_at, forecast.at(at, "yhat")
 
 

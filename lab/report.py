@@ -21,6 +21,7 @@ COLORS = {
     "reactive": "#ff7f0e",
     "predictive": "#1f77b4",
     "oracle": "#2ca02c",
+    "oracle_budget": "#17becf",
 }
 
 
@@ -132,7 +133,11 @@ def write_plot(
             frame["forecast_upper"],
             color=COLORS["predictive"],
             alpha=0.2,
-            label="forecast upper bound",
+            label=(
+                "forecast upper bound"
+                if options.plan_changes_per_day is None
+                else f"upper bound planned in steps ({options.plan_changes_per_day} changes a day)"
+            ),
         )
     title = "load and walk-forward forecast (each day fitted only on the days before it)"
     if mape_overall is not None:

@@ -18,7 +18,9 @@ from typing import Any, Callable
 from lab import tracegen
 from lab.backtest import BacktestOptions, run_backtest
 from lab.controllers import quiet_policy_logs
+from lab.forecasts import PLAN_CHANGES_PER_DAY
 from lab.report import write_settings, write_summary
+from lab.yardsticks import MAX_EVENTS_PER_DAY
 
 CAPACITIES = (5.0, 10.0, 25.0, 92.0)
 HISTORY_DAYS = 7
@@ -26,7 +28,6 @@ REPLAY_DAYS = 2
 SETS = ("training", "held-out")
 
 # The goals every cell's predictive strategy is checked against (the doc explains each).
-MAX_EVENTS_PER_DAY = 48
 MAX_OVER_ORACLE = 1.25
 MAX_OF_FIXED_HEADROOM = 0.85
 GOALS = ("in_slo", "events", "vs_oracle", "vs_fixed", "under_vs_reactive")
@@ -126,8 +127,9 @@ class SuiteOptions:
     seed: int = 0
     # Policy overrides for tuning runs (BacktestOptions.policy).
     policy: tuple[tuple[str, Any], ...] = ()
-    # What predictive plans with (BacktestOptions.forecast).
+    # What predictive plans with (BacktestOptions.forecast, .plan_changes_per_day).
     forecast: str = "prophet"
+    plan_changes_per_day: int | None = PLAN_CHANGES_PER_DAY
 
     def __post_init__(self):
         unknown = set(self.sets) - set(SETS)
@@ -167,7 +169,7 @@ def matrix_row(cell: Cell, rows: dict[str, dict[str, Any]], result: Any, seconds
     """One line of the matrix: the cell, the figures behind each goal, each goal's verdict."""
     options = cell.options
     days = (result.window.stop - result.window.start) / 86400
-    predictive, oracle = rows["predictive"], rows["oracle"]
+    predictive, oracle, budget = rows["predictive"], rows["oracle"], rows["oracle_budget"]
     fixed = rows["fixed_headroom"]["replica_hours"]
     goals = goals_of(rows, days, options.slo_target)
     return {
@@ -184,6 +186,11 @@ def matrix_row(cell: Cell, rows: dict[str, dict[str, Any]], result: Any, seconds
         "oracle_replica_hours": oracle["replica_hours"],
         "oracle_slo": oracle["slo_attainment"],
         "over_oracle": round(predictive["replica_hours"] / max(oracle["replica_hours"], 1e-9), 3),
+        "oracle_budget_replica_hours": budget["replica_hours"],
+        "oracle_budget_slo": budget["slo_attainment"],
+        "over_oracle_budget": round(
+            predictive["replica_hours"] / max(budget["replica_hours"], 1e-9), 3
+        ),
         "of_fixed_headroom": round(predictive["replica_hours"] / max(fixed, 1e-9), 3),
         "predictive_under_min": predictive["underprovisioned_minutes"],
         "reactive_under_min": rows["reactive"]["underprovisioned_minutes"],
@@ -229,6 +236,7 @@ def cells_of(options: SuiteOptions) -> list[Cell]:
                 workers=1,
                 policy=options.policy,
                 forecast=options.forecast,
+                plan_changes_per_day=options.plan_changes_per_day,
             )
             cells.append(Cell(spec, path, backtest))
     return cells

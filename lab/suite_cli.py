@@ -7,8 +7,8 @@ import argparse
 import time
 from pathlib import Path
 
-from lab.cli_common import fail, policy_setting
-from lab.forecasts import FORECAST_HELP, FORECASTS
+from lab.cli_common import add_forecast_arguments, fail, policy_setting
+from lab.forecasts import PLAN_CHANGES_PER_DAY
 
 
 def main_backtest_suite(argv: list[str] | None = None) -> int:
@@ -67,12 +67,7 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
         help="set a policy_kwargs key of both replayed policies (dotted, value as YAML), e.g. "
         "predictive.follow_down=false (repeatable; for tuning runs)",
     )
-    p.add_argument(
-        "--forecast",
-        choices=FORECASTS,
-        default="prophet",
-        help=FORECAST_HELP,
-    )
+    add_forecast_arguments(p)
     args = p.parse_args(argv)
     started = time.monotonic()
     try:
@@ -86,6 +81,7 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
             seed=args.seed,
             policy=tuple(policy_setting(text) for text in args.policy),
             forecast=args.forecast,
+            plan_changes_per_day=args.plan_changes,
         )
         rows = run_suite(options)
     except ValueError as exc:
@@ -105,6 +101,8 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
         command += f" --policy {text}"
     if args.forecast != "prophet":
         command += f" --forecast {args.forecast}"
+    if args.plan_changes != PLAN_CHANGES_PER_DAY:
+        command += f" --plan-changes {args.plan_changes or 'off'}"
     files = write_matrix(args.out, rows, command)
     print(files["markdown"].read_text())
     print(f"wrote {', '.join(map(str, files.values()))} in {time.monotonic() - started:.0f}s")

@@ -5,12 +5,14 @@ A yardstick that misses the SLO it is compared at flatters nothing but itself, s
 sized by arithmetic on one replica's capacity: `fleet_capacities` measures what n replicas sustain
 at the SLO (a larger fleet absorbs Poisson bursts better), `fewest_meeting` searches the fixed
 fleet, and `oracle_schedule` provisions the true future load at a load factor that
-`smallest_factor_meeting` searches until the replay keeps the target.
+`smallest_factor_meeting` searches until the replay keeps the target; `budgeted_oracle_schedule`
+does the same within a budget of scale events (`fewest_hours_within_budget`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -18,6 +20,12 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from lab.service_model import ServiceModel
 from lab.simulator import SimConfig, capacity_at_slo, share_within, simulate
+from serve_app.autoscaling.cover import cheapest_cover
+from serve_app.autoscaling.rules import PolicyRules
+
+DAY = 86400
+# The replayed policy's budget of scale events a day, which `oracle_budget` is held to as well.
+MAX_EVENTS_PER_DAY = PolicyRules.model_fields["max_scale_events_per_day"].default
 
 
 def fleet_capacities(model: ServiceModel, slo_ms: float, max_replicas: int) -> np.ndarray:
@@ -67,6 +75,34 @@ def oracle_schedule(
     return ready, allocated.astype(np.int32)
 
 
+def budgeted_oracle_schedule(
+    rate: np.ndarray,
+    capacities: np.ndarray,
+    startup_s: int,
+    min_replicas: int,
+    load_factor: float,
+    window: slice,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ready, allocated) of a clairvoyant fleet held to the policy's day budget in `window`: each
+    replayed day's allocation replaced by its cheapest cover with `budget_changes` of that day.
+
+    Day by day, like the policy's budget (at most MAX_EVENTS_PER_DAY in any 24 hours), rather than
+    the whole window's total, which could spend two days' changes in one. A replica is ready
+    `startup_s` after it is allocated, so ready is the least allocated over the last start-up; it
+    still covers the need, since the allocation covers the need `startup_s` ahead.
+    """
+    _, allocated = oracle_schedule(rate, capacities, startup_s, min_replicas, load_factor)
+    for start in range(window.start, window.stop, DAY):
+        day = slice(start, min(start + DAY, window.stop))
+        changes = budget_changes(day.stop - day.start)
+        allocated[day] = fewest_hours_within_budget(allocated[day], changes)
+    if startup_s <= 0:
+        return allocated.copy(), allocated
+    padded = np.concatenate([np.full(startup_s, allocated[0], dtype=np.int32), allocated])
+    ready = sliding_window_view(padded, startup_s + 1).min(axis=1)
+    return ready.astype(np.int32), allocated
+
+
 def fewest_meeting(meets: Callable[[int], bool], low: int, high: int) -> int | None:
     """The smallest n in [low, high] for which `meets(n)` holds (meets rises with n); None if even
     high fails."""
@@ -114,4 +150,80 @@ def schedule_attainment(
     run = simulate("yardstick", rate, arrivals, model, config, 0.0, schedule=schedule)
     return share_within(
         run.arrivals[window], run.lat_lo_ms[window], run.lat_hi_ms[window], config.slo_ms
+    )
+
+
+def fewest_hours_within_budget(need: np.ndarray, max_changes: int, block_s: int = 60) -> np.ndarray:
+    """The cheapest per-second fleet that is at least `need` everywhere and changes at most
+    `max_changes` times, changing on `block_s` block edges only (serve_app/autoscaling/cover.py)."""
+    seconds = len(need)
+    if seconds == 0:
+        return need.astype(np.int32)
+    blocks = -(-seconds // block_s)
+    padded = np.concatenate([need, np.full(blocks * block_s - seconds, need[-1])])
+    level = padded.reshape(blocks, block_s).max(axis=1)
+    weight = np.full(blocks, float(block_s))
+    weight[-1] = seconds - (blocks - 1) * block_s
+    cover = cheapest_cover(level, weight, max_changes)
+    return np.repeat(cover.astype(np.int32), block_s)[:seconds]
+
+
+def budget_changes(seconds: int) -> int:
+    """Changes the budgeted oracle may make inside one replayed day of `seconds` (a last day may
+    be shorter): the day budget pro rata, less the one its first second may spend (the change from
+    the day before)."""
+    return max(0, math.floor(MAX_EVENTS_PER_DAY * seconds / DAY) - 1)
+
+
+@dataclass(frozen=True)
+class Yardsticks:
+    """The fixed fleet and the two clairvoyant schedules that keep the SLO target."""
+
+    static_replicas: int
+    oracle_factor: float | None  # None: no factor up to the search's top kept the target
+    oracle_ready: np.ndarray
+    oracle_allocated: np.ndarray
+    budget_factor: float | None
+    budget_ready: np.ndarray
+    budget_allocated: np.ndarray
+
+
+def find_yardsticks(
+    rate: np.ndarray,
+    arrivals: np.ndarray,
+    model: ServiceModel,
+    config: SimConfig,
+    window: slice,
+    capacities: np.ndarray,
+    slo_target: float,
+    largest: int,
+) -> Yardsticks:
+    """Search each yardstick with the simulator: the fewest fixed replicas, and the smallest load
+    factor of each clairvoyant schedule, that keep `slo_target` over the window."""
+    seconds = len(rate)
+    startup, floor = config.startup_s, config.min_replicas
+
+    def meets(schedule: np.ndarray) -> bool:
+        attained = schedule_attainment(schedule, rate, arrivals, model, config, window)
+        return attained >= slo_target
+
+    static_n = fewest_meeting(lambda n: meets(np.full(seconds, n, dtype=np.int32)), floor, largest)
+    oracle_factor = smallest_factor_meeting(
+        lambda f: meets(oracle_schedule(rate, capacities, startup, floor, f)[0])
+    )
+
+    def budgeted(factor: float) -> tuple[np.ndarray, np.ndarray]:
+        return budgeted_oracle_schedule(rate, capacities, startup, floor, factor, window)
+
+    budget_factor = smallest_factor_meeting(lambda f: meets(budgeted(f)[0]))
+    ready, allocated = oracle_schedule(rate, capacities, startup, floor, oracle_factor or 2.0)
+    budget_ready, budget_allocated = budgeted(budget_factor or 2.0)
+    return Yardsticks(
+        largest if static_n is None else static_n,
+        oracle_factor,
+        ready,
+        allocated,
+        budget_factor,
+        budget_ready,
+        budget_allocated,
     )

@@ -74,6 +74,18 @@ def decide(signals: Signals, state: dict[str, Any], now: float, rules: PolicyRul
         if forecast is not None and basis:
             forecast = replace(forecast, why=f"{forecast.why} ({basis})")
         proposal = apply_forecast(proposal, forecast, current)
+        if (
+            forecast is not None
+            and forecast.floor is not None
+            and rules.predictive.landing == "floor"
+        ):
+            # A planned forecast leads the fleet down to what keeps the load at follow_down_fill
+            # of `up`, not target_fill of it: the plan's steps, not a wide band, bound the events.
+            fill = rules.predictive.follow_down_fill
+            nearer = read_signals(
+                signals, thresholds, current, fill, fleet_qps_need(rules, window, fill)
+            )
+            need = max([r.need for r in nearer if r.need is not None], default=need)
         if need is not None and rules.mode != "cost-optimize":
             load_need = max(need, remembered or 0)
             down_wait = cooldown_left(state, now, rules, "down")

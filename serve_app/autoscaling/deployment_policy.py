@@ -1,9 +1,10 @@
 """How a model entry's `autoscaling_config` reaches Serve when it names the forecast policy.
 
 The YAML leaves out what the application already knows: the policy's `model_name` and `deployment`
-come from the model entry, and `predictive.lead_time_s` from the Forecaster that publishes the
-forecast at that lead. `policy_kwargs_for` fills them in and validates the result, so a mistake
-stops `serve run` with the key named instead of surfacing inside the controller.
+come from the model entry, and `predictive.lead_time_s` and `predictive.landing` from the
+Forecaster that publishes the forecast at that lead, planned into steps or not.
+`policy_kwargs_for` fills them in and validates the result, so a mistake stops `serve run` with the
+key named instead of surfacing inside the controller.
 """
 
 from __future__ import annotations
@@ -57,6 +58,16 @@ def policy_kwargs_for(model: ModelConfig, forecaster: ForecasterConfig | None) -
                 "forecaster's)"
             )
         predictive["lead_time_s"] = forecaster.lead_time_s
+        landing = "target_fill" if forecaster.plan_changes_per_day is None else "floor"
+        written = predictive.get("landing")
+        if written is not None and written != landing:
+            raise ConfigError(
+                f"model {model.name!r}: policy_kwargs.predictive.landing ({written}) does not fit "
+                f"forecaster.plan_changes_per_day ({forecaster.plan_changes_per_day}): a planned "
+                "forecast lands on its steps (floor), an unplanned one at target_fill; leave the "
+                "policy's out (the application sets it)"
+            )
+        predictive["landing"] = landing
     PolicyRules.model_validate(kwargs)
     return kwargs
 

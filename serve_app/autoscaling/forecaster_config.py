@@ -48,6 +48,15 @@ class ForecasterConfig(BaseModel):
         description="forecast_qps is the forecast at now + this. The application gives the same "
         "lead time to the policy of every model forecast here (`predictive.lead_time_s`).",
     )
+    plan_changes_per_day: int | None = Field(
+        16,
+        ge=1,
+        description="Publish the upper bound planned into steps: its cheapest cover with at most "
+        "this many changes a day, made once per fit (serve_app/autoscaling/cover.py), held from "
+        "now to now + lead time. The policy then lands on the plan itself "
+        "(`predictive.landing: floor`, copied by the application) instead of target_fill above "
+        "it. Null publishes the bound as forecast, and the policy keeps its target_fill band.",
+    )
     publish_interval_s: float = Field(
         15.0, ge=1, description="Seconds between re-publishing the moving forecast gauges."
     )

@@ -6,7 +6,8 @@ refits in a worker thread (the event loop and the autoscaling policy never wait 
 the model JSON, and keeps these gauges current for the policy to read through Prometheus:
 
 - forecast_qps{model_name, bound}: the forecast at now + lead time (bound: yhat | upper),
-  re-published every `publish_interval_s` because "now + lead" moves;
+  re-published every `publish_interval_s` because "now + lead" moves; with
+  `plan_changes_per_day` the upper bound is the planned step held from now to now + lead;
 - forecast_peak_qps{model_name, bound}: the largest value over the rest of the horizon;
 - forecaster_last_fit_timestamp_seconds{model_name}: when the model in use was fitted (the policy
   ignores forecasts older than its max_forecast_age_s, so a forecaster that stops fitting fades out
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from serve_app.autoscaling.cover import held_upper, planned_forecast
 from serve_app.autoscaling.forecast_accuracy import (
     NO_POINTS,
     Accuracy,
@@ -110,6 +112,9 @@ class ModelState:
     accuracy: Accuracy = NO_POINTS
     accuracy_message: str = "nothing scored yet"
     next_accuracy: float = 0.0
+    # forecaster.plan_changes_per_day: the steps of `planned_for`, the forecast they were made of
+    planned: Forecast | None = None
+    planned_for: Forecast | None = None
 
 
 @dataclass
@@ -140,6 +145,14 @@ class ForecastPublisher:
     def _path(self, model: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in model)
         return Path(self.config.model_dir) / f"{safe}.json"
+
+    def _planned(self, state: "ModelState", forecast: Forecast) -> Forecast:
+        """The forecast's planned steps, made once per forecast (the plan must not move between
+        publishes)."""
+        if state.planned_for is not forecast:
+            state.planned = planned_forecast(forecast, self.config.plan_changes_per_day)
+            state.planned_for = forecast
+        return state.planned
 
     def _horizon_s(self) -> float:
         return self.config.horizon_h * 3600 + self.config.lead_time_s
@@ -250,6 +263,8 @@ class ForecastPublisher:
         yhat = upper = lower = None
         if f is not None:
             yhat, upper, lower = f.at(at, "yhat"), f.at(at, "upper"), f.at(at, "lower")
+            if self.config.plan_changes_per_day is not None and upper is not None:
+                upper = held_upper(self._planned(state, f), now, at)
             values["last_fit_timestamp"] = f.fitted_at
         planned = planned_qps(events, model, at)
         values["planned_qps"] = planned

@@ -215,6 +215,22 @@ class PredictiveRules(Rule):
         "cooldown_down_s are at most target_fill of the current instances, go down to the larger "
         "of the two (after the down cooldown). Off: only the load band takes the fleet down.",
     )
+    landing: Literal["target_fill", "floor"] = Field(
+        "target_fill",
+        description="Where a forecast-led scaling lands. `target_fill`: a scale-up goes to what "
+        "keeps each instance at target_fill of the floor's load, and a scale-down waits until the "
+        "fleet is 1 / target_fill too big. `floor`: both go to the floor itself; for a forecast "
+        "already planned into steps (the forecaster's `plan_changes_per_day`), whose steps bound "
+        "the scale events.",
+    )
+    follow_down_fill: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="`landing: floor`: a forecast-led scale-down goes to the plan or to what keeps "
+        "the load at this share of its `up` threshold, whichever is larger (with `target_fill` it "
+        "goes to what keeps it at target_fill). Chosen on the backtest's training traces.",
+    )
     plan_on: Literal["upper", "learned"] = Field(
         "upper",
         description="What the forecast floor plans on: `upper`, the forecast's upper bound; "

@@ -55,17 +55,19 @@ def effective_thresholds(
     return base.merged(window.thresholds if window else None)
 
 
-def fleet_qps_need(rules: PolicyRules, window: TimeWindow | None) -> Callable[[float], int] | None:
+def fleet_qps_need(
+    rules: PolicyRules, window: TimeWindow | None, fill: float | None = None
+) -> Callable[[float], int] | None:
     """With a measured fleet table and the derived QPS band in force (neither the rules nor the
     window write `qps`), the QPS signal's need: the fewest instances whose fleet keeps the load at
-    target_fill of its headroom."""
+    `fill` (default target_fill) of its headroom."""
     if rules.predictive.fleet_capacity_qps is None:
         return None
     if "thresholds" in rules.model_fields_set and rules.thresholds.qps is not None:
         return None
     if window is not None and window.thresholds.qps is not None:
         return None
-    share = rules.predictive.headroom * rules.target_fill
+    share = rules.predictive.headroom * (rules.target_fill if fill is None else fill)
     return lambda total: instances_for(rules, total, share)
 
 
@@ -152,6 +154,8 @@ def forecast_need(signals: Signals, rules: PolicyRules, now: float) -> ForecastN
     floor, why = forecast_floor(signals, rules, now)
     if floor is None:
         return ForecastNeed(None, None, why) if why.startswith(FORECAST_ONLY) else None
+    if rules.predictive.landing == "floor":
+        return ForecastNeed(floor, floor, why)
     landing = instances_for(
         rules, max(signals.forecast_qps, 0.0), rules.predictive.headroom * rules.target_fill
     )
@@ -361,12 +365,15 @@ def follow_forecast_down(
         return proposal
     target = max(forecast.landing, load_need)
     # The same hysteresis as the load band: the fleet shrinks only when it is at least
-    # 1 / target_fill too big, so the next rise of the forecast does not undo it.
-    if target > math.floor(current * rules.target_fill + 1e-9):
+    # 1 / target_fill too big, so the next rise of the forecast does not undo it. A planned
+    # forecast's steps are the hysteresis already.
+    fill = 1.0 if rules.predictive.landing == "floor" else rules.target_fill
+    if target > math.floor(current * fill + 1e-9) or target >= current:
         return proposal
+    at_fill = f" ({forecast.landing} at target_fill)" if forecast.landing != forecast.floor else ""
     return Proposal(
         target,
-        f"{forecast.why} ({forecast.landing} at target_fill) and the load needed "
+        f"{forecast.why}{at_fill} and the load needed "
         f"{instances_phrase(load_need)} within the last {rules.cooldown_down_s:.0f}s",
         "scale_down_forecast",
         "down",

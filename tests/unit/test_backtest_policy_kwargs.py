@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from lab.backtest import BacktestOptions, policy_kwargs
 from lab.simulator import SimConfig
 from serve_app.autoscaling.decide import decide
@@ -71,3 +73,21 @@ def test_suite_policy_settings_read_as_yaml(tmp_path, capsys):
     assert code == 2
     assert "--policy takes KEY=VALUE" in capsys.readouterr().err
     assert not (tmp_path / "cells").exists()
+
+
+def test_predictive_lands_as_the_forecaster_plans_by_default():
+    from serve_app.autoscaling.forecaster_config import ForecasterConfig
+
+    shipped = ForecasterConfig().plan_changes_per_day
+    assert BacktestOptions(trace=TRACE, out=Path("/tmp/unused")).plan_changes_per_day == shipped
+    assert kwargs_of(True)["predictive"]["landing"] == "floor"
+    assert kwargs_of(True, plan_changes_per_day=None)["predictive"]["landing"] == "target_fill"
+
+
+def test_plan_changes_reads_a_count_or_off():
+    from lab.cli_common import plan_changes
+
+    assert plan_changes("12") == 12
+    assert plan_changes("off") is None
+    with pytest.raises(ValueError, match="--plan-changes"):
+        plan_changes("0")

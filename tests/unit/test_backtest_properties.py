@@ -87,6 +87,24 @@ def test_oracle_keeps_the_target_and_costs_least_among_those_that_do(runs, seed)
         assert oracle["replica_hours"] <= rows[name]["replica_hours"], name
 
 
+@pytest.mark.parametrize("seed", [5, 9, 13])
+def test_the_budgeted_oracle_keeps_the_target_within_the_policys_event_budget(runs, seed):
+    rows = runs[seed]
+    budget = rows["oracle_budget"]
+    assert budget["slo_attainment"] >= 0.99
+    # 10 replayed hours: 48 a day pro rata, the window's first second included.
+    assert budget["scale_events"] <= 48 * 10 / 24
+    assert budget["replica_hours"] >= rows["oracle"]["replica_hours"]
+    within = [
+        name
+        for name, row in rows.items()
+        if row["slo_attainment"] >= 0.99 and row["scale_events"] <= 48 * 10 / 24
+    ]
+    assert {"reactive", "predictive"} <= set(within)
+    for name in within:
+        assert budget["replica_hours"] <= rows[name]["replica_hours"] or name == "oracle", name
+
+
 def test_static_peak_is_the_fewest_fixed_replicas_that_keep_the_target(runs, tmp_path):
     # One replica fewer than static_peak misses the target (searched, not sized by arithmetic).
     trace = short_trace(tmp_path, 5)

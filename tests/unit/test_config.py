@@ -244,3 +244,39 @@ def test_cpu_demand_counts_fixed_replicas_autoscaling_maximums_and_the_forecaste
     assert "asks for 5 CPUs" in cpu_shortfall(cfg, 4.99) and "Forecaster at 0.5" in cpu_shortfall(
         cfg, 4.99
     )
+
+
+@pytest.mark.parametrize(
+    "plan_changes, landing",
+    [(16, "floor"), (None, "target_fill")],
+)
+def test_the_policy_lands_as_the_forecaster_plans(plan_changes, landing):
+    cfg = AppConfig.model_validate(
+        {
+            "models": [
+                {"name": "m", "autoscaling_config": forecast_policy(predictive={"enabled": True})}
+            ],
+            "forecaster": {"models": ["m"], "plan_changes_per_day": plan_changes},
+        }
+    )
+    options = deployment_options(cfg, gpu_available=False)["m"]
+    completed = options["autoscaling_config"]["policy"]["policy_kwargs"]
+    assert completed["predictive"]["landing"] == landing
+
+
+def test_a_landing_that_contradicts_the_forecaster_is_refused():
+    cfg = AppConfig.model_validate(
+        {
+            "models": [
+                {
+                    "name": "m",
+                    "autoscaling_config": forecast_policy(predictive={"landing": "target_fill"}),
+                }
+            ],
+            "forecaster": {"models": ["m"], "plan_changes_per_day": 16},
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        deployment_options(cfg, gpu_available=False)
+    assert "policy_kwargs.predictive.landing (target_fill)" in str(info.value)
+    assert "forecaster.plan_changes_per_day (16)" in str(info.value)

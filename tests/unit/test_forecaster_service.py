@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lab.tracegen import diurnal
+from serve_app.autoscaling.cover import held_upper, planned_forecast
 from serve_app.autoscaling.forecast_accuracy import PublishedPoint
 from serve_app.autoscaling.forecast_metrics import (
     FORECAST_PEAK_QPS,
@@ -98,7 +99,11 @@ def test_gauges_carry_the_forecast_at_now_plus_lead(refitted):
     publisher, state, backend, _, _, _ = refitted
     upper = backend.get(FORECAST_QPS).value(model_name="m", bound="upper")
     yhat = backend.get(FORECAST_QPS).value(model_name="m", bound="yhat")
-    assert upper == pytest.approx(state.forecast.at(NOW + 180, "upper"), rel=1e-3)
+    assert yhat == pytest.approx(state.forecast.at(NOW + 180, "yhat"), rel=1e-3)
+    # plan_changes_per_day (16 by default): the upper bound's planned step, held to now + lead.
+    steps = planned_forecast(state.forecast, 16)
+    assert upper == pytest.approx(held_upper(steps, NOW, NOW + 180), rel=1e-3)
+    assert upper >= state.forecast.at(NOW + 180, "upper") * (1 - 1e-3)
     assert upper >= yhat > 0
     assert backend.get(FORECAST_PEAK_QPS).value(model_name="m", bound="upper") >= upper
     assert backend.get(FORECASTER_LAST_FIT).value(model_name="m") == NOW
@@ -310,9 +315,39 @@ def test_planned_event_publishes_without_prophet_and_clears_after_it(tmp_path):
     assert gauges() == (0.0, 0.0)
 
 
+def test_without_a_plan_the_gauge_carries_the_upper_bound_as_forecast(refitted):
+    _, _, _, _, _, directory = refitted
+    publisher = ForecastPublisher(
+        config(directory, plan_changes_per_day=None),
+        TraceHistory(fail=True),
+        backend=InMemoryMetricsBackend(),
+        clock=Clock(NOW),
+    )
+    publisher.load_saved()
+    upper = publisher.published("m")["forecast_qps"]["upper"]
+    forecast = publisher.models["m"].forecast
+    assert upper == pytest.approx(forecast.at(NOW + 180, "upper"), rel=1e-3)
+
+
+def test_planned_steps_change_at_most_the_budget_and_stay_fixed_between_publishes(refitted):
+    publisher, state, _, clock, _, _ = refitted
+    steps = publisher._planned(publisher.models["m"], state.forecast)
+    assert publisher._planned(publisher.models["m"], state.forecast) is steps  # made once
+    changes = int(np.count_nonzero(np.diff(steps.upper)))
+    span_days = (steps.timestamps[-1] - steps.timestamps[0]) / 86400
+    assert 0 < changes <= 16 * span_days
+    original = state.forecast
+    assert all(
+        steps.at(t) >= u - 1e-9 for t, u in zip(original.timestamps, original.upper, strict=True)
+    )
+    # Between two points the steps hold a level, never a ramp: one scale event per step.
+    levels = {round(steps.at(t + 1.0), 6) for t in original.timestamps[:-1]}
+    assert len(levels) <= changes + 1
+
+
 def test_planned_event_raises_a_prophet_forecast(refitted, tmp_path):
     publisher, state, _, _, _, _ = refitted
-    prophet_upper = state.forecast.at(NOW + 180, "upper")
+    prophet_upper = publisher.published("m", [])["forecast_qps"]["upper"]
     high = {"name": "launch", "start": iso(NOW), "end": iso(NOW + 3600), "qps": prophet_upper * 3}
     low = {**high, "qps": prophet_upper / 3}
     with_high = publisher.published("m", parse_planned_events(json.dumps([high])))

@@ -20,6 +20,7 @@ STRATEGIES = [
     "reactive",
     "predictive",
     "oracle",
+    "oracle_budget",
 ]
 COLUMNS = [
     "strategy",

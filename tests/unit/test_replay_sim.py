@@ -80,12 +80,13 @@ def test_settings_come_from_the_shipped_config():
     assert settings.deployment == "Recognizer_efficientnet_lite0"
     written = model["autoscaling_config"]["policy"]["policy_kwargs"]
     lead_time_s = CONFIG["applications"][0]["args"]["forecaster"]["lead_time_s"]
-    # The YAML's kwargs as the application completes them: the model's names, the forecast's lead.
+    # The YAML's kwargs as the application completes them: the model's names, the forecast's lead
+    # and landing (planned steps, the forecaster's default).
     assert settings.policy_kwargs == {
         **written,
         "model_name": "efficientnet_lite0",
         "deployment": "Recognizer_efficientnet_lite0",
-        "predictive": {**written["predictive"], "lead_time_s": lead_time_s},
+        "predictive": {**written["predictive"], "lead_time_s": lead_time_s, "landing": "floor"},
     }
     assert (settings.min_replicas, settings.max_replicas, settings.initial_replicas) == (1, 3, 1)
     assert settings.max_batch_size == 16 and settings.batch_wait_ms == pytest.approx(2.0)

@@ -8,6 +8,9 @@ import pytest
 from lab.service_model import LatencyCurve, ServiceModel
 from lab.simulator import capacity_at_slo
 from lab.yardsticks import (
+    MAX_EVENTS_PER_DAY,
+    budget_changes,
+    budgeted_oracle_schedule,
     fewest_meeting,
     fleet_capacities,
     headroom_fleet,
@@ -92,3 +95,32 @@ def test_oracle_at_a_load_factor_sizes_for_that_share_of_the_load():
 )
 def test_headroom_fleet(peak, capacity, expected):
     assert headroom_fleet(peak, capacity) == expected
+
+
+def test_the_budgeted_oracle_covers_the_need_within_its_changes():
+    rng = np.random.default_rng(3)
+    rate = np.repeat(rng.uniform(100, 1500, size=48), 600).astype(float)  # 8 h, 10-minute steps
+    capacities = fleet_capacities(MODEL, 500.0, 16)
+    window = slice(3600, len(rate))
+    ready, allocated = budgeted_oracle_schedule(rate, capacities, 120, 1, 1.0, window)
+    need = replicas_for_load(rate, capacities, 1)
+    assert np.all(ready >= need)
+    assert np.all(allocated >= ready)
+    # 7 replayed hours: 48 a day pro rata (14), less the one at the window's first second.
+    assert np.count_nonzero(np.diff(allocated[window])) <= 13
+    _, unbounded = oracle_schedule(rate, capacities, 120, 1)
+    # Fewer changes can only cost more replica-seconds, never fewer.
+    assert allocated[window].sum() >= unbounded[window].sum()
+
+
+def test_the_budget_is_the_policys_day_budget_day_by_day():
+    assert MAX_EVENTS_PER_DAY == 48
+    assert budget_changes(86400) == 47  # 48, less the one the day's first second may spend
+    assert budget_changes(43200) == 23  # a half day at the end of a replay: pro rata
+    rate = np.repeat(np.tile([200.0, 1500.0], 80), 1800)  # 80 h of swings every 30 minutes
+    capacities = fleet_capacities(MODEL, 500.0, 16)
+    window = slice(3600, len(rate))
+    _, allocated = budgeted_oracle_schedule(rate, capacities, 120, 1, 1.0, window)
+    for start in range(window.start, window.stop, 86400):
+        day = allocated[max(start - 1, 0) : min(start + 86400, window.stop)]
+        assert np.count_nonzero(np.diff(day)) <= 48
