@@ -28,6 +28,9 @@ import tritonclient.grpc as grpcclient
 from serve_app.devtools.loadgen import closed_loop
 
 REQUEST_TIMEOUT_S = 60  # a request queued behind a replica start on a loaded 2-core host
+# What the open loop may have on the wire at once, at most: enough that a request is refused by
+# the bound only after the service has been slow for longer than the bound's share of its timeout.
+MAX_IN_FLIGHT = 1024
 RETRY_STATUSES = {503}
 CLIENT_RETRIES = 4  # sends after the first, each after the Retry-After the 503 asked for
 DEFAULT_RETRY_AFTER_S = 1.0  # a broken connection says nothing: wait as long as a shed request
@@ -52,6 +55,8 @@ class LoadResult:
     first_attempt_failed: int = 0
     retried: int = 0
     not_sent: int = 0  # the in-flight bound was reached: counted as failed too
+    max_in_flight: int = 0  # that bound
+    most_on_wire: int = 0  # the most requests on the wire at once
     outcomes: Counter = field(default_factory=Counter)  # first-attempt status or error name
     failures: list[tuple[float, str]] = field(default_factory=list)  # (s from start, what)
 
@@ -62,12 +67,30 @@ class LoadResult:
             "first_attempt_failed": self.first_attempt_failed,
             "retried": self.retried,
             "not_sent": self.not_sent,
+            "max_in_flight": self.max_in_flight,
+            "most_on_wire": self.most_on_wire,
             "rate_rps": round(self.rate_rps, 2),
             "seconds": self.seconds,
             "first_attempt_outcomes": {
                 str(k): v for k, v in sorted(self.outcomes.items(), key=str)
             },
         }
+
+
+def in_flight_bound(rate_rps: float) -> int:
+    """Requests the open loop lets be on the wire at once: as many as `rate_rps` sends within one
+    request timeout (every one of them may still be answered in time), at most MAX_IN_FLIGHT and
+    half this process's open-file limit, at least 128.
+
+    A smaller bound counts the client's own refusal as the service's failure whenever answers slow
+    down for a few seconds: at 37 req/s, 128 in flight is 3.5 s of slow answers, where each request
+    itself waits up to REQUEST_TIMEOUT_S.
+    """
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = MAX_IN_FLIGHT if soft == resource.RLIM_INFINITY else min(MAX_IN_FLIGHT, soft // 2)
+    return max(128, min(ceiling, int(rate_rps * REQUEST_TIMEOUT_S) + 1))
 
 
 class OpenLoop:
@@ -83,13 +106,15 @@ class OpenLoop:
         rate_rps: float,
         max_seconds: float,
         retry: bool = False,
-        max_in_flight: int = 128,
+        max_in_flight: int | None = None,
     ):
         self.url = url
         self.photos = photos
         self.retry = retry
-        self.max_in_flight = max_in_flight
-        self.result = LoadResult(rate_rps=rate_rps, seconds=max_seconds)
+        self.max_in_flight = max_in_flight or in_flight_bound(rate_rps)
+        self.result = LoadResult(
+            rate_rps=rate_rps, seconds=max_seconds, max_in_flight=self.max_in_flight
+        )
         self.stop_after = max_seconds
         self.started_at: float | None = None
         self._on_wire = 0  # attempts sent and not yet answered (the event loop's thread only)
@@ -119,6 +144,7 @@ class OpenLoop:
         """(seconds to wait before a retry, None where a retry cannot help; outcome): the outcome
         is the status or the error's name."""
         self._on_wire += 1
+        self.result.most_on_wire = max(self.result.most_on_wire, self._on_wire)
         try:
             async with session.post(
                 self.url, data=body, headers={"Content-Type": "image/jpeg"}

@@ -354,7 +354,16 @@ def assert_no_failures(row: dict) -> None:
     # The message names every first-attempt outcome and the first failures with their times: a
     # truncated dict in a CI log says nothing of what failed.
     what = {
-        k: row[k] for k in ("sent", "failed", "retried", "capacity_rps", "first_attempt_outcomes")
+        k: row[k]
+        for k in (
+            "sent",
+            "failed",
+            "retried",
+            "capacity_rps",
+            "first_attempt_outcomes",
+            "most_on_wire",
+            "max_in_flight",
+        )
     }
     assert row["sent"] > 0 and row["failed"] == 0, f"{what} failures: {row['failures']}"
 
