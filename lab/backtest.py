@@ -107,6 +107,8 @@ class BacktestOptions:
     plan_changes_per_day: int | None = PLAN_CHANGES_PER_DAY
 
     def __post_init__(self):
+        if self.plan_changes_per_day is not None and self.plan_changes_per_day < 1:
+            raise ValueError(f"--plan-changes must be >= 1 or off, got {self.plan_changes_per_day}")
         if self.forecast not in FORECASTS:
             raise ValueError(f"--forecast must be one of {', '.join(FORECASTS)}")
         if self.slo_ms <= 0:
@@ -151,7 +153,6 @@ class BacktestResult:
     static_replicas: int
     headroom_replicas: int
     oracle_load_factor: float | None  # None: no factor up to the search's top kept the target
-    budget_load_factor: float | None  # the same for oracle_budget
     max_replicas: int
     lead_time_s: float
     history: RateHistory
@@ -446,7 +447,6 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         static_n,
         headroom_n,
         sticks.oracle_factor,
-        sticks.budget_factor,
         max_replicas,
         lead_time_s,
         history,

@@ -91,3 +91,5 @@ def test_plan_changes_reads_a_count_or_off():
     assert plan_changes("off") is None
     with pytest.raises(ValueError, match="--plan-changes"):
         plan_changes("0")
+    with pytest.raises(ValueError, match="--plan-changes"):
+        BacktestOptions(trace=TRACE, out=Path("/tmp/unused"), plan_changes_per_day=0)
