@@ -12,7 +12,7 @@ APT_PACKAGES := prometheus prometheus-alertmanager chromium
 # Ray's CLI and dashboard need the cluster token; Ray writes it to ~/.ray/auth_token on first start.
 export RAY_AUTH_MODE := token
 
-.PHONY: run test lint unit integration bench profile stack stack-down loadtest soak loadtest-sim backtest backtest-suite traces install system-deps clean-cache config-doc cluster-demo kuberay-manifest
+.PHONY: run test lint unit integration bench bench-hops profile stack stack-down loadtest soak loadtest-sim backtest backtest-suite traces install system-deps clean-cache config-doc cluster-demo kuberay-manifest
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,11 @@ BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m serve_app.devtools.bench --out $(BENCH_OUT) $(BENCH_ARGS)
 	$(BIN)/recserve quantize --model efficientnet_lite0 --out $(BENCH_OUT)
+
+# The hop between deployments under each transport and Serve knob (docs/PERFORMANCE.md)
+HOPS_OUT ?= docs/bench/hops
+bench-hops: install
+	$(BIN)/python -m serve_app.devtools.hop_bench --out $(HOPS_OUT)
 
 # The backtest's CPU latency curve (lab/profiles/cpu.csv), remeasured in-process; the run that made it
 # stays in docs/bench/profile-run/ (results.json keeps the curve it replaced).

@@ -329,6 +329,16 @@ class IngressConfig(Section):
     overload_retry_after_s: int = Field(
         1, ge=1, description="Retry-After seconds sent with a 503 when shedding."
     )
+    internal_transport: Literal["grpc", "actor"] = Field(
+        "grpc",
+        description="How the Ingress sends what each request causes to the deployments behind it "
+        "(the predict to the model's replicas and its shadow, the prediction records to the "
+        "quality monitor). `grpc`: by value over Serve's gRPC transport when the arguments are "
+        "under 3 MiB, larger ones as Ray actor calls; it costs less CPU per request "
+        "(docs/PERFORMANCE.md). `actor`: always Ray actor calls (arguments over 100 KB through "
+        "the object store), for clusters whose nodes cannot reach each other's replica gRPC "
+        "ports.",
+    )
 
 
 class QualityConfig(Section):

@@ -160,8 +160,9 @@ def serve_config(variant: dict) -> dict:
 class ServeProcess:
     """`serve run` on a generated config, in its own process group, stopped by PID."""
 
-    def __init__(self, config: dict, haproxy: bool = False):
+    def __init__(self, config: dict, haproxy: bool = False, env: dict[str, str] | None = None):
         self.haproxy = haproxy
+        self.extra_env = env or {}
         self.dir = Path(tempfile.mkdtemp(prefix="rs-bench-"))
         self.config_path = self.dir / "serve_config.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
@@ -173,6 +174,7 @@ class ServeProcess:
             "RAY_TMPDIR": str(self.dir),
             "RAY_AUTH_MODE": "token",
             "RAY_SERVE_ENABLE_HA_PROXY": "1" if self.haproxy else "0",
+            **self.extra_env,
         }
         serve_bin = Path(sys.executable).parent / "serve"
         self.serve = start_process(
@@ -334,6 +336,23 @@ def render_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_header(module: str, argv: list[str] | None) -> dict:
+    """What every results.json starts with: the command, the machine, when it started."""
+    processor = platform.processor() or platform.machine()
+    return {
+        "command": f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{processor}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def write_results(out: Path, results: dict, markdown: str) -> None:
+    """DIR/results.json and DIR/results.md, and the markdown on the console."""
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(markdown + "\n")
+    print(markdown)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `make bench` argument parser."""
     parser = argparse.ArgumentParser(
@@ -395,12 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_cuda(args, argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    processor = platform.processor() or platform.machine()
     results: dict = {
-        "command": "python -m serve_app.devtools.bench "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{processor}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        **run_header("serve_app.devtools.bench", argv),
     }
     print("runtimes (in-process):", flush=True)
     results["runtimes"] = bench_runtimes(seconds=2.0)
@@ -435,9 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                     bench_served(variant, args.seconds, args.concurrency, args.fixed_rate)
                 )
     attach_ratios(results)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(render_markdown(results) + "\n")
-    print(render_markdown(results))
+    write_results(out, results, render_markdown(results))
     return 0
 
 

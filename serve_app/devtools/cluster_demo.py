@@ -42,6 +42,21 @@ def coffee_jpeg() -> bytes:
     return buf.getvalue()
 
 
+def large_photo_jpeg() -> bytes:
+    """The coffee photo at 3000x2000 with noise, as a JPEG of over 4 MiB: more than a replica's
+    gRPC server takes in one message, so the Ingress must send it as an actor call
+    (serving/transport.py)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    pixels = np.asarray(Image.fromarray(data.coffee()).resize((3000, 2000))).astype(np.int16)
+    noise = np.random.default_rng(0).normal(0, 12, pixels.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=97)
+    return buf.getvalue()
+
+
 @dataclass
 class Outcome:
     attempts: int
@@ -200,6 +215,12 @@ def run_scenario(
             wait_answering(f"http://127.0.0.1:{port}/healthz")
         report["top1_via_head_proxy"] = top1(head_url, body)
         report["top1_via_worker_proxy"] = top1(worker_url, body)
+        large = large_photo_jpeg()
+        report["large_photo"] = {
+            "bytes": len(large),
+            "top1_via_head_proxy": top1(head_url, large),
+            "top1_via_worker_proxy": top1(worker_url, large),
+        }
 
         # The worker node lost: its replica and its proxy go; the head's answers meanwhile.
         load, killed = under_load(head_url, body, rps, load_s, worker.kill, after_s=load_s / 4)
@@ -247,6 +268,12 @@ def summary(report: dict) -> str:
         f"{report.get('top1_via_head_proxy')}/{report.get('top1_via_worker_proxy')} "
         f"(espresso = {ESPRESSO})",
     ]
+    if "large_photo" in report:
+        big = report["large_photo"]
+        lines.append(
+            f"a {big['bytes']}-byte photo: top-1 via head/worker proxy "
+            f"{big['top1_via_head_proxy']}/{big['top1_via_worker_proxy']}"
+        )
     for key, what in (("worker_kill", "worker node SIGKILLed"), ("replica_kill", "head replica")):
         if key in report:
             r = report[key]

@@ -52,6 +52,7 @@ from serve_app.serving.request_parsing import (
     read_body,
 )
 from serve_app.serving.shadow_service import ShadowDispatcher
+from serve_app.serving.transport import CallTransport, payload_bytes
 
 log = request_logger()
 
@@ -163,8 +164,11 @@ class Ingress(OipGrpcMethods):
         self.metrics = {m.name: ServiceMetrics(m.name, m.version) for m in self.config.models}
         self._unknown_metrics = ServiceMetrics("unknown", "")
         self._infos: dict[str, dict] = {}
+        self.transport = CallTransport(self.config.ingress.internal_transport)
         self.prediction_sender = (
-            PredictionSender(quality, {m.name: m.version for m in self.config.models})
+            PredictionSender(
+                quality, {m.name: m.version for m in self.config.models}, self.transport
+            )
             if quality is not None
             else None
         )
@@ -194,7 +198,8 @@ class Ingress(OipGrpcMethods):
         """Run the model's Recognizer on encoded images or preprocessed arrays; map its errors and
         back-pressure."""
         try:
-            result = await predict_on_live_replica(self.recognizers[name], images, k)
+            recognizer = self.transport.handle(self.recognizers[name], payload_bytes(images))
+            result = await predict_on_live_replica(recognizer, images, k)
         except BackPressureError:
             raise Overloaded(
                 f"model {name!r} is overloaded: its queue is full, retry shortly",

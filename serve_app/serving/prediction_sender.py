@@ -9,6 +9,7 @@ import asyncio
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.serving.logs import request_logger
+from serve_app.serving.transport import CallTransport, records_bytes
 
 RECORD_FLUSH_INTERVAL_S = 0.02
 # Only reached when the monitor is unreachable for long: past it the oldest records are dropped,
@@ -22,8 +23,14 @@ class PredictionSender:
     """A queue of prediction records, flushed to the QualityMonitor's `record` every
     RECORD_FLUSH_INTERVAL_S while it holds any."""
 
-    def __init__(self, monitor: DeploymentHandle, model_versions: dict[str, str]):
+    def __init__(
+        self,
+        monitor: DeploymentHandle,
+        model_versions: dict[str, str],
+        transport: CallTransport,
+    ):
         self.monitor = monitor
+        self.transport = transport
         self.model_versions = model_versions
         self._pending: list[dict] = []
         self._flusher: asyncio.Task | None = None
@@ -59,6 +66,7 @@ class PredictionSender:
             await asyncio.sleep(RECORD_FLUSH_INTERVAL_S)
             batch, self._pending = self._pending, []
             try:
-                await self.monitor.record.remote(batch)
+                monitor = self.transport.handle(self.monitor, records_bytes(batch))
+                await monitor.record.remote(batch)
             except Exception:
                 log.exception("sending %d predictions to the quality monitor failed", len(batch))

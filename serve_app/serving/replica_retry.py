@@ -2,9 +2,10 @@
 
 Serve's router retries a request it could not hand to a replica, but not one a replica had
 accepted when its process died (killed, out of memory, its node lost): the caller gets the
-replica's death (`ActorDiedError`) and the client a 500. A predict is idempotent (the same images
-give the same answer, and nothing is recorded before it returns), so the Ingress sends it once
-more; the router has by then dropped the dead replica, so the retry goes to a live one.
+replica's death (`ActorDiedError`, or `ActorUnavailableError` over Serve's gRPC transport) and
+the client a 500. A predict is idempotent (the same images give the same answer, and nothing is
+recorded before it returns), so the Ingress sends it once more; the router has by then dropped the
+dead replica, so the retry goes to a live one.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from serve_app.serving.shadow import (
     compare,
     shadow_request_id,
 )
+from serve_app.serving.transport import CallTransport, payload_bytes
 
 log = logging.getLogger("ray.serve")
 
@@ -65,6 +66,7 @@ class ShadowDispatcher:
         }
         self.monitor = monitor
         self.recognizers = recognizers
+        self.transport = CallTransport(config.ingress.internal_transport)
         self.sender = sender
         self.queue = BoundedQueue(QUEUE_CAPACITY)
         self._workers: set[asyncio.Task] = set()
@@ -96,8 +98,9 @@ class ShadowDispatcher:
             name, shadow, request_id, images, primary_ids, primary_s = job
             started = time.perf_counter()
             try:
+                candidate = self.transport.handle(self.recognizers[shadow], payload_bytes(images))
                 result = await asyncio.wait_for(
-                    self.recognizers[shadow].predict.remote(images, TOP_K_COMPARED),
+                    candidate.predict.remote(images, TOP_K_COMPARED),
                     SHADOW_TIMEOUT_S,
                 )
                 if "error" in result:

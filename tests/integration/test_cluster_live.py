@@ -43,6 +43,17 @@ def test_replicas_spread_over_both_nodes_and_answer_through_each_proxy(report):
     assert report["top1_via_worker_proxy"] == ESPRESSO
 
 
+def test_a_photo_over_the_replicas_grpc_message_limit_is_answered(report):
+    """Small predicts cross between deployments by value over gRPC, whose replica servers take at
+    most 4 MiB a message; a larger photo must go as an actor call and be answered all the same."""
+    from ray.serve._private.constants import RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH
+
+    big = report["large_photo"]
+    assert big["bytes"] > RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH
+    assert big["top1_via_head_proxy"] == ESPRESSO
+    assert big["top1_via_worker_proxy"] == ESPRESSO
+
+
 @pytest.mark.parametrize("fault", ["worker_kill", "replica_kill"])
 def test_a_lost_node_or_replica_costs_at_most_one_percent_and_none_with_the_retry(report, fault):
     r = report[fault]

@@ -5,6 +5,7 @@ import asyncio
 
 from serve_app.config import ModelConfig
 from serve_app.serving.prediction_sender import MAX_PENDING_RECORDS, PredictionSender
+from serve_app.serving.transport import CallTransport
 
 
 class RecordingHandle:
@@ -29,7 +30,7 @@ class RecordingHandle:
 
 def make_sender(quality):
     model = ModelConfig(name="m")
-    return PredictionSender(quality, {model.name: model.version})
+    return PredictionSender(quality, {model.name: model.version}, CallTransport("actor"))
 
 
 async def until_sent(quality: RecordingHandle, records: int, timeout_s: float = 10.0) -> None:

@@ -157,6 +157,10 @@ class FakeRecognizer:
 
         self.predict = Predict()
 
+    def options(self, **_):
+        # The transport is picked per call (serving/transport.py); one fake serves both.
+        return self
+
 
 class FakeMonitor:
     def __init__(self):

@@ -44,6 +44,7 @@ class FakeRecognizer:
     def __init__(self, name: str, ids: list[int]):
         self.deployment_name = f"Recognizer_{name}"
         self.sent: list[list] = []
+        self.options_used: list[dict] = []
         outer = self
 
         class Predict:
@@ -58,6 +59,11 @@ class FakeRecognizer:
                 }
 
         self.predict = Predict()
+
+    def options(self, **options):
+        # The Ingress picks the transport per call (serving/transport.py): kept to be checked.
+        self.options_used.append(options)
+        return self
 
 
 class FakeShadowMonitor:
@@ -194,11 +200,14 @@ def test_every_route_sends_its_sampled_request_to_the_candidate(route):
     async def scenario():
         app, primary, candidate, monitor = ingress(config())
         status = await offered(app, monitor, route)
-        return status, primary.sent, candidate.sent, monitor.records
+        transports = (primary.options_used, candidate.options_used)
+        return status, primary.sent, candidate.sent, monitor.records, transports
 
-    status, to_primary, to_candidate, records = asyncio.run(scenario())
+    status, to_primary, to_candidate, records, transports = asyncio.run(scenario())
     assert status == 200
     assert to_primary == [[IMAGE]]
+    # A small predict, and its copy to the candidate, go by value over Serve's gRPC transport.
+    assert transports == ([{"_by_reference": False}], [{"_by_reference": False}])
     # The candidate gets the same encoded image the primary answered, and its answer is compared.
     assert to_candidate == [[IMAGE]]
     (record,) = records
@@ -235,3 +244,15 @@ def test_pixels_skip_a_candidate_that_normalises_otherwise(route):
     # The pixels were answered by the primary only; the encoded image still went to both.
     assert to_candidate == [[IMAGE]]
     assert [r["kind"] for r in records] == ["compared"]
+
+
+def test_with_actor_transport_no_call_goes_by_value():
+    async def scenario():
+        cfg = {**config(), "ingress": {"internal_transport": "actor"}}
+        app, primary, candidate, monitor = ingress(cfg)
+        status = await offered(app, monitor, "rest")
+        return status, primary.options_used, candidate.options_used, primary.sent
+
+    status, primary_options, candidate_options, sent = asyncio.run(scenario())
+    assert status == 200 and sent == [[IMAGE]]
+    assert primary_options == [] and candidate_options == []
