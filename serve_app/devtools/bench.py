@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import sys
@@ -191,13 +192,18 @@ class ServeProcess:
                 ready_check=f"{BASE_URL}/readyz and each naive baseline's /docs answering 200",
             )
         except BaseException:
-            self.__exit__()  # a failed start must not leave Serve and its Ray behind
+            self.__exit__(*sys.exc_info())  # a failed start must not leave Serve and its Ray behind
             raise
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type=None, *_) -> None:
         if self.serve is not None:
             self.serve.stop(SERVE_STOP)
+        # Ray's session folder and the Serve log: only worth keeping when something went wrong.
+        if exc_type is None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            print(f"kept for the failed variant's logs: {self.dir}", file=sys.stderr)
 
 
 def both_applications_answer() -> bool:
