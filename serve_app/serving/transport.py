@@ -4,7 +4,7 @@ when its arguments are small, as a Ray actor call otherwise.
 An actor call goes through the raylet and, above 100 KB of arguments, the object store; Serve's
 gRPC transport sends the pickled arguments straight to the replica's own gRPC server (which checks
 Ray's token like every Ray port). On single-image requests it cut the CPU one request costs across
-all processes from 18.2 to 14.3 ms (docs/bench/hops-2026-12-01). That server takes messages of at
+all processes from 19.0 to 14.7 ms (docs/bench/hops-2026-12-01). That server takes messages of at
 most 4 MiB (Serve's RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH), while a request body may hold
 20 MiB: a larger payload goes as an actor call, which has no such limit.
 """
