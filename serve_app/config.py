@@ -404,8 +404,24 @@ class QualityConfig(Section):
         0.5,
         gt=0,
         description="How long feedback for a request id not seen yet waits for its prediction, "
-        "which the ingress sends a few milliseconds after answering.",
+        "which the ingress sends up to `record_flush_interval_s` after answering.",
     )
+    record_flush_interval_s: float = Field(
+        0.1,
+        gt=0,
+        description="How often each ingress replica sends its answered predictions to the quality "
+        "monitor, in one call: longer costs less CPU per request (docs/PERFORMANCE.md), loses more "
+        "if the replica is killed. Must be under `feedback_grace_s`.",
+    )
+
+    @model_validator(mode="after")
+    def _feedback_waits_out_a_flush(self) -> "QualityConfig":
+        if self.record_flush_interval_s >= self.feedback_grace_s:
+            raise ValueError(
+                f"quality.record_flush_interval_s ({self.record_flush_interval_s}) must be under "
+                f"feedback_grace_s ({self.feedback_grace_s}), or feedback may miss its prediction"
+            )
+        return self
 
 
 class AuthConfig(Section):

@@ -32,7 +32,8 @@ from serve_app.devtools.cpu_split import cpu_ms_per_request, environment_of, sna
 from serve_app.devtools.loadgen import closed_loop, photos_jpeg
 
 DEFAULTS = "defaults"
-# (name, environment for `serve run`, the Ingress's settings, what it changes).
+# (name, environment for `serve run`, settings by section of the application's args, what it
+# changes).
 VARIANTS = (
     (
         DEFAULTS,
@@ -43,8 +44,20 @@ VARIANTS = (
     (
         "actor_calls",
         {},
-        {"internal_transport": "actor"},
+        {"ingress": {"internal_transport": "actor"}},
         "every call from the Ingress a Ray actor call (Serve's default transport)",
+    ),
+    (
+        "records_every_20ms",
+        {},
+        {"quality": {"record_flush_interval_s": 0.02}},
+        "prediction records sent to the quality monitor every 20 ms (the default until 2026-12-01)",
+    ),
+    (
+        "records_every_250ms",
+        {},
+        {"quality": {"record_flush_interval_s": 0.25}},
+        "prediction records sent to the quality monitor every 250 ms",
     ),
     (
         "user_code_on_replica_loop",
@@ -103,7 +116,7 @@ def measured_load(url: str, singles: list, clients: int, seconds: float) -> dict
 
 def bench_variant(name: str, replicas: int, seconds: float, clients: int) -> dict:
     """One variant in its own Serve: ours and the plain deployment, side by side."""
-    env, ingress, changes = next((e, i, c) for n, e, i, c in VARIANTS if n == name)
+    env, settings, changes = next((e, a, c) for n, e, a, c in VARIANTS if n == name)
     singles = [[j] for j in photos_jpeg()]
     variant = {
         "proxy": "haproxy",
@@ -113,12 +126,15 @@ def bench_variant(name: str, replicas: int, seconds: float, clients: int) -> dic
         "batch_wait_timeout_s": 0.002,
     }
     config = bench.serve_config(variant)
-    config["applications"][0]["args"]["ingress"].update(ingress)
+    args = config["applications"][0]["args"]
+    for section, values in settings.items():
+        args[section].update(values)
     out: dict = {
         "variant": name,
         "changes": changes,
         "env": {**KNOB_DEFAULTS, **env},
-        "ingress": config["applications"][0]["args"]["ingress"],
+        "ingress": args["ingress"],
+        "quality": args["quality"],
     }
     started = time.perf_counter()
     with bench.ServeProcess(config, haproxy=True, env=out["env"]):

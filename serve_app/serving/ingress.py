@@ -59,6 +59,9 @@ log = request_logger()
 SERVICE_NAME = "recognition-serve"
 SERVICE_VERSION = "0.1.0"
 READY_TIMEOUT_S = 2.0
+# Inside what is left of Serve's graceful shutdown once requests are drained (20 s by default; 35 s
+# behind HAProxy, whose 30 s deregistration window comes first).
+RECORDS_DRAIN_TIMEOUT_S = 3.0
 # Codes for the errors Starlette raises itself (unknown route, wrong method).
 HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 
@@ -167,7 +170,10 @@ class Ingress(OipGrpcMethods):
         self.transport = CallTransport(self.config.ingress.internal_transport)
         self.prediction_sender = (
             PredictionSender(
-                quality, {m.name: m.version for m in self.config.models}, self.transport
+                quality,
+                {m.name: m.version for m in self.config.models},
+                self.transport,
+                self.config.quality.record_flush_interval_s,
             )
             if quality is not None
             else None
@@ -175,6 +181,12 @@ class Ingress(OipGrpcMethods):
         self.shadows = ShadowDispatcher(
             self.config, shadow_monitor, recognizers, self.prediction_sender
         )
+
+    async def __del__(self) -> None:
+        # Serve calls this once the replica has drained its requests (scale-down, redeploy,
+        # stop): the predictions of its last requests go to the quality monitor before it exits.
+        if self.prediction_sender is not None:
+            await self.prediction_sender.drain(RECORDS_DRAIN_TIMEOUT_S)
 
     # ---- helpers -------------------------------------------------------------------------------
 

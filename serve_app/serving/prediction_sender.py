@@ -1,7 +1,9 @@
 """Sends the ingress's top-1 predictions to the QualityMonitor in small batches, off the request
 path.
 
-One call per short interval instead of one per request: the monitor hop costs CPU on both sides.
+One call per interval (`quality.record_flush_interval_s`) instead of one per request: each call
+costs CPU on both sides, so a longer interval costs less per request (docs/PERFORMANCE.md), while
+feedback sent at once waits for its prediction up to `quality.feedback_grace_s`.
 """
 
 import asyncio
@@ -11,7 +13,6 @@ from ray.serve.handle import DeploymentHandle
 from serve_app.serving.logs import request_logger
 from serve_app.serving.transport import CallTransport, records_bytes
 
-RECORD_FLUSH_INTERVAL_S = 0.02
 # Only reached when the monitor is unreachable for long: past it the oldest records are dropped,
 # and said so, rather than the queue growing forever.
 MAX_PENDING_RECORDS = 10_000
@@ -21,19 +22,24 @@ log = request_logger()
 
 class PredictionSender:
     """A queue of prediction records, flushed to the QualityMonitor's `record` every
-    RECORD_FLUSH_INTERVAL_S while it holds any."""
+    `flush_interval_s` while it holds any."""
 
     def __init__(
         self,
         monitor: DeploymentHandle,
         model_versions: dict[str, str],
         transport: CallTransport,
+        flush_interval_s: float,
     ):
         self.monitor = monitor
+        self.flush_interval_s = flush_interval_s
         self.transport = transport
         self.model_versions = model_versions
         self._pending: list[dict] = []
         self._flusher: asyncio.Task | None = None
+        self._sending = 0  # records of the call in flight
+        # Set when the replica stops: the flusher then sends at once instead of after the interval.
+        self._stopping = asyncio.Event()
 
     def send(self, request_id: str, model_name: str, predictions: list[dict]) -> None:
         """Queue the top-1 class and score of each image of one request; a background task sends
@@ -63,10 +69,37 @@ class PredictionSender:
     async def _flush(self) -> None:
         # Loops until nothing is pending, so records queued during a send are not left behind.
         while self._pending:
-            await asyncio.sleep(RECORD_FLUSH_INTERVAL_S)
+            if not self._stopping.is_set():
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), self.flush_interval_s)
+                except asyncio.TimeoutError:
+                    pass
             batch, self._pending = self._pending, []
+            self._sending = len(batch)
             try:
                 monitor = self.transport.handle(self.monitor, records_bytes(batch))
                 await monitor.record.remote(batch)
             except Exception:
                 log.exception("sending %d predictions to the quality monitor failed", len(batch))
+            finally:
+                self._sending = 0
+
+    async def drain(self, timeout_s: float) -> int:
+        """Send what is queued now rather than after the interval, waiting at most `timeout_s`:
+        the replica is stopping, and what is still queued when it exits is lost. Returns the
+        number of records not known to be sent (0 when all were)."""
+        self._stopping.set()
+        if self._flusher is not None and not self._flusher.done():
+            try:
+                # shield: a timeout leaves the send in flight rather than cancelling it half way.
+                await asyncio.wait_for(asyncio.shield(self._flusher), timeout_s)
+            except asyncio.TimeoutError:
+                pass
+        unsent = len(self._pending) + self._sending
+        if unsent:
+            log.warning(
+                "stopping: %d predictions not sent to the quality monitor within %.1f s",
+                unsent,
+                timeout_s,
+            )
+        return unsent

@@ -10,6 +10,7 @@ from serve_app.config import (
     AutoscalingPolicySpec,
     AutoscalingSpec,
     ModelConfig,
+    QualityConfig,
     load_config,
 )
 from serve_app.errors import ConfigError
@@ -280,3 +281,9 @@ def test_a_landing_that_contradicts_the_forecaster_is_refused():
         deployment_options(cfg, gpu_available=False)
     assert "policy_kwargs.predictive.landing (target_fill)" in str(info.value)
     assert "forecaster.plan_changes_per_day (16)" in str(info.value)
+
+
+def test_predictions_are_flushed_within_the_feedback_grace():
+    assert QualityConfig().record_flush_interval_s < QualityConfig().feedback_grace_s
+    with pytest.raises(ValueError, match="record_flush_interval_s"):
+        QualityConfig(record_flush_interval_s=0.5, feedback_grace_s=0.5)

@@ -74,14 +74,17 @@ def test_the_defaults_run_first_and_last():
 def test_every_variant_changes_only_what_the_bench_resets_or_validates():
     from serve_app.config import AppConfig
 
-    for name, env, ingress, changes in hop_bench.VARIANTS:
+    for name, env, settings, changes in hop_bench.VARIANTS:
         assert set(env) <= set(hop_bench.KNOBS), name
-        config = AppConfig.model_validate({"models": [{"name": "m"}], "ingress": ingress})
-        assert config.ingress.model_dump() | ingress == config.ingress.model_dump(), name
+        config = AppConfig.model_validate({"models": [{"name": "m"}], **settings})
+        for section, values in settings.items():
+            validated = getattr(config, section).model_dump()
+            assert validated | values == validated, name
         assert changes
     assert hop_bench.VARIANTS[0][:3] == (hop_bench.DEFAULTS, {}, {})
-    # The former default, Serve's actor calls, is among the variants measured.
-    assert any(v[2] == {"internal_transport": "actor"} for v in hop_bench.VARIANTS)
+    # The former defaults are among the variants measured: Serve's actor calls, records every 20 ms.
+    assert any(v[2] == {"ingress": {"internal_transport": "actor"}} for v in hop_bench.VARIANTS)
+    assert any(v[2] == {"quality": {"record_flush_interval_s": 0.02}} for v in hop_bench.VARIANTS)
 
 
 def _run(variant, ours, plain, split_ours, split_plain):

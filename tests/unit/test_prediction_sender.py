@@ -7,6 +7,8 @@ from serve_app.config import ModelConfig
 from serve_app.serving.prediction_sender import MAX_PENDING_RECORDS, PredictionSender
 from serve_app.serving.transport import CallTransport
 
+FLUSH_INTERVAL_S = 0.02
+
 
 class RecordingHandle:
     """Stands in for the QualityMonitor's DeploymentHandle: `record.remote(batch)` is awaitable and
@@ -30,7 +32,9 @@ class RecordingHandle:
 
 def make_sender(quality):
     model = ModelConfig(name="m")
-    return PredictionSender(quality, {model.name: model.version}, CallTransport("actor"))
+    return PredictionSender(
+        quality, {model.name: model.version}, CallTransport("actor"), FLUSH_INTERVAL_S
+    )
 
 
 async def until_sent(quality: RecordingHandle, records: int, timeout_s: float = 10.0) -> None:
@@ -91,3 +95,54 @@ def test_an_unreachable_monitor_costs_the_oldest_records_not_memory():
     asyncio.run(scenario())
     sent = [r["index"] for batch in quality.batches for r in batch]
     assert sent == list(range(2, MAX_PENDING_RECORDS + 2))
+
+
+def test_the_sender_waits_its_interval_before_a_call():
+    quality = RecordingHandle(delay_s=0.0)
+    model = ModelConfig(name="m")
+    sender = PredictionSender(quality, {model.name: model.version}, CallTransport("actor"), 0.3)
+
+    async def scenario():
+        sender.send("r1", "m", [prediction(1)])
+        # asyncio's sleep never ends early: nothing may be sent during the first 0.3 s.
+        await asyncio.sleep(0.15)
+        early = len(quality.batches)
+        await until_sent(quality, 1)
+        return early
+
+    assert asyncio.run(scenario()) == 0
+    assert len(quality.batches) == 1
+
+
+def test_a_stopping_replica_sends_its_queue_at_once():
+    quality = RecordingHandle(delay_s=0.0)
+    model = ModelConfig(name="m")
+    # An interval far longer than the test: only the drain can send the records in time.
+    sender = PredictionSender(quality, {model.name: model.version}, CallTransport("actor"), 60.0)
+
+    async def scenario():
+        sender.send("r1", "m", [prediction(1), prediction(2)])
+        return await sender.drain(timeout_s=5.0)
+
+    assert asyncio.run(scenario()) == 0
+    assert [r["index"] for b in quality.batches for r in b] == [0, 1]
+
+
+def test_a_drain_that_times_out_counts_what_it_did_not_send():
+    quality = RecordingHandle(delay_s=60.0)
+    model = ModelConfig(name="m")
+    sender = PredictionSender(quality, {model.name: model.version}, CallTransport("actor"), 60.0)
+
+    async def scenario():
+        sender.send("r1", "m", [prediction(1), prediction(2), prediction(3)])
+        unsent = await sender.drain(timeout_s=0.2)
+        sender._flusher.cancel()
+        return unsent
+
+    assert asyncio.run(scenario()) == 3
+    assert quality.batches == []
+
+
+def test_a_drain_with_nothing_queued_returns_at_once():
+    sender = make_sender(RecordingHandle(delay_s=0.0))
+    assert asyncio.run(sender.drain(timeout_s=5.0)) == 0

@@ -149,7 +149,9 @@ class CountingLookups:
 def test_waiting_for_one_missing_prediction_costs_one_lookup_per_poll_not_one_per_item():
     """The grace wait for predictions on their way looks each id up once, then polls only the
     ids still missing: 999 known ids and 1 never issued cost 1000 lookups and a few polls."""
-    core = QualityMonitorCore({"store_dir": None, "feedback_grace_s": 0.1}, {"m": ["a"]})
+    core = QualityMonitorCore(
+        {"store_dir": None, "feedback_grace_s": 0.1, "record_flush_interval_s": 0.01}, {"m": ["a"]}
+    )
     prediction = {"index": 0, "model_name": "m", "model_version": "1", "class_id": 0, "score": 0.9}
     asyncio.run(core.record([{**prediction, "request_id": f"r{i}"} for i in range(999)]))
     items = [FeedbackItem(f"r{i}", "a") for i in range(999)] + [FeedbackItem("never", "a")]

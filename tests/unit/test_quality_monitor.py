@@ -173,7 +173,9 @@ def test_feedback_for_a_never_issued_id_is_unknown_after_the_grace():
 
     from serve_app.quality.monitor import QualityMonitorCore
 
-    core = QualityMonitorCore({"feedback_grace_s": 0.05, "store_dir": None}, {"m": ["a"]})
+    core = QualityMonitorCore(
+        {"feedback_grace_s": 0.05, "record_flush_interval_s": 0.01, "store_dir": None}, {"m": ["a"]}
+    )
     (result,) = asyncio.run(core.feedback([FeedbackItem("never", "a")]))
     assert result["status"] == "unknown_id" and result["http_status"] == 404
 
