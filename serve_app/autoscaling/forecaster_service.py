@@ -204,8 +204,9 @@ class ForecastPublisher:
                 )
             else:
                 outcome = forecaster.fit(history.timestamps, history.rps, now=now)
-                state.status, state.message = outcome.status, outcome.message
                 if outcome.status == "ok":
+                    # The forecast before the status: `status()` runs on the event loop while this
+                    # thread predicts (seconds), and must never see "ok" without the forecast.
                     state.forecast = forecaster.predict(
                         now, self._horizon_s(), self.config.forecast_step_s
                     )
@@ -214,6 +215,7 @@ class ForecastPublisher:
                     tmp.write_text(forecaster.to_json())
                     tmp.replace(path)  # readers never see half a file
                     state.model_path = path
+                state.status, state.message = outcome.status, outcome.message
         except Exception as exc:
             # Prometheus down, Prophet failing: keep the last good forecast, say why
             logger.warning("forecaster: %s refit failed: %s: %s", model, type(exc).__name__, exc)

@@ -362,3 +362,26 @@ def test_publish_interval_may_be_one_second():
     assert ForecasterConfig.from_dict({"publish_interval_s": 1}).publish_interval_s == 1
     with pytest.raises(ValueError, match="publish_interval_s"):
         ForecasterConfig.from_dict({"publish_interval_s": 0.5})
+
+
+def test_a_status_read_while_the_fit_predicts_never_says_ok_without_a_forecast(
+    tmp_path, monkeypatch
+):
+    # status() runs on the replica's event loop while refit() predicts in a worker thread (seconds
+    # with Prophet): what it reads in between must be the state before the fit or after it.
+    from serve_app.autoscaling import forecaster_service
+
+    publisher = ForecastPublisher(config(tmp_path), TraceHistory(), clock=Clock(NOW))
+    seen = []
+    predict = forecaster_service.RateForecaster.predict
+
+    def predict_and_look(self, *args, **kwargs):
+        state = publisher.models["m"]
+        seen.append((state.status, state.forecast is None))
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(forecaster_service.RateForecaster, "predict", predict_and_look)
+    state = publisher.refit("m")
+    assert state.status == "ok" and state.forecast is not None
+    assert len(seen) == 1
+    assert seen[0] != ("ok", True), seen
