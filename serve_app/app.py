@@ -124,13 +124,8 @@ def build_app(args: dict) -> Application:
     options = deployment_options(cfg, cluster_has_gpu())
     warn_if_replicas_do_not_fit(cfg)
     limits = cfg.limits.model_dump()
-    import os
-
-    colocate = os.environ.get("RECSERVE_EXPLORE_COLOCATE")
     recognizers = {
-        m.name: None
-        if m.name == colocate
-        else Recognizer.options(**options[m.name]).bind(m.model_dump(), limits)
+        m.name: Recognizer.options(**options[m.name]).bind(m.model_dump(), limits)
         for m in cfg.models
     }
     quality = None
@@ -150,22 +145,12 @@ def build_app(args: dict) -> Application:
         from serve_app.serving.shadow_service import ShadowMonitor
 
         shadow = ShadowMonitor.options(name="ShadowMonitor").bind(cfg.model_dump(), quality)
-    ingress_options = {
-        "name": "Ingress",
-        "num_replicas": cfg.ingress.num_replicas,
-        "max_ongoing_requests": cfg.ingress.max_ongoing_requests,
-        "ray_actor_options": {"num_cpus": cfg.ingress.num_cpus},
-    }
-    if colocate:
-        model = options[colocate]
-        ingress_options["num_replicas"] = model["num_replicas"]
-        ingress_options["ray_actor_options"] = {
-            **model["ray_actor_options"],
-            "num_cpus": cfg.ingress.num_cpus + model["ray_actor_options"]["num_cpus"],
-        }
-    return Ingress.options(**ingress_options).bind(
-        cfg.model_dump(), recognizers, quality, forecaster, shadow
-    )
+    return Ingress.options(
+        name="Ingress",
+        num_replicas=cfg.ingress.num_replicas,
+        max_ongoing_requests=cfg.ingress.max_ongoing_requests,
+        ray_actor_options={"num_cpus": cfg.ingress.num_cpus},
+    ).bind(cfg.model_dump(), recognizers, quality, forecaster, shadow)
 
 
 def quality_settings(cfg: AppConfig) -> dict:

@@ -60,12 +60,6 @@ VARIANTS = (
         "prediction records sent to the quality monitor every 250 ms",
     ),
     (
-        "colocated",
-        {"RECSERVE_EXPLORE_COLOCATE": "efficientnet_lite0"},
-        {},
-        "the model loaded in the Ingress's own process: no hop",
-    ),
-    (
         "user_code_on_replica_loop",
         {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"},
         {},
@@ -92,7 +86,6 @@ KNOB_DEFAULTS = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "0",
-    "RECSERVE_EXPLORE_COLOCATE": "",
 }
 KNOBS = tuple(sorted(KNOB_DEFAULTS))
 INGRESS_LABEL = "ServeReplica:recognition:Ingress"

@@ -37,7 +37,6 @@ from serve_app.quality.wire import raise_wired_error
 from serve_app.request_ids import bound_request_id
 from serve_app.serving.auth import bound_items, is_json_media_type, unbound_result
 from serve_app.serving.auth_middleware import ApiKeyCheck, configure_keys, principal_of
-from serve_app.serving.colocated import with_colocated
 from serve_app.serving.grpc_oip import OipGrpcMethods
 from serve_app.serving.logs import log_request, outcome_of, request_logger
 from serve_app.serving.models import default_preprocess, load_labels
@@ -157,7 +156,7 @@ class Ingress(OipGrpcMethods):
     ):
         self.config = AppConfig.model_validate(config)
         configure_keys(self.config.auth)
-        self.recognizers = with_colocated(recognizers, self.config)
+        self.recognizers = recognizers
         self.quality = quality
         self.forecaster = forecaster
         self.models: dict[str, ModelConfig] = {m.name: m for m in self.config.models}
