@@ -38,6 +38,7 @@ class PredictionSender:
         self._pending: list[dict] = []
         self._flusher: asyncio.Task | None = None
         self._sending = 0  # records of the call in flight
+        self._failed = 0  # records whose call raised since the replica began to stop
         # Set when the replica stops: the flusher then sends at once instead of after the interval.
         self._stopping = asyncio.Event()
 
@@ -81,13 +82,16 @@ class PredictionSender:
                 await monitor.record.remote(batch)
             except Exception:
                 log.exception("sending %d predictions to the quality monitor failed", len(batch))
+                if self._stopping.is_set():
+                    self._failed += len(batch)
             finally:
                 self._sending = 0
 
     async def drain(self, timeout_s: float) -> int:
         """Send what is queued now rather than after the interval, waiting at most `timeout_s`:
         the replica is stopping, and what is still queued when it exits is lost. Returns the
-        number of records not known to be sent (0 when all were)."""
+        number of records not known to be sent (0 when all were): still queued, in a call still in
+        flight, or in a call that failed."""
         self._stopping.set()
         if self._flusher is not None and not self._flusher.done():
             try:
@@ -95,11 +99,13 @@ class PredictionSender:
                 await asyncio.wait_for(asyncio.shield(self._flusher), timeout_s)
             except asyncio.TimeoutError:
                 pass
-        unsent = len(self._pending) + self._sending
+        unsent = len(self._pending) + self._sending + self._failed
         if unsent:
             log.warning(
-                "stopping: %d predictions not sent to the quality monitor within %.1f s",
+                "stopping: %d predictions not sent to the quality monitor within %.1f s "
+                "(%d of them in a call that failed)",
                 unsent,
                 timeout_s,
+                self._failed,
             )
         return unsent

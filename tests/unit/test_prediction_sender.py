@@ -143,6 +143,28 @@ def test_a_drain_that_times_out_counts_what_it_did_not_send():
     assert quality.batches == []
 
 
+def test_a_drain_counts_the_records_of_a_call_that_failed():
+    class FailingHandle:
+        class record:  # noqa: N801 - the handle's method name
+            @staticmethod
+            def remote(batch):
+                async def call():
+                    raise ConnectionError("the quality monitor is gone")
+
+                return call()
+
+    model = ModelConfig(name="m")
+    sender = PredictionSender(
+        FailingHandle(), {model.name: model.version}, CallTransport("actor"), 60.0
+    )
+
+    async def scenario():
+        sender.send("r1", "m", [prediction(1), prediction(2)])
+        return await sender.drain(timeout_s=5.0)
+
+    assert asyncio.run(scenario()) == 2
+
+
 def test_a_drain_with_nothing_queued_returns_at_once():
     sender = make_sender(RecordingHandle(delay_s=0.0))
     assert asyncio.run(sender.drain(timeout_s=5.0)) == 0
