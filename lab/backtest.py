@@ -105,8 +105,15 @@ class BacktestOptions:
     forecast: str = "prophet"
     # The forecaster's plan_changes_per_day: the forecast planned into steps (None: as forecast).
     plan_changes_per_day: int | None = PLAN_CHANGES_PER_DAY
+    # Seconds between Prophet fits, as the forecaster's refit_interval_s (None: one fit per
+    # replayed day, at its start).
+    refit_interval_s: float | None = None
 
     def __post_init__(self):
+        if self.refit_interval_s is not None and not 60 <= self.refit_interval_s <= DAY:
+            raise ValueError(
+                f"--refit-interval-s must be between 60 and {DAY}, got {self.refit_interval_s:g}"
+            )
         if self.plan_changes_per_day is not None and self.plan_changes_per_day < 1:
             raise ValueError(f"--plan-changes must be >= 1 or off, got {self.plan_changes_per_day}")
         if self.forecast not in FORECASTS:
@@ -391,10 +398,18 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         forecasts = exact_forecasts(history, day_starts, lead_time_s, step)
     else:
         forecasts = walk_forward(
-            history, day_starts, forecaster_settings(options), lead_time_s, step, options.seed
+            history,
+            day_starts,
+            forecaster_settings(options),
+            lead_time_s,
+            step,
+            options.seed,
+            options.refit_interval_s or DAY,
         )
+    # Day-ahead error: the whole day against the fit made at its start, however often it refits.
     mape_by_day = []
-    for start, forecast in zip(day_starts, forecasts.forecasts, strict=True):
+    for start in day_starts:
+        forecast = forecasts.latest(start)
         actual = history.between(start, start + DAY)
         if forecast is None or len(actual) == 0:
             mape_by_day.append(None)
@@ -456,6 +471,6 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
         sim_start,
         window,
         step,
-        day_statuses=forecasts.statuses,
+        day_statuses=[forecasts.status_at(start) for start in day_starts],
         fleet_table=predictive_kwargs["predictive"].get("fleet_capacity_qps"),
     )

@@ -44,7 +44,8 @@ def plan_changes(text: str) -> int | None:
 
 
 def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--forecast` and `--plan-changes`: what the predictive strategy plans with."""
+    """`--forecast`, `--plan-changes` and `--refit-interval-s`: what the predictive strategy plans
+    with."""
     parser.add_argument("--forecast", choices=FORECASTS, default="prophet", help=FORECAST_HELP)
     parser.add_argument(
         "--plan-changes",
@@ -52,4 +53,12 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
         default=PLAN_CHANGES_PER_DAY,
         metavar="N|off",
         help=PLAN_CHANGES_HELP,
+    )
+    parser.add_argument(
+        "--refit-interval-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="refit Prophet every S seconds of the replay, as the forecaster's refit_interval_s "
+        "(3600 on the service), each fit planned anew (default: one fit per replayed day)",
     )

@@ -283,6 +283,7 @@ def main_backtest(argv: list[str] | None = None) -> int:
             max_replicas=args.max_replicas,
             forecast=args.forecast,
             plan_changes_per_day=args.plan_changes,
+            refit_interval_s=args.refit_interval_s,
         )
         result = run_backtest(options)
     except ValueError as exc:

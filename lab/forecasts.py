@@ -1,7 +1,7 @@
-"""The forecasts a backtest's predictive strategy plans with, one per replayed day: Prophet fitted
-walk-forward on the trace before that day (what the service does), or the replayed day itself
-(`--forecast exact`), which tells how much of the strategy's cost is the forecast's error and how
-much the policy's own steps, landing and event budget."""
+"""The forecasts a backtest's predictive strategy plans with: Prophet fitted walk-forward on the
+trace before each fit, once per replayed day or every `--refit-interval-s` as the service refits,
+or the replayed day itself (`--forecast exact`), which tells how much of the strategy's cost is the
+forecast's error and how much the policy's own steps, landing and event budget."""
 
 from __future__ import annotations
 
@@ -27,19 +27,24 @@ FORECAST_HELP = (
 
 @dataclass
 class DayForecasts:
-    """One forecast per replayed day (None where history was too short), for lookups without
-    peeking."""
+    """One forecast per fit, in the order of their fits (None where history was too short), for
+    lookups without peeking: once per replayed day, or every refit interval."""
 
-    day_starts: list[float]
+    fit_starts: list[float]
     forecasts: list[Forecast | None]
     statuses: list[str]
     lead_time_s: float
     planned_steps: bool = False
 
-    def of_day(self, now: float) -> Forecast | None:
-        """The forecast fitted at the start of now's day (None before the first replayed day)."""
-        i = int(np.searchsorted(self.day_starts, now, side="right")) - 1
+    def latest(self, now: float) -> Forecast | None:
+        """The forecast of the last fit at or before now (None before the first)."""
+        i = int(np.searchsorted(self.fit_starts, now, side="right")) - 1
         return self.forecasts[i] if 0 <= i < len(self.forecasts) else None
+
+    def status_at(self, now: float) -> str:
+        """The status of the last fit at or before now."""
+        i = int(np.searchsorted(self.fit_starts, now, side="right")) - 1
+        return self.statuses[i] if i >= 0 else "insufficient_history"
 
     def planned(self, max_changes_per_day: int) -> "DayForecasts":
         """Each day's upper bound as the forecaster publishes it with `plan_changes_per_day`: its
@@ -54,10 +59,10 @@ class DayForecasts:
         )
 
     def lookup(self, now: float) -> tuple[float | None, float | None, float | None]:
-        """(upper bound at now + lead, fit time, yhat at now + lead) from the forecast fitted at
-        the start of now's day; planned, the most the steps ask for from now to now + lead, as the
-        forecaster publishes it."""
-        forecast = self.of_day(now)
+        """(upper bound at now + lead, fit time, yhat at now + lead) from the latest forecast;
+        planned, the most the steps ask for from now to now + lead, as the forecaster publishes
+        it."""
+        forecast = self.latest(now)
         if forecast is None:
             return None, None, None
         at = now + self.lead_time_s
@@ -78,14 +83,21 @@ def walk_forward(
     lead_time_s: float,
     step_s: float,
     seed: int = 0,
+    refit_interval_s: float = DAY,
 ) -> DayForecasts:
-    """Fit one forecaster per replayed day on the trace strictly before that day, forecast the day
-    (+ lead)."""
+    """Fit a forecaster at the start of each replayed day, and every `refit_interval_s` within it,
+    on the trace strictly before the fit; each forecasts a day (+ lead) from its fit, as the
+    service's `horizon_h` of 24 does."""
+    fit_starts = [
+        start + k * refit_interval_s
+        for start in day_starts
+        for k in range(math.ceil(DAY / refit_interval_s))
+    ]
     forecasts, statuses = [], []
-    for day, start in enumerate(day_starts):
+    for fit, start in enumerate(fit_starts):
         # Prophet samples its interval with numpy's global generator: seed it so a backtest repeats
         # exactly.
-        np.random.seed(seed + day)
+        np.random.seed(seed + fit)
         past = history.between(-math.inf, start)
         forecaster = RateForecaster(settings)
         if len(past) < 2:
@@ -98,7 +110,7 @@ def walk_forward(
             forecasts.append(None)
             continue
         forecasts.append(forecaster.predict(start, DAY + lead_time_s + step_s, step_s))
-    return DayForecasts(day_starts, forecasts, statuses, lead_time_s)
+    return DayForecasts(fit_starts, forecasts, statuses, lead_time_s)
 
 
 def exact_forecasts(

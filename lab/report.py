@@ -70,7 +70,7 @@ def write_timeline(path: Path, result: BacktestResult, slo_ms: float) -> Path:
         for k in range(n_steps):
             a, b = first + k * step, first + (k + 1) * step
             t = sim_start + a
-            forecast = result.forecasts.of_day(t)
+            forecast = result.forecasts.latest(t)
             yhat = forecast.at(t, "yhat") if forecast else None
             upper = forecast.at(t, "upper") if forecast else None
             row = [

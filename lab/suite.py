@@ -130,6 +130,7 @@ class SuiteOptions:
     # What predictive plans with (BacktestOptions.forecast, .plan_changes_per_day).
     forecast: str = "prophet"
     plan_changes_per_day: int | None = PLAN_CHANGES_PER_DAY
+    refit_interval_s: float | None = None  # BacktestOptions.refit_interval_s
 
     def __post_init__(self):
         unknown = set(self.sets) - set(SETS)
@@ -237,6 +238,7 @@ def cells_of(options: SuiteOptions) -> list[Cell]:
                 policy=options.policy,
                 forecast=options.forecast,
                 plan_changes_per_day=options.plan_changes_per_day,
+                refit_interval_s=options.refit_interval_s,
             )
             cells.append(Cell(spec, path, backtest))
     return cells

@@ -82,6 +82,7 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
             policy=tuple(policy_setting(text) for text in args.policy),
             forecast=args.forecast,
             plan_changes_per_day=args.plan_changes,
+            refit_interval_s=args.refit_interval_s,
         )
         rows = run_suite(options)
     except ValueError as exc:
@@ -103,6 +104,8 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
         command += f" --forecast {args.forecast}"
     if args.plan_changes != PLAN_CHANGES_PER_DAY:
         command += f" --plan-changes {args.plan_changes or 'off'}"
+    if args.refit_interval_s is not None:
+        command += f" --refit-interval-s {args.refit_interval_s:g}"
     files = write_matrix(args.out, rows, command)
     print(files["markdown"].read_text())
     print(f"wrote {', '.join(map(str, files.values()))} in {time.monotonic() - started:.0f}s")

@@ -72,6 +72,34 @@ def test_walk_forward_never_sees_the_replayed_day(tmp_path):
     assert forecasts_of(moved, day_start) != clean
 
 
+def test_refits_every_interval_each_on_its_own_past_only(tmp_path):
+    history = read_csv(short_trace(tmp_path, 5))
+    day_start = float(history.timestamps[0]) + HISTORY_DAYS * DAY
+    settings = ForecasterSettings(timezone="Asia/Shanghai")
+    refits = walk_forward(history, [day_start], settings, 180.0, 900.0, refit_interval_s=6 * 3600)
+    assert refits.fit_starts == [day_start + k * 6 * 3600 for k in range(4)]
+    assert [f.fitted_at for f in refits.forecasts] == refits.fit_starts
+    # The policy reads the last fit made, never one made later.
+    assert refits.latest(day_start + 6 * 3600 - 1) is refits.forecasts[0]
+    assert refits.latest(day_start + 6 * 3600) is refits.forecasts[1]
+    assert refits.latest(day_start - 1) is None
+    # The second fit saw six more hours (the morning ramp) than the first, and forecasts otherwise.
+    second = refits.forecasts[1]
+    assert second.yhat[0] != refits.forecasts[0].at(second.timestamps[0], "yhat")
+    # Load from the second fit's start on never reaches it.
+    future = history.timestamps >= refits.fit_starts[1]
+    tampered = RateHistory(history.timestamps, np.where(future, history.rps * 10, history.rps))
+    again = walk_forward(tampered, [day_start], settings, 180.0, 900.0, refit_interval_s=6 * 3600)
+    assert list(again.forecasts[1].yhat) == list(second.yhat)
+    assert list(again.forecasts[2].yhat) != list(refits.forecasts[2].yhat)
+
+
+@pytest.mark.parametrize("interval_s", [30.0, 2 * DAY])
+def test_a_refit_interval_outside_a_minute_to_a_day_is_refused(tmp_path, interval_s):
+    with pytest.raises(ValueError, match="--refit-interval-s"):
+        BacktestOptions(trace=tmp_path / "t.csv", out=tmp_path, refit_interval_s=interval_s)
+
+
 # --- the oracle is the bound ----------------------------------------------------------------------
 
 
