@@ -154,10 +154,15 @@ def build_app(args: dict) -> Application:
 
 
 def quality_settings(cfg: AppConfig) -> dict:
-    """The QualityMonitor's arguments: the quality section, and each model's class names."""
+    """The QualityMonitor's arguments: the quality section, each model's class names, and each
+    key's feedback rate (held there across Ingress replicas)."""
     from serve_app.serving.models import load_labels
 
     return {
         "config": cfg.quality.model_dump(exclude={"enabled"}),
         "labels": {m.name: load_labels(m.labels) for m in cfg.models},
+        "feedback_rate": {
+            "rate_per_s": cfg.auth.feedback_rate_per_s,
+            "burst": cfg.auth.feedback_burst,
+        },
     }

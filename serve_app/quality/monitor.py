@@ -24,6 +24,7 @@ from ray import serve
 import serve_app.monitoring.metrics as m
 from serve_app.config import HEALTH_CHECK_PERIOD_S, QualityConfig
 from serve_app.errors import StoreUnavailable
+from serve_app.feedback_rate import TokenBuckets
 from serve_app.monitoring.metric_backends import MetricBackend
 from serve_app.monitoring.metric_groups import QualityMetrics
 from serve_app.quality.exporter import QualityExporter
@@ -46,9 +47,18 @@ class QualityMonitorCore:
         labels: Mapping[str, Sequence[str]] | None = None,
         clock: Callable[[], float] = time.time,
         backend: MetricBackend | None = None,
+        feedback_rate: Mapping[str, float] | None = None,
     ):
-        """``config``: the ``quality`` section; ``labels``: each model's class names."""
+        """``config``: the ``quality`` section; ``labels``: each model's class names;
+        ``feedback_rate``: ``{"rate_per_s", "burst"}`` of each key's feedback (the ``auth``
+        section's), held here across every Ingress replica."""
         self.config = QualityConfig.model_validate(config or {})
+        self._clock = clock
+        self._feedback_buckets = (
+            TokenBuckets(feedback_rate["rate_per_s"], int(feedback_rate["burst"]))
+            if feedback_rate
+            else None
+        )
         quality_metrics = QualityMetrics(backend)
         evictions = quality_metrics[m.STORE_EVICTIONS_TOTAL]
         writable = quality_metrics[m.STORE_WRITABLE]
@@ -139,17 +149,33 @@ class QualityMonitorCore:
             self.exporter.refresh_windows(name)
         return results
 
-    async def feedback(self, items: list[FeedbackItem]) -> list[dict[str, Any]] | dict[str, Any]:
+    def _over_rate(self, principal: str | None) -> dict[str, Any] | None:
+        """The 429 of a key over its feedback rate, as data; None when it may go on (or runs
+        without keys)."""
+        if principal is None or self._feedback_buckets is None:
+            return None
+        refusal = self._feedback_buckets.refusal(principal, self._clock())
+        return None if refusal is None else {"error": refusal.to_wire()}
+
+    async def feedback(
+        self, items: list[FeedbackItem], principal: str | None = None
+    ) -> list[dict[str, Any]] | dict[str, Any]:
         """Join parsed feedback items to predictions; one result dict per item, or the store's
-        503 as data (wire.raise_wired_error)."""
+        503 or the key's 429 as data (wire.raise_wired_error)."""
+        if (refused := self._over_rate(principal)) is not None:
+            return refused
         try:
             return [result.as_dict() for result in await self._join(items)]
         except StoreUnavailable as err:
             return {"error": err.to_wire()}
 
-    async def feedback_summary(self, items: list[FeedbackItem]) -> dict[str, Any]:
+    async def feedback_summary(
+        self, items: list[FeedbackItem], principal: str | None = None
+    ) -> dict[str, Any]:
         """Join a batch of feedback items; the compact reply of wire.feedback_summary, or the
-        store's 503 as data (wire.raise_wired_error)."""
+        store's 503 or the key's 429 as data (wire.raise_wired_error)."""
+        if (refused := self._over_rate(principal)) is not None:
+            return refused
         try:
             return feedback_summary(await self._join(items))
         except StoreUnavailable as err:
@@ -175,8 +201,9 @@ class QualityMonitor(QualityMonitorCore):
         self,
         config: Mapping[str, Any] | None = None,
         labels: Mapping[str, Sequence[str]] | None = None,
+        feedback_rate: Mapping[str, float] | None = None,
     ):
-        super().__init__(config, labels)
+        super().__init__(config, labels, feedback_rate=feedback_rate)
 
     def __del__(self) -> None:
         # Serve calls this when the replica stops (scale-down, redeploy, shutdown)

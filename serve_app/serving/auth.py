@@ -1,5 +1,6 @@
-"""Who may call which route: the scope each path needs, the bearer-key check, the feedback rate
-limit. Pure: no I/O, no clock of its own (the ingress reads the keys file and passes the time).
+"""Who may call which route: the scope each path needs and the bearer-key check (the feedback rate
+limit is serve_app/feedback_rate.py). Pure: no I/O, no clock of its own (the ingress reads the keys
+file and passes the time).
 
 Health and readiness stay open so probes and load balancers need no key; the API documentation
 (`/docs`, `/openapi.json`) carries no data and stays open too. Every other path, including paths
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -104,33 +104,6 @@ class KeyRing:
                 f"(it has {sorted(key.scopes)})",
             )
         return AuthDecision(200, principal=key.key_id)
-
-
-class TokenBuckets:
-    """A token bucket per principal: `rate_per_s` refills, `burst` at most; `take` answers 0 when
-    a request may go, else the seconds until one may (what Retry-After says)."""
-
-    def __init__(self, rate_per_s: float, burst: int, max_principals: int = 10_000):
-        self.rate = rate_per_s
-        self.burst = burst
-        self.max_principals = max_principals
-        self._state: dict[str, tuple[float, float]] = {}  # principal -> (tokens, at)
-
-    def take(self, principal: str, now: float) -> float:
-        tokens, at = self._state.get(principal, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
-        if tokens >= 1.0:
-            if principal not in self._state and len(self._state) >= self.max_principals:
-                self._state.pop(next(iter(self._state)))  # keys, not clients: rarely reached
-            self._state[principal] = (tokens - 1.0, now)
-            return 0.0
-        self._state[principal] = (tokens, now)
-        return (1.0 - tokens) / self.rate if self.rate > 0 else math.inf
-
-
-def retry_after_header(wait_s: float) -> dict[str, str]:
-    """Retry-After in whole seconds, never 0 (a 0 would invite an immediate retry)."""
-    return {"Retry-After": str(max(1, math.ceil(min(wait_s, 86_400))))}
 
 
 def is_json_media_type(content_type: str | None) -> bool:

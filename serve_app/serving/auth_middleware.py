@@ -17,8 +17,9 @@ from starlette.requests import Request
 
 from serve_app.api_keys import KeysFile, KeysFileError, keys_file_path
 from serve_app.config import AuthConfig
-from serve_app.errors import Forbidden, ServiceError, TooManyRequests, Unauthorized
-from serve_app.serving.auth import KeyRing, TokenBuckets, required_scope, retry_after_header
+from serve_app.errors import Forbidden, ServiceError, Unauthorized
+from serve_app.feedback_rate import TokenBuckets
+from serve_app.serving.auth import KeyRing, required_scope
 from serve_app.serving.logs import request_logger
 
 log = request_logger()
@@ -117,14 +118,9 @@ class KeyGuard:
         if decision.status == 403:
             return None, Forbidden(decision.message)
         if scope == "feedback":
-            wait = self.buckets.take(decision.principal, self.clock())
-            if wait > 0:
-                seconds = int(retry_after_header(wait)["Retry-After"])
-                return None, TooManyRequests(
-                    f"API key {decision.principal!r} is over its feedback rate "
-                    f"({self.config.feedback_rate_per_s:g}/s, burst {self.config.feedback_burst})",
-                    retry_after_s=seconds,
-                )
+            refusal = self.buckets.refusal(decision.principal, self.clock())
+            if refusal is not None:
+                return None, refusal
         return decision.principal, None
 
 

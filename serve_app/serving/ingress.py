@@ -388,13 +388,14 @@ class Ingress(OipGrpcMethods):
         body = await read_body(request, min(limits.max_body_bytes, limits.max_feedback_body_bytes))
         doc = await parse_off_loop(len(body), decode_json, body, limits.max_json_depth)
         items, single = parse_feedback(doc, limits.max_feedback_items)
-        # Only this key's own predictions can be found: another key's id reads as unknown.
-        items = bound_items(items, principal_of(request))
-        self.shadows.feedback(items)
+        # Only this key's predictions can be found; the shadows get only what the monitor took.
+        items = bound_items(items, principal := principal_of(request))
         if single:
-            (r,) = raise_wired_error(await quality.feedback.remote(items))
+            (r,) = raise_wired_error(await quality.feedback.remote(items, principal))
+            self.shadows.feedback(items)
             return JSONResponse(unbound_result(r), status_code=r.get("http_status", 200))
-        summary = raise_wired_error(await quality.feedback_summary.remote(items))
+        summary = raise_wired_error(await quality.feedback_summary.remote(items, principal))
+        self.shadows.feedback(items)
         summary["not_joined"] = [unbound_result(r) for r in summary.get("not_joined", [])]
         return JSONResponse(summary)
 

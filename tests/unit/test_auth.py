@@ -21,14 +21,13 @@ from serve_app.api_keys import (
     new_token,
 )
 from serve_app.config import AuthConfig
+from serve_app.feedback_rate import TokenBuckets, retry_after_header
 from serve_app.request_ids import bound_request_id, request_id_problem, unbound_request_id
 from serve_app.serving.auth import (
     KeyRing,
-    TokenBuckets,
     bearer_token,
     is_json_media_type,
     required_scope,
-    retry_after_header,
     unbound_result,
 )
 from serve_app.serving.auth_middleware import KeyGuard, missing_keys

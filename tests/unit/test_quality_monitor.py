@@ -201,3 +201,37 @@ def test_a_restarted_monitor_continues_from_its_store_folder(tmp_path):
     (result,) = asyncio.run(second.feedback([FeedbackItem("r2", "fox")]))
     assert result["status"] == "joined" and result["correct"] is True  # r2 predicted fox (2)
     assert backend.get(m.MODEL_LABELLED).value(**tags) == 3
+
+
+def test_the_feedback_rate_holds_across_ingress_replicas():
+    """Each Ingress replica's bucket admits a key's burst on its own; the monitor, which every
+    replica forwards feedback to, refuses what is over the key's rate in all."""
+    from serve_app.config import AuthConfig
+    from serve_app.errors import ServiceError
+    from serve_app.quality.wire import raise_wired_error
+
+    auth = AuthConfig(feedback_rate_per_s=0.5, feedback_burst=3)
+    rate = {"rate_per_s": auth.feedback_rate_per_s, "burst": auth.feedback_burst}
+    clock = FakeClock()
+    core = QualityMonitorCore(
+        {"store_dir": None}, {MODEL: ["cat"]}, clock=clock, feedback_rate=rate
+    )
+    items, _ = parse_feedback({"request_id": "a", "label": "cat"})
+
+    async def scenario():
+        # Two replicas, 3 requests each: within each replica's own burst of 3.
+        replies = [await core.feedback(items, "key-1") for _ in range(6)]
+        other_key = await core.feedback(items, "key-2")
+        anonymous = await core.feedback(items, None)  # no keys configured: no limit
+        clock.now += 2.0  # one token back at 0.5/s
+        later = await core.feedback_summary(items, "key-1")
+        return replies, other_key, anonymous, later
+
+    replies, other_key, anonymous, later = asyncio.run(scenario())
+    assert [isinstance(r, list) for r in replies] == [True] * 3 + [False] * 3
+    with pytest.raises(ServiceError) as refused:
+        raise_wired_error(replies[3])
+    assert refused.value.status == 429 and refused.value.headers == {"Retry-After": "2"}
+    assert "key-1" in refused.value.message and "0.5/s, burst 3" in refused.value.message
+    assert isinstance(other_key, list) and isinstance(anonymous, list)
+    assert "error" not in later
