@@ -51,8 +51,10 @@ run: install system-deps
 OVERLOAD_TEST := tests/integration/test_overload_live.py
 ISOLATED := tests/integration/test_stop_signals_live.py tests/integration/test_cluster_live.py \
 	tests/integration/test_faults_live.py
+# The unit tests on both cores (pytest-xdist); the live tests one at a time, on the session's Serve.
 test: install system-deps lint
-	$(BIN)/python -m pytest -q --durations=12 tests/unit tests/integration $(addprefix --ignore=,$(OVERLOAD_TEST) $(ISOLATED))
+	$(BIN)/python -m pytest -q -n 2 tests/unit
+	$(BIN)/python -m pytest -q --durations=12 tests/integration $(addprefix --ignore=,$(OVERLOAD_TEST) $(ISOLATED))
 	RECSERVE_TEST_MODELS=lite0_overload $(BIN)/python -m pytest -q $(OVERLOAD_TEST)
 	for t in $(ISOLATED); do $(BIN)/python -m pytest -q $$t || exit 1; done
 
@@ -62,7 +64,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 unit: install
-	$(BIN)/python -m pytest -q tests/unit
+	$(BIN)/python -m pytest -q -n 2 tests/unit
 
 integration: install system-deps
 	$(BIN)/python -m pytest -q tests/integration
