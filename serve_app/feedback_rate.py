@@ -49,8 +49,3 @@ class TokenBuckets:
 def retry_after_s(wait_s: float) -> int:
     """Retry-After in whole seconds, never 0 (a 0 would invite an immediate retry)."""
     return max(1, math.ceil(min(wait_s, 86_400)))
-
-
-def retry_after_header(wait_s: float) -> dict[str, str]:
-    """The Retry-After header of a wait."""
-    return {"Retry-After": str(retry_after_s(wait_s))}

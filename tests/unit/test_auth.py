@@ -21,7 +21,7 @@ from serve_app.api_keys import (
     new_token,
 )
 from serve_app.config import AuthConfig
-from serve_app.feedback_rate import TokenBuckets, retry_after_header
+from serve_app.feedback_rate import TokenBuckets, retry_after_s
 from serve_app.request_ids import bound_request_id, request_id_problem, unbound_request_id
 from serve_app.serving.auth import (
     KeyRing,
@@ -136,8 +136,8 @@ def test_feedback_buckets_refill_at_the_rate_per_key():
     assert buckets.take("b", 0.0) == 0.0  # another key has its own bucket
     assert buckets.take("a", 0.5) == 0.0  # one token back after 1/rate
     assert buckets.take("a", 0.5) > 0
-    assert retry_after_header(0.01) == {"Retry-After": "1"}
-    assert retry_after_header(2.2) == {"Retry-After": "3"}
+    assert retry_after_s(0.01) == 1
+    assert retry_after_s(2.2) == 3
 
 
 @pytest.mark.parametrize(
