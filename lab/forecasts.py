@@ -36,14 +36,18 @@ class DayForecasts:
     lead_time_s: float
     planned_steps: bool = False
 
+    def _last_fit(self, now: float) -> int:
+        """The index of the last fit at or before now (-1 before the first)."""
+        return int(np.searchsorted(self.fit_starts, now, side="right")) - 1
+
     def latest(self, now: float) -> Forecast | None:
         """The forecast of the last fit at or before now (None before the first)."""
-        i = int(np.searchsorted(self.fit_starts, now, side="right")) - 1
-        return self.forecasts[i] if 0 <= i < len(self.forecasts) else None
+        i = self._last_fit(now)
+        return self.forecasts[i] if i >= 0 else None
 
     def status_at(self, now: float) -> str:
         """The status of the last fit at or before now."""
-        i = int(np.searchsorted(self.fit_starts, now, side="right")) - 1
+        i = self._last_fit(now)
         return self.statuses[i] if i >= 0 else "insufficient_history"
 
     def planned(self, max_changes_per_day: int) -> "DayForecasts":
