@@ -5,7 +5,7 @@ The service is started with `recserve up` (what `make run` runs): `serve run CON
 foreground plus, unless Prometheus already answers, the project's Prometheus and Alertmanager,
 so the report has series to read. SIGTERM to that one PID stops Serve, Ray and then the stack
 within its own time bound; whatever of its process tree is still running after that is stopped by
-PID (serve_app.processes.stop_tree).
+PID (serve_app.process_tree.stop_tree).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from serve_app.processes import StartedProcess, StopStep, http_ok, start_process, stop_tree
+from serve_app.process_tree import stop_tree
+from serve_app.processes import StartedProcess, StopStep, http_ok, start_process
 
 READY_POLL_S = 2.0
 

@@ -33,22 +33,19 @@ from serve_app.exposure import (
 from serve_app.monitoring.stack import NAMES as STACK_NAMES
 from serve_app.monitoring.stack import stack_down, stack_up
 from serve_app.monitoring.stack_config import DEFAULT_STATE_DIR, StackConfig, StackError
+from serve_app.process_tree import LEFTOVER_KILL_S, LEFTOVER_TERM_S, ProcessTree, stop_tree
 from serve_app.processes import (
-    LEFTOVER_KILL_S,
-    LEFTOVER_TERM_S,
     TERM_THEN_KILL,
-    ProcessTree,
     StartedProcess,
     StopStep,
     kill_recorded,
     start_process,
-    stop_tree,
 )
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 # serve run shuts Serve and the local Ray it started down on SIGINT: serve.shutdown(), which gives
 # up on the controller after 30 s, then ray.shutdown(), a few seconds. What is still running after
-# this grace is signalled by PID (processes.stop_tree).
+# this grace is signalled by PID (process_tree.stop_tree).
 SERVE_GRACE_S = 45.0
 SERVE_STOP = (StopStep(signal.SIGINT, SERVE_GRACE_S),)
 # The longest a stop takes: Serve and Ray, their leftovers, then each stack process' SIGTERM grace.

@@ -1,7 +1,7 @@
 """The `overload:` section of a model: levels, hold times and batch sizes of tiered circuit
 breaking (serving/overload.py decides, serving/overload_control.py applies; docs/RELIABILITY.md).
 
-Kept apart from config.py, which holds every other section, so that file stays one screenful per
+Kept apart from config.py, which holds most other sections, so that file stays one screenful per
 section; ModelConfig carries this one as its `overload` field.
 """
 
@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Section(BaseModel):
-    """Base: unknown keys are errors, so a typo in YAML never passes silently."""
-
-    model_config = ConfigDict(extra="forbid")
-
+from serve_app.config_base import Section
 
 # What each overload signal measures, once for the entry levels of every tier.
 _LEVEL_MEANINGS = {

@@ -4,7 +4,7 @@ What `make cluster-demo` and tests/integration/test_cluster_live.py run on: real
 each, their own temp folder and ports), joined with the head's token, the application deployed with
 `serve deploy` as on a real cluster. Every port comes from one base, so a second cluster (another
 checkout, a test session) can run beside the first. Each node is stopped, or killed outright, by the
-PIDs seen below its `ray start` (processes.py), never by name.
+PIDs seen below its `ray start` (process_tree.py), never by name.
 """
 
 from __future__ import annotations
@@ -24,14 +24,8 @@ import requests
 import yaml
 
 from serve_app.paths import REPO_ROOT
-from serve_app.processes import (
-    ExitedBeforeReady,
-    ProcessTree,
-    StartedProcess,
-    StopStep,
-    start_process,
-    stop_tree,
-)
+from serve_app.process_tree import ProcessTree, stop_tree
+from serve_app.processes import ExitedBeforeReady, StartedProcess, StopStep, start_process
 
 CLUSTER_CONFIG = REPO_ROOT / "configs" / "serve_config.cluster.yaml"
 APP_NAME = "recognition"

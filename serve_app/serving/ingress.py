@@ -2,20 +2,17 @@
 
 A route parses the request (request_parsing, protocol), hands the encoded images to the model's
 Recognizer, which decodes them beside its inference thread, and shapes the reply. Handlers only
-raise typed errors; the exception handlers below turn them into the one error reply of errors.py.
+raise typed errors; http_front's handlers turn them into the one error reply of errors.py.
 """
 
 import asyncio
 import time
-import uuid
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import serve_app.serving.openapi_bodies as bodies
 import serve_app.serving.protocol as protocol
@@ -27,7 +24,6 @@ from serve_app.errors import (
     ServiceError,
     UnprocessableEntity,
     UnsupportedMediaType,
-    error_response,
 )
 from serve_app.monitoring.dashboard import router as dashboard_router
 from serve_app.monitoring.metric_groups import ServiceMetrics
@@ -38,12 +34,16 @@ from serve_app.request_ids import bound_request_id
 from serve_app.serving.auth import bound_items, is_json_media_type, unbound_result
 from serve_app.serving.auth_middleware import ApiKeyCheck, configure_keys, principal_of
 from serve_app.serving.grpc_oip import OipGrpcMethods
+from serve_app.serving.http_front import (
+    current_request_id,
+    install_error_handling,
+    readiness_reply,
+)
 from serve_app.serving.logs import log_request, outcome_of, request_logger
 from serve_app.serving.models import default_preprocess, load_labels
 from serve_app.serving.prediction_sender import PredictionSender
 from serve_app.serving.replica_retry import predict_on_live_replica
 from serve_app.serving.request_parsing import (
-    check_client_request_id,
     check_image_count,
     decode_json,
     images_from_request,
@@ -62,8 +62,6 @@ READY_TIMEOUT_S = 2.0
 # Inside what is left of Serve's graceful shutdown once requests are drained (20 s by default; 35 s
 # behind HAProxy, whose 30 s deregistration window comes first).
 RECORDS_DRAIN_TIMEOUT_S = 3.0
-# Codes for the errors Starlette raises itself (unknown route, wrong method).
-HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 api = FastAPI(
     title=SERVICE_NAME,
@@ -76,68 +74,9 @@ api = FastAPI(
 api.include_router(dashboard_router)
 
 
-class ClientRequestIdCheck:
-    """ASGI middleware: refuses (400) a client's X-Request-Id the service would not issue (too
-    long, unsafe characters) before any route runs; the service's own ids pass unchanged."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            for key, value in scope.get("headers", ()):
-                if key.lower() == b"x-request-id":
-                    try:
-                        check_client_request_id(value.decode("latin-1"))
-                    except ServiceError as err:
-                        await err.to_response()(scope, receive, send)
-                        return
-        await self.app(scope, receive, send)
-
-
-api.add_middleware(ClientRequestIdCheck)
+install_error_handling(api)
 # Added last, so it runs first: a request without its key is refused before anything else.
 api.add_middleware(ApiKeyCheck)
-
-
-@api.exception_handler(ServiceError)
-async def _service_error(_: Request, err: ServiceError) -> JSONResponse:
-    return err.to_response()
-
-
-@api.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, err: RequestValidationError) -> JSONResponse:
-    details = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
-    return UnprocessableEntity(f"invalid request: {details}").to_response()
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-    code = HTTP_ERROR_CODES.get(err.status_code, "http_error")
-    return error_response(err.status_code, code, str(err.detail))
-
-
-@api.exception_handler(Exception)
-async def _unexpected_error(_: Request, err: Exception) -> JSONResponse:
-    request_id = current_request_id()
-    log.exception("unexpected error (request %s)", request_id)
-    return ServiceError(f"internal error (request {request_id})").to_response()
-
-
-def current_request_id() -> str:
-    """The id Serve assigned to the request being handled (a fresh uuid outside a request).
-
-    Serve's proxy takes the client's X-Request-Id when it sends one, logs it and returns it in that
-    header; predictions and feedback use the same id, so one id ties them all.
-    """
-    from ray.serve.context import _get_serve_request_context
-
-    return _get_serve_request_context().request_id or uuid.uuid4().hex
-
-
-def readiness_reply(document: dict, ready: bool) -> JSONResponse:
-    """A readiness document, answered 503 while not ready so probes and load balancers wait."""
-    return JSONResponse(document, status_code=200 if ready else 503)
 
 
 @serve.deployment

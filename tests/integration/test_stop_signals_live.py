@@ -34,7 +34,8 @@ import yaml
 from serve_app import launcher
 from serve_app.api_keys_cli import add_key
 from serve_app.exposure import is_loopback, private_dir
-from serve_app.processes import ProcessTree, port_in_use
+from serve_app.process_tree import ProcessTree
+from serve_app.processes import port_in_use
 from tests.integration.ports import OFFSET
 from tests.integration.scratch import discard_unless_failed, scratch_dir
 

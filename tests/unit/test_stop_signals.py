@@ -14,14 +14,8 @@ import pytest
 
 from serve_app import launcher
 from serve_app.launcher import StopSignals, parent_took, stop_started
-from serve_app.processes import (
-    ProcessRef,
-    ProcessTree,
-    StopStep,
-    descendants,
-    start_process,
-    stop_tree,
-)
+from serve_app.process_tree import ProcessRef, ProcessTree, descendants, stop_tree
+from serve_app.processes import StopStep, start_process
 
 HUP, INT, TERM = (1 << (int(s) - 1) for s in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM))
 
