@@ -43,7 +43,7 @@ from lab.forecasts import (
     DAY,
     FORECASTS,
     PLAN_CHANGES_PER_DAY,
-    DayForecasts,
+    FitForecasts,
     exact_forecasts,
     walk_forward,
 )
@@ -163,7 +163,7 @@ class BacktestResult:
     max_replicas: int
     lead_time_s: float
     history: RateHistory
-    forecasts: DayForecasts
+    forecasts: FitForecasts
     runs: list[Run]
     rate: np.ndarray  # per simulated second, warm-up included
     sim_start: float  # unix time of the first simulated second
@@ -272,7 +272,7 @@ class StrategyJob:
     schedule: np.ndarray | None = None
     allocated: np.ndarray | None = None
     kwargs: dict[str, Any] | None = None
-    forecasts: DayForecasts | None = None
+    forecasts: FitForecasts | None = None
     initial_replicas: int = 1
 
 

@@ -26,7 +26,7 @@ FORECAST_HELP = (
 
 
 @dataclass
-class DayForecasts:
+class FitForecasts:
     """One forecast per fit, in the order of their fits (None where history was too short), for
     lookups without peeking: once per replayed day, or every refit interval."""
 
@@ -50,7 +50,7 @@ class DayForecasts:
         i = self._last_fit(now)
         return self.statuses[i] if i >= 0 else "insufficient_history"
 
-    def planned(self, max_changes_per_day: int) -> "DayForecasts":
+    def planned(self, max_changes_per_day: int) -> "FitForecasts":
         """Each day's upper bound as the forecaster publishes it with `plan_changes_per_day`: its
         cheapest step cover (serve_app/autoscaling/cover.py)."""
         return replace(
@@ -88,7 +88,7 @@ def walk_forward(
     step_s: float,
     seed: int = 0,
     refit_interval_s: float = DAY,
-) -> DayForecasts:
+) -> FitForecasts:
     """Fit a forecaster at the start of each replayed day, and every `refit_interval_s` within it,
     on the trace strictly before the fit; each forecasts a day (+ lead) from its fit, as the
     service's `horizon_h` of 24 does."""
@@ -114,12 +114,12 @@ def walk_forward(
             forecasts.append(None)
             continue
         forecasts.append(forecaster.predict(start, DAY + lead_time_s + step_s, step_s))
-    return DayForecasts(fit_starts, forecasts, statuses, lead_time_s)
+    return FitForecasts(fit_starts, forecasts, statuses, lead_time_s)
 
 
 def exact_forecasts(
     history: RateHistory, day_starts: list[float], lead_time_s: float, step_s: float
-) -> DayForecasts:
+) -> FitForecasts:
     """Each replayed day (+ lead) as its own forecast, bounds equal to the expected value: the
     rate the simulator draws its arrivals from, step for step (two points per step, so the
     interpolation between them keeps each step's rate flat to its end)."""
@@ -129,4 +129,4 @@ def exact_forecasts(
         times = [t + offset for t in ahead.timestamps for offset in (0.0, step_s - 1e-3)]
         rates = [float(r) for r in ahead.rps for _ in range(2)]
         forecasts.append(Forecast(times, rates, rates, rates, start, start))
-    return DayForecasts(day_starts, forecasts, ["exact"] * len(day_starts), lead_time_s)
+    return FitForecasts(day_starts, forecasts, ["exact"] * len(day_starts), lead_time_s)
