@@ -356,6 +356,3 @@ def kill_recorded(state_dir: Path, name: str) -> bool:
     with contextlib.suppress(ProcessLookupError):
         os.kill(record["pid"], signal.SIGKILL)
     return True
-
-
-# ---- process trees: a process and everything it started, stopped by PID -------------------------
