@@ -1,7 +1,8 @@
-"""The base of every configuration section: unknown keys are refused.
+"""The base of the application args' sections: unknown keys are refused.
 
-Its own module so that config.py and the sections kept beside it (overload_config.py,
-quality_config.py) share one definition without importing each other.
+Its own module so that config.py and the sections kept apart from it (overload_config.py,
+quality_config.py, autoscaling/forecaster_config.py) share one definition without importing each
+other.
 """
 
 from __future__ import annotations

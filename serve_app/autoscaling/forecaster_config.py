@@ -5,16 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from serve_app.autoscaling.forecaster import ForecasterSettings
+from serve_app.config_base import Section
 from serve_app.validation import validation_problems
 
 
-class ForecasterConfig(BaseModel):
+class ForecasterConfig(Section):
     """The `forecaster:` section of the application args."""
-
-    model_config = ConfigDict(extra="forbid")
 
     models: list[str] = Field(
         ["efficientnet_lite0"], min_length=1, description="model_name labels to forecast."

@@ -128,8 +128,9 @@ def traffic_with_feedback(monitoring_stack, service_url, cat_jpeg, coffee_jpeg):
             DATA_TIMEOUT_S,
             f"{what} in Prometheus ({expr})",
         )
-    # A minute more of traffic so the charts hold lines, not single points.
-    wait_until(lambda: predict_and_label() or sent >= 60, DATA_TIMEOUT_S, "60 requests sent")
+    # Half a minute of traffic in all (one request a second), so the charts hold lines of several
+    # scrapes (every 5 s), not single points.
+    wait_until(lambda: predict_and_label() or sent >= 30, DATA_TIMEOUT_S, "30 requests sent")
 
 
 def test_dashboard_page_draws_charts_after_traffic(traffic_with_feedback, service_url, tmp_path):
