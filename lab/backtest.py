@@ -11,7 +11,8 @@ costs and misses, every one of them at the same SLO point (`slo_target` of reque
 - `reactive`: our ForecastPolicy with thresholds only.
 - `predictive`: the same thresholds plus the forecast floor. Each replayed day is forecast by a
   Prophet model fitted only on the trace before that day (walk-forward: no peeking), or, with
-  `forecast="exact"`, by the day itself (lab/forecasts.py).
+  `forecast="exact"`, by the day itself, or with `forecast="given"` by `forecast_file`'s rate
+  (lab/forecasts.py).
 - `oracle`: the cheapest clairvoyant schedule that keeps the SLO target: it knows the future load,
   sizes each moment by what n replicas sustain at the SLO (measured, not n x one replica), starts
   replicas start-up time ahead and pays from then, at the smallest load factor whose replay keeps
@@ -21,6 +22,8 @@ costs and misses, every one of them at the same SLO point (`slo_target` of reque
   events (`max_scale_events_per_day`): in each replayed day, the cheapest schedule that covers the
   oracle's need with at most that many changes, at the smallest load factor that keeps the SLO
   target: the bound of cost for a policy that may not flap.
+- `oracle_matched`: the oracle searched again to keep at least the share predictive kept (shown,
+  not a goal): predictive's cost against clairvoyance at predictive's own SLO point.
 
 The first `history_days` days are history only; every figure is over the replayed days. The
 backtest computes and returns; lab/report.py writes its files.
@@ -44,13 +47,20 @@ from lab.forecasts import (
     FORECASTS,
     PLAN_CHANGES_PER_DAY,
     FitForecasts,
-    exact_forecasts,
+    day_ahead_mape,
+    trace_forecasts,
     walk_forward,
 )
 from lab.service_model import LatencyCurve, ServiceModel
 from lab.simulator import Run, SimConfig, latency_quantile, service_for, share_within, simulate
-from lab.yardsticks import find_yardsticks, fleet_capacities, headroom_fleet, replicas_for_load
-from serve_app.autoscaling.forecaster import ForecasterSettings, mape
+from lab.yardsticks import (
+    find_yardsticks,
+    fleet_capacities,
+    headroom_fleet,
+    matched_oracle,
+    replicas_for_load,
+)
+from serve_app.autoscaling.forecaster import ForecasterSettings
 from serve_app.autoscaling.rate_history import RateHistory, read_csv, trace_utc_offset
 
 STRATEGIES = (
@@ -61,6 +71,7 @@ STRATEGIES = (
     "predictive",
     "oracle",
     "oracle_budget",
+    "oracle_matched",
 )
 SUMMARY_COLUMNS = (
     "strategy",
@@ -103,6 +114,9 @@ class BacktestOptions:
     policy: tuple[tuple[str, Any], ...] = ()
     # What predictive plans with: Prophet walk-forward, or the replayed day (lab/forecasts.py).
     forecast: str = "prophet"
+    # forecast "given": the trace whose rate is the forecast, its upper bound this factor x it.
+    forecast_file: Path | None = None
+    forecast_upper_factor: float = 1.0
     # The forecaster's plan_changes_per_day: the forecast planned into steps (None: as forecast).
     plan_changes_per_day: int | None = PLAN_CHANGES_PER_DAY
     # Seconds between Prophet fits, as the forecaster's refit_interval_s (None: one fit per
@@ -118,6 +132,11 @@ class BacktestOptions:
             raise ValueError(f"--plan-changes must be >= 1 or off, got {self.plan_changes_per_day}")
         if self.forecast not in FORECASTS:
             raise ValueError(f"--forecast must be one of {', '.join(FORECASTS)}")
+        if (self.forecast == "given") != (self.forecast_file is not None):
+            raise ValueError("--forecast-file goes with --forecast given, and only with it")
+        if self.forecast_upper_factor < 1:
+            factor = self.forecast_upper_factor
+            raise ValueError(f"--forecast-upper-factor must be >= 1, got {factor}")
         if self.slo_ms <= 0:
             raise ValueError(f"--slo-ms must be positive, got {self.slo_ms}")
         if self.startup_s < 0:
@@ -395,7 +414,11 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
 
     day_starts = [replay_start + k * DAY for k in range(math.ceil((last - replay_start) / DAY))]
     if options.forecast == "exact":
-        forecasts = exact_forecasts(history, day_starts, lead_time_s, step)
+        forecasts = trace_forecasts(history, day_starts, lead_time_s, step)
+    elif options.forecast == "given":
+        given = read_csv(options.forecast_file)
+        factor = options.forecast_upper_factor
+        forecasts = trace_forecasts(given, day_starts, lead_time_s, step, factor, "given")
     else:
         forecasts = walk_forward(
             history,
@@ -407,17 +430,7 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
             options.refit_interval_s or DAY,
         )
     # Day-ahead error: the whole day against the fit made at its start, however often it refits.
-    mape_by_day = []
-    for start in day_starts:
-        forecast = forecasts.latest(start)
-        actual = history.between(start, start + DAY)
-        if forecast is None or len(actual) == 0:
-            mape_by_day.append(None)
-            continue
-        predicted = [forecast.at(t, "yhat") for t in actual.timestamps]
-        mape_by_day.append(round(mape(actual.rps, predicted), 2))
-    known = [m for m in mape_by_day if m is not None]
-    mape_overall = round(float(np.mean(known)), 2) if known else None
+    mape_by_day, mape_overall = day_ahead_mape(forecasts, history, day_starts)
 
     if options.plan_changes_per_day is not None:
         forecasts = forecasts.planned(options.plan_changes_per_day)
@@ -451,6 +464,14 @@ def run_backtest(options: BacktestOptions) -> BacktestResult:
             runs = list(pool.map(run_job, jobs))
     else:
         runs = [run_job(job) for job in jobs]
+    kept = next(run for run in runs if run.name == "predictive")
+    share = share_within(
+        kept.arrivals[window], kept.lat_lo_ms[window], kept.lat_hi_ms[window], options.slo_ms
+    )
+    _, matched, matched_allocated = matched_oracle(
+        rate, arrivals, model, config, window, capacities, share
+    )
+    runs.append(run_job(job("oracle_matched", schedule=matched, allocated=matched_allocated)))
 
     summary = [summarize(run, rate, window, capacities, options) for run in runs]
     return BacktestResult(

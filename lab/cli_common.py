@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
-from lab.forecasts import FORECAST_HELP, FORECASTS, PLAN_CHANGES_PER_DAY
+from lab.forecasts import FORECAST_HELP, FORECASTS, PLAN_CHANGES_PER_DAY, SUITE_FORECASTS
 
 
 def fail(message: str) -> int:
@@ -43,10 +44,35 @@ def plan_changes(text: str) -> int | None:
     return value
 
 
-def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--forecast`, `--plan-changes` and `--refit-interval-s`: what the predictive strategy plans
-    with."""
-    parser.add_argument("--forecast", choices=FORECASTS, default="prophet", help=FORECAST_HELP)
+SUITE_FORECAST_HELP = (
+    "what predictive plans with: Prophet walk-forward (default); exact, the replayed day itself; "
+    "expected, each generated trace's expected rate with its noise's interval (the best day-ahead "
+    "forecast its history allows; cells of traces no generator made are left out)"
+)
+
+
+def add_forecast_arguments(parser: argparse.ArgumentParser, suite: bool = False) -> None:
+    """`--forecast`, `--plan-changes` and `--refit-interval-s` (and `backtest`'s
+    `--forecast-file`, `--forecast-upper-factor`): what the predictive strategy plans with."""
+    if suite:
+        choices, words = SUITE_FORECASTS, SUITE_FORECAST_HELP
+    else:
+        choices, words = FORECASTS, FORECAST_HELP
+    parser.add_argument("--forecast", choices=choices, default="prophet", help=words)
+    if not suite:
+        parser.add_argument(
+            "--forecast-file",
+            type=Path,
+            metavar="CSV",
+            help="with --forecast given: a `timestamp,rps` trace whose rate predictive plans with",
+        )
+        parser.add_argument(
+            "--forecast-upper-factor",
+            type=float,
+            default=1.0,
+            metavar="F",
+            help="with --forecast given: predictive's upper bound, F x the rate (default 1)",
+        )
     parser.add_argument(
         "--plan-changes",
         type=plan_changes,

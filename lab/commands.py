@@ -282,6 +282,8 @@ def main_backtest(argv: list[str] | None = None) -> int:
             workers=args.workers,
             max_replicas=args.max_replicas,
             forecast=args.forecast,
+            forecast_file=args.forecast_file,
+            forecast_upper_factor=args.forecast_upper_factor,
             plan_changes_per_day=args.plan_changes,
             refit_interval_s=args.refit_interval_s,
         )
@@ -338,7 +340,11 @@ def main_plot(argv: list[str] | None = None) -> int:
     settings = json.loads(settings_path.read_text())
     fields = set(BacktestOptions.__dataclass_fields__)
     options = BacktestOptions(
-        **{k: (Path(v) if k in ("trace", "out") else v) for k, v in settings.items() if k in fields}
+        **{
+            k: (Path(v) if k in ("trace", "out", "forecast_file") and v is not None else v)
+            for k, v in settings.items()
+            if k in fields
+        }
     )
     with summary_path.open(newline="") as f:
         summary = [

@@ -1,7 +1,8 @@
 """The forecasts a backtest's predictive strategy plans with: Prophet fitted walk-forward on the
 trace before each fit, once per replayed day or every `--refit-interval-s` as the service refits,
 or the replayed day itself (`--forecast exact`), which tells how much of the strategy's cost is the
-forecast's error and how much the policy's own steps, landing and event budget."""
+forecast's error and how much the policy's own steps, landing and event budget; or a forecast given
+as a trace (`--forecast given --forecast-file CSV`), such as a generator's expected rate."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from serve_app.autoscaling.cover import planned_forecast
-from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster
+from serve_app.autoscaling.forecaster import Forecast, ForecasterSettings, RateForecaster, mape
 from serve_app.autoscaling.forecaster_config import ForecasterConfig
 from serve_app.autoscaling.rate_history import RateHistory
 
 DAY = 86400
 # The forecaster's default: the backtest replays the service as it ships.
 PLAN_CHANGES_PER_DAY = ForecasterConfig.model_fields["plan_changes_per_day"].default
-FORECASTS = ("prophet", "exact")
+FORECASTS = ("prophet", "exact", "given")
+# The suite's: "expected" gives each generated trace's expected rate (lab/suite.py) as "given".
+SUITE_FORECASTS = ("prophet", "exact", "expected")
 FORECAST_HELP = (
-    "what predictive plans with: Prophet walk-forward (default), or exact, the replayed day "
-    "itself: the policy's cost without the forecast's error"
+    "what predictive plans with: Prophet walk-forward (default); exact, the replayed day "
+    "itself: the policy's cost without the forecast's error; given, the rate of --forecast-file"
 )
 
 
@@ -117,16 +120,41 @@ def walk_forward(
     return FitForecasts(fit_starts, forecasts, statuses, lead_time_s)
 
 
-def exact_forecasts(
-    history: RateHistory, day_starts: list[float], lead_time_s: float, step_s: float
+def trace_forecasts(
+    trace: RateHistory,
+    day_starts: list[float],
+    lead_time_s: float,
+    step_s: float,
+    upper_factor: float = 1.0,
+    status: str = "exact",
 ) -> FitForecasts:
-    """Each replayed day (+ lead) as its own forecast, bounds equal to the expected value: the
-    rate the simulator draws its arrivals from, step for step (two points per step, so the
-    interpolation between them keeps each step's rate flat to its end)."""
+    """Each replayed day (+ lead) of `trace` as that day's forecast, upper bound `upper_factor` x
+    the rate, step for step (two points per step, so the interpolation between them keeps each
+    step's rate flat to its end). With the replayed trace itself and a factor of 1, the forecast
+    is the rate the simulator draws its arrivals from (`--forecast exact`)."""
     forecasts = []
     for start in day_starts:
-        ahead = history.between(start, start + DAY + lead_time_s + step_s)
+        ahead = trace.between(start, start + DAY + lead_time_s + step_s)
         times = [t + offset for t in ahead.timestamps for offset in (0.0, step_s - 1e-3)]
         rates = [float(r) for r in ahead.rps for _ in range(2)]
-        forecasts.append(Forecast(times, rates, rates, rates, start, start))
-    return FitForecasts(day_starts, forecasts, ["exact"] * len(day_starts), lead_time_s)
+        upper = [r * upper_factor for r in rates]
+        forecasts.append(Forecast(times, rates, rates, upper, start, start))
+    return FitForecasts(day_starts, forecasts, [status] * len(day_starts), lead_time_s)
+
+
+def day_ahead_mape(
+    forecasts: FitForecasts, history: RateHistory, day_starts: list[float]
+) -> tuple[list[float | None], float | None]:
+    """MAPE of each replayed day against the fit made at its start, however often it refits, and
+    their mean (None where a day had no forecast)."""
+    by_day: list[float | None] = []
+    for start in day_starts:
+        forecast = forecasts.latest(start)
+        actual = history.between(start, start + DAY)
+        if forecast is None or len(actual) == 0:
+            by_day.append(None)
+            continue
+        predicted = [forecast.at(t, "yhat") for t in actual.timestamps]
+        by_day.append(round(mape(actual.rps, predicted), 2))
+    known = [m for m in by_day if m is not None]
+    return by_day, (round(float(np.mean(known)), 2) if known else None)

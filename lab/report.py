@@ -22,6 +22,7 @@ COLORS = {
     "predictive": "#1f77b4",
     "oracle": "#2ca02c",
     "oracle_budget": "#17becf",
+    "oracle_matched": "#98df8a",
 }
 
 
@@ -139,7 +140,11 @@ def write_plot(
                 else f"upper bound planned in steps ({options.plan_changes_per_day} changes a day)"
             ),
         )
-    title = "load and walk-forward forecast (each day fitted only on the days before it)"
+    title = {
+        "prophet": "load and walk-forward forecast (each day fitted only on the days before it)",
+        "exact": "load and the exact forecast (the replayed day itself)",
+        "given": f"load and the given forecast ({Path(options.forecast_file or '').name})",
+    }[options.forecast]
     if mape_overall is not None:
         title += f" — day-ahead MAPE {mape_overall:.1f}%"
     top.set_title(title, fontsize=10)

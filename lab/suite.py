@@ -18,9 +18,10 @@ from typing import Any, Callable
 from lab import tracegen
 from lab.backtest import BacktestOptions, run_backtest
 from lab.controllers import quiet_policy_logs
-from lab.forecasts import PLAN_CHANGES_PER_DAY
+from lab.forecasts import PLAN_CHANGES_PER_DAY, SUITE_FORECASTS
 from lab.report import write_settings, write_summary
 from lab.yardsticks import MAX_EVENTS_PER_DAY
+from serve_app.autoscaling.forecaster import ForecasterSettings
 
 CAPACITIES = (5.0, 10.0, 25.0, 92.0)
 HISTORY_DAYS = 7
@@ -45,6 +46,19 @@ class TraceSpec:
     def write(self, directory: Path) -> Path:
         """Write the trace's CSV into `directory` (deterministic: the same bytes every run)."""
         return tracegen.write_csv(directory / f"{self.name}.csv", self.rows())
+
+    def write_expected(self, directory: Path) -> tuple[Path, float] | None:
+        """The generator's expected rate of this trace (`NAME.expected.csv` in `directory`) and
+        the upper bound of the forecaster's interval over it, as a factor of that rate: the best
+        day-ahead forecast its history allows. None for a trace no generator made."""
+        if getattr(self.rows, "func", None) is not tracegen.diurnal:
+            return None
+        keywords = self.rows.keywords
+        rows = tracegen.diurnal(**{**keywords, "expected": True})
+        path = tracegen.write_csv(directory / f"{self.name}.expected.csv", rows)
+        noise_sd = keywords.get("noise_sd", tracegen.NOISE_SD)
+        width = ForecasterSettings().interval_width
+        return path, tracegen.expected_upper_factor(noise_sd, width)
 
 
 DAYS = HISTORY_DAYS + REPLAY_DAYS
@@ -140,6 +154,8 @@ class SuiteOptions:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if not 1 <= self.replay_days <= DAYS - HISTORY_DAYS:
             raise ValueError(f"--replay-days must be in 1..{DAYS - HISTORY_DAYS}")
+        if self.forecast not in SUITE_FORECASTS:
+            raise ValueError(f"--forecast must be one of {', '.join(SUITE_FORECASTS)}")
 
 
 @dataclass(frozen=True)
@@ -172,6 +188,7 @@ def matrix_row(cell: Cell, rows: dict[str, dict[str, Any]], result: Any, seconds
     days = (result.window.stop - result.window.start) / 86400
     predictive, oracle, budget = rows["predictive"], rows["oracle"], rows["oracle_budget"]
     fixed = rows["fixed_headroom"]["replica_hours"]
+    matched = rows["oracle_matched"]
     goals = goals_of(rows, days, options.slo_target)
     return {
         "trace": cell.trace.name,
@@ -191,6 +208,11 @@ def matrix_row(cell: Cell, rows: dict[str, dict[str, Any]], result: Any, seconds
         "oracle_budget_slo": budget["slo_attainment"],
         "over_oracle_budget": round(
             predictive["replica_hours"] / max(budget["replica_hours"], 1e-9), 3
+        ),
+        "oracle_matched_replica_hours": matched["replica_hours"],
+        "oracle_matched_slo": matched["slo_attainment"],
+        "over_oracle_matched": round(
+            predictive["replica_hours"] / max(matched["replica_hours"], 1e-9), 3
         ),
         "of_fixed_headroom": round(predictive["replica_hours"] / max(fixed, 1e-9), 3),
         "predictive_under_min": predictive["underprovisioned_minutes"],
@@ -224,6 +246,16 @@ def cells_of(options: SuiteOptions) -> list[Cell]:
         if spec.set not in options.sets:
             continue
         path = spec.write(traces_dir)
+        forecast = {"forecast": options.forecast}
+        if options.forecast == "expected":
+            expected = spec.write_expected(traces_dir)
+            if expected is None:
+                continue
+            forecast = {
+                "forecast": "given",
+                "forecast_file": expected[0],
+                "forecast_upper_factor": round(expected[1], 4),
+            }
         for capacity in options.capacities:
             cell_out = options.out / "cells" / f"{spec.name}_{capacity:g}rps"
             backtest = BacktestOptions(
@@ -236,9 +268,9 @@ def cells_of(options: SuiteOptions) -> list[Cell]:
                 seed=options.seed,
                 workers=1,
                 policy=options.policy,
-                forecast=options.forecast,
                 plan_changes_per_day=options.plan_changes_per_day,
                 refit_interval_s=options.refit_interval_s,
+                **forecast,
             )
             cells.append(Cell(spec, path, backtest))
     return cells

@@ -67,7 +67,7 @@ def main_backtest_suite(argv: list[str] | None = None) -> int:
         help="set a policy_kwargs key of both replayed policies (dotted, value as YAML), e.g. "
         "predictive.follow_down=false (repeatable; for tuning runs)",
     )
-    add_forecast_arguments(p)
+    add_forecast_arguments(p, suite=True)
     args = p.parse_args(argv)
     started = time.monotonic()
     try:

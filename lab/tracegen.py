@@ -21,6 +21,7 @@ import csv
 import math
 from datetime import datetime, timedelta
 from pathlib import Path
+from statistics import NormalDist
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -73,6 +74,11 @@ def _peak_of(spec) -> float:
     return float(total.max())
 
 
+# The generator's day-to-day level wobble and its default step-to-step noise (log space).
+DAY_WOBBLE_SD = 0.03
+NOISE_SD = 0.06
+
+
 def diurnal(
     days: int = 14,
     step_s: int = 300,
@@ -80,12 +86,18 @@ def diurnal(
     seed: int = 20240603,
     start: datetime = datetime(2024, 6, 3, tzinfo=ZONE),
     spikes: list[tuple[float, float, float]] | None = None,
-    noise_sd: float = 0.06,
+    noise_sd: float = NOISE_SD,
     weekday_bumps: list[tuple[float, float, float]] = WEEKDAY_BUMPS,
     weekend_bumps: list[tuple[float, float, float]] = WEEKEND_BUMPS,
+    expected: bool = False,
 ) -> list[tuple[datetime, float]]:
     """A diurnal trace with a weekly pattern, growth, noise and unannounced spikes (day offset,
-    multiplier, minutes); the bumps are (hour, share of the peak, width in hours)."""
+    multiplier, minutes); the bumps are (hour, share of the peak, width in hours).
+
+    expected: the same trace's deterministic part alone (weekly pattern and growth), without the
+    day wobble, the noise and the spikes, none of which its history can tell a day ahead: the best
+    day-ahead forecast of the trace anyone could make (`--forecast expected` of the suite).
+    """
     rng = np.random.default_rng(seed)
     n = days * 86400 // step_s
     times = [start + timedelta(seconds=i * step_s) for i in range(n)]
@@ -95,7 +107,10 @@ def diurnal(
 
     level = daily_shape(hour, weekend, weekday_bumps, weekend_bumps)
     growth = 1 + 0.03 * (np.arange(n) * step_s / (7 * 86400))
-    day_wobble = rng.normal(1.0, 0.03, size=days)[day_index]
+    if expected:
+        rate = peak_rps * level * growth
+        return [(t, round(float(r), 2)) for t, r in zip(times, rate, strict=True)]
+    day_wobble = rng.normal(1.0, DAY_WOBBLE_SD, size=days)[day_index]
     # AR(1) noise in log space: neighbouring steps move together, as real traffic does.
     phi, sd = 0.7, noise_sd
     eps = rng.normal(0, sd * math.sqrt(1 - phi**2), size=n)
@@ -113,6 +128,14 @@ def diurnal(
         ramp = np.clip(into / rise, 0, 1) * (into < minutes / 1440)
         rate *= 1 + (multiplier - 1) * ramp
     return [(t, round(float(r), 2)) for t, r in zip(times, rate, strict=True)]
+
+
+def expected_upper_factor(noise_sd: float, interval_width: float) -> float:
+    """The upper bound of a central `interval_width` interval of `diurnal`'s rate, as a multiple of
+    its expected part: the rate is that part x day wobble x exp(noise - sd^2 / 2), taken as
+    log-normal with a log-sd of hypot(noise sd, wobble sd)."""
+    z = NormalDist().inv_cdf((1 + interval_width) / 2)
+    return math.exp(z * math.hypot(noise_sd, DAY_WOBBLE_SD) - noise_sd**2 / 2)
 
 
 def step(

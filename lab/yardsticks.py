@@ -6,7 +6,9 @@ sized by arithmetic on one replica's capacity: `fleet_capacities` measures what 
 at the SLO (a larger fleet absorbs Poisson bursts better), `fewest_meeting` searches the fixed
 fleet, and `oracle_schedule` provisions the true future load at a load factor that
 `smallest_factor_meeting` searches until the replay keeps the target; `budgeted_oracle_schedule`
-does the same within a budget of scale events (`fewest_hours_within_budget`).
+does the same within a budget of scale events (`fewest_hours_within_budget`). `matched_oracle` is
+the oracle searched again for another share within the SLO: the one a strategy actually kept, so
+that strategy can be priced against clairvoyance at its own SLO point.
 """
 
 from __future__ import annotations
@@ -202,21 +204,17 @@ def find_yardsticks(
     factor of each clairvoyant schedule, that keep `slo_target` over the window."""
     seconds = len(rate)
     startup, floor = config.startup_s, config.min_replicas
-
-    def meets(schedule: np.ndarray) -> bool:
-        attained = schedule_attainment(schedule, rate, arrivals, model, config, window)
-        return attained >= slo_target
+    meets = _meeting(rate, arrivals, model, config, window, slo_target)
 
     static_n = fewest_meeting(lambda n: meets(np.full(seconds, n, dtype=np.int32)), floor, largest)
-    oracle_factor = smallest_factor_meeting(
-        lambda f: meets(oracle_schedule(rate, capacities, startup, floor, f)[0])
+    oracle_factor, ready, allocated = matched_oracle(
+        rate, arrivals, model, config, window, capacities, slo_target
     )
 
     def budgeted(factor: float) -> tuple[np.ndarray, np.ndarray]:
         return budgeted_oracle_schedule(rate, capacities, startup, floor, factor, window)
 
     budget_factor = smallest_factor_meeting(lambda f: meets(budgeted(f)[0]))
-    ready, allocated = oracle_schedule(rate, capacities, startup, floor, oracle_factor or 2.0)
     budget_ready, budget_allocated = budgeted(budget_factor or 2.0)
     return Yardsticks(
         largest if static_n is None else static_n,
@@ -227,3 +225,44 @@ def find_yardsticks(
         budget_ready,
         budget_allocated,
     )
+
+
+def _meeting(
+    rate: np.ndarray,
+    arrivals: np.ndarray,
+    model: ServiceModel,
+    config: SimConfig,
+    window: slice,
+    share: float,
+) -> Callable[[np.ndarray], bool]:
+    """Whether a ready-replica schedule keeps `share` of the window's requests within the SLO."""
+
+    def meets(schedule: np.ndarray) -> bool:
+        return schedule_attainment(schedule, rate, arrivals, model, config, window) >= share
+
+    return meets
+
+
+def matched_oracle(
+    rate: np.ndarray,
+    arrivals: np.ndarray,
+    model: ServiceModel,
+    config: SimConfig,
+    window: slice,
+    capacities: np.ndarray,
+    share: float,
+) -> tuple[float | None, np.ndarray, np.ndarray]:
+    """(load factor, ready, allocated) of the cheapest clairvoyant schedule that keeps at least
+    `share` of the window's requests within the SLO.
+
+    The oracle at the SLO target may spend the whole allowance of slow requests where that saves
+    most, which no strategy that cannot see the load coming can plan; a strategy that kept more
+    than the target is priced fairly against clairvoyance that keeps as much.
+    """
+    startup, floor = config.startup_s, config.min_replicas
+    meets = _meeting(rate, arrivals, model, config, window, share)
+    factor = smallest_factor_meeting(
+        lambda f: meets(oracle_schedule(rate, capacities, startup, floor, f)[0])
+    )
+    ready, allocated = oracle_schedule(rate, capacities, startup, floor, factor or 2.0)
+    return factor, ready, allocated

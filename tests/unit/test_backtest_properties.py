@@ -1,6 +1,6 @@
 """Properties of the backtest that would break silently: walk-forward never sees the replayed day,
-the clairvoyant oracle keeps the target and costs no more than any strategy that keeps it, and a
-small golden run pins the summary rows."""
+the clairvoyant oracle keeps the target and costs no more than any strategy that keeps it, the
+matched oracle keeps predictive's own share, and a small golden run pins the summary rows."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import pytest
 
 from lab.backtest import BacktestOptions, run_backtest
 from lab.forecasts import DAY, walk_forward
-from lab.service_model import LatencyCurve
+from lab.service_model import LatencyCurve, ServiceModel
 from lab.simulator import SimConfig, service_for
 from lab.tracegen import diurnal, write_csv
-from lab.yardsticks import schedule_attainment
+from lab.yardsticks import fleet_capacities, matched_oracle, oracle_schedule, schedule_attainment
 from serve_app.autoscaling.forecaster import ForecasterSettings
 from serve_app.autoscaling.rate_history import RateHistory, read_csv
 
@@ -133,11 +133,21 @@ def test_the_budgeted_oracle_keeps_the_target_within_the_policys_event_budget(ru
         assert budget["replica_hours"] <= rows[name]["replica_hours"] or name == "oracle", name
 
 
-def test_static_peak_is_the_fewest_fixed_replicas_that_keep_the_target(runs, tmp_path):
-    # One replica fewer than static_peak misses the target (searched, not sized by arithmetic).
-    trace = short_trace(tmp_path, 5)
-    rows = runs[5]
-    n = round(rows["static_peak"]["replica_hours"] / 10)  # 10 replayed hours
+@pytest.mark.parametrize("seed", [5, 9, 13])
+def test_the_matched_oracle_keeps_predictives_share_and_costs_no_more(runs, seed):
+    rows = runs[seed]
+    matched, predictive = rows["oracle_matched"], rows["predictive"]
+    assert matched["slo_attainment"] >= predictive["slo_attainment"]
+    assert matched["replica_hours"] <= predictive["replica_hours"]
+    # Predictive kept at least the target here, so clairvoyance at its share costs at least the
+    # oracle's at the target.
+    assert predictive["slo_attainment"] >= 0.99
+    assert matched["replica_hours"] >= rows["oracle"]["replica_hours"]
+
+
+def replay_of(trace: Path) -> tuple[np.ndarray, np.ndarray, ServiceModel, slice, SimConfig]:
+    """(rate, arrivals, model, window, config) as `backtest` replays the trace: an hour of
+    warm-up, then the replayed hours, per second."""
     history = read_csv(trace)
     start = float(history.timestamps[0]) + HISTORY_DAYS * DAY - 3600
     seconds = int(float(history.timestamps[-1]) + 900 - start)
@@ -145,11 +155,38 @@ def test_static_peak_is_the_fewest_fixed_replicas_that_keep_the_target(runs, tmp
     rate = history.rps[index]
     arrivals = np.random.default_rng(0).poisson(rate)
     model, _ = service_for(LatencyCurve.profile("cpu"), 500.0, 25.0)
-    window = slice(3600, seconds)
-    config = SimConfig(startup_s=60)
+    return rate, arrivals, model, slice(3600, seconds), SimConfig(startup_s=60)
+
+
+def test_a_higher_share_costs_the_matched_oracle_more(tmp_path):
+    rate, arrivals, model, window, config = replay_of(short_trace(tmp_path, 9))
+    capacities = fleet_capacities(model, 500.0, 64)
+    found = {
+        share: matched_oracle(rate, arrivals, model, config, window, capacities, share)
+        for share in (0.95, 0.99, 1.0)
+    }
+    factors = [found[share][0] for share in (0.95, 0.99, 1.0)]
+    assert None not in factors
+    # Attainment moves in steps of whole replicas, so two shares may need the same factor.
+    assert factors[0] <= factors[1] <= factors[2] and factors[0] < factors[2]
+    for share, (factor, ready, _) in found.items():
+        assert schedule_attainment(ready, rate, arrivals, model, config, window) >= share
+        # The search's step below the factor found no longer keeps the share (the search starts
+        # at 0.5, which none of these shares allows).
+        assert factor > 0.5
+        lower, _ = oracle_schedule(rate, capacities, 60, 1, factor - 1.5 / 1024)
+        assert schedule_attainment(lower, rate, arrivals, model, config, window) < share
+
+
+def test_static_peak_is_the_fewest_fixed_replicas_that_keep_the_target(runs, tmp_path):
+    # One replica fewer than static_peak misses the target (searched, not sized by arithmetic).
+    trace = short_trace(tmp_path, 5)
+    rows = runs[5]
+    n = round(rows["static_peak"]["replica_hours"] / 10)  # 10 replayed hours
+    rate, arrivals, model, window, config = replay_of(trace)
 
     def attained(replicas: int) -> float:
-        schedule = np.full(seconds, replicas, dtype=np.int32)
+        schedule = np.full(len(rate), replicas, dtype=np.int32)
         return schedule_attainment(schedule, rate, arrivals, model, config, window)
 
     assert attained(n) >= 0.99 > attained(n - 1)

@@ -21,6 +21,7 @@ STRATEGIES = [
     "predictive",
     "oracle",
     "oracle_budget",
+    "oracle_matched",
 ]
 COLUMNS = [
     "strategy",
